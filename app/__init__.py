@@ -1,0 +1,1 @@
+"""graphserve: serve TensorFlow image classifiers from frozen graphs (work in progress)."""

@@ -1,0 +1,298 @@
+"""The manifest (``model.json``) that sits beside every served ``model.pb``.
+
+The manifest is the contract between ``scripts/freeze.py`` (which writes it) and the
+service (which reads it): which tensors to use, what image the model expects and how to
+turn an upload into that image. It is validated strictly, because a typo such as
+``"chanels": 3`` would otherwise be silently ignored and serve wrong answers.
+
+Example (every field but ``input``/``output`` optional)::
+
+    {
+      "input":  {"tensor": "input_1:0", "height": 160, "width": 160, "channels": 3},
+      "output": {"tensor": "dense/Softmax:0", "kind": "probabilities"},
+      "preprocessing": {"resize": "bilinear", "antialias": true,
+                        "scale": "[-1,1]", "central_crop": 0.875, "flatten": false},
+      "batch_size": null,
+      "batching": {"max_batch_size": 32, "batch_timeout_ms": 2, "max_queue": 256,
+                   "workers": 1},
+      "info": {"anything": "free-form, kept for humans, ignored by the service"}
+    }
+
+Scale presets (pixel values ``x`` start in 0..255):
+  ``"[-1,1]"`` x/127.5-1 · ``"[0,1]"`` x/255 · ``"raw"`` x · ``"(x-128)/128"`` ·
+  ``"mean_std"`` (x-mean)/std per channel, ``mean``/``std`` given in 0..255 units.
+Output kinds: ``"probabilities"`` used as they are; ``"logits"`` softmax applied in the
+graph; ``"scores"`` ranked as they are (e.g. a ReLU last layer).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field, asdict
+from pathlib import Path
+from typing import Any
+
+MANIFEST_FILE = "model.json"
+GRAPH_FILE = "model.pb"
+LABELS_FILE = "labels.txt"
+
+SCALE_PRESETS = ("[-1,1]", "[0,1]", "raw", "(x-128)/128", "mean_std")
+RESIZE_METHODS = ("bilinear", "nearest", "bicubic", "area")
+OUTPUT_KINDS = ("probabilities", "logits", "scores")
+
+
+class ManifestError(ValueError):
+    """A manifest is missing, unreadable, or has an unknown/missing/invalid field."""
+
+    def __init__(self, path: Path | str, field_name: str | None, message: str) -> None:
+        where = f"{path}: field '{field_name}'" if field_name else str(path)
+        super().__init__(f"{where}: {message}")
+        self.path = str(path)
+        self.field = field_name
+
+
+@dataclass(frozen=True)
+class InputSpec:
+    tensor: str
+    height: int
+    width: int
+    channels: int
+
+
+@dataclass(frozen=True)
+class OutputSpec:
+    tensor: str
+    kind: str = "probabilities"
+
+
+@dataclass(frozen=True)
+class Preprocessing:
+    resize: str = "bilinear"
+    antialias: bool = True
+    scale: str = "[0,1]"
+    mean: tuple[float, ...] | None = None
+    std: tuple[float, ...] | None = None
+    central_crop: float | None = None
+    flatten: bool = False
+
+
+@dataclass(frozen=True)
+class BatchingSpec:
+    """Per-model batch scheduler knobs (TF Serving's names, in our units)."""
+
+    max_batch_size: int = 32
+    batch_timeout_ms: float = 1.0
+    max_queue: int = 256
+    workers: int = 1
+
+
+@dataclass(frozen=True)
+class Manifest:
+    input: InputSpec
+    output: OutputSpec
+    preprocessing: Preprocessing = field(default_factory=Preprocessing)
+    batch_size: int | None = None
+    batching: BatchingSpec = field(default_factory=BatchingSpec)
+    info: dict[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        """The manifest as the dict that ``model.json`` holds (round-trips ``parse``)."""
+        data = asdict(self)
+        pre = data["preprocessing"]
+        for key in ("mean", "std", "central_crop"):
+            if pre[key] is None:
+                del pre[key]
+            elif isinstance(pre[key], tuple):
+                pre[key] = list(pre[key])
+        if not data["info"]:
+            del data["info"]
+        return data
+
+
+def parse(data: Any, path: Path | str = MANIFEST_FILE) -> Manifest:
+    """Validate a decoded ``model.json``; raise ``ManifestError`` naming the bad field."""
+    top = _Object(data, path, None)
+    input_obj = top.object("input", required=True)
+    output_obj = top.object("output", required=True)
+    pre_obj = top.object("preprocessing", required=False)
+    batching_obj = top.object("batching", required=False)
+    batch_size = top.integer("batch_size", required=False, minimum=1)
+    info = top.raw("info", {})
+    if not isinstance(info, dict):
+        raise ManifestError(path, "info", "must be an object")
+    top.reject_unknown()
+
+    channels = input_obj.integer("channels", required=True, minimum=1)
+    if channels not in (1, 3):
+        raise ManifestError(path, "input.channels", f"must be 1 or 3, got {channels}")
+    input_spec = InputSpec(
+        tensor=input_obj.tensor_name("tensor"),
+        height=input_obj.integer("height", required=True, minimum=1),
+        width=input_obj.integer("width", required=True, minimum=1),
+        channels=channels,
+    )
+    input_obj.reject_unknown()
+
+    output_spec = OutputSpec(
+        tensor=output_obj.tensor_name("tensor"),
+        kind=output_obj.choice("kind", OUTPUT_KINDS, default="probabilities"),
+    )
+    output_obj.reject_unknown()
+
+    preprocessing = Preprocessing()
+    if pre_obj is not None:
+        scale = pre_obj.choice("scale", SCALE_PRESETS, default="[0,1]")
+        mean = pre_obj.numbers("mean", length=channels)
+        std = pre_obj.numbers("std", length=channels)
+        if scale == "mean_std" and (mean is None or std is None):
+            raise ManifestError(path, "preprocessing.mean", "scale 'mean_std' needs 'mean' and 'std'")
+        if scale != "mean_std" and (mean is not None or std is not None):
+            raise ManifestError(path, "preprocessing.mean", "'mean'/'std' are only used with scale 'mean_std'")
+        if std is not None and any(s == 0 for s in std):
+            raise ManifestError(path, "preprocessing.std", "must not contain 0")
+        crop = pre_obj.number("central_crop")
+        if crop is not None and not 0 < crop <= 1:
+            raise ManifestError(path, "preprocessing.central_crop", f"must be in (0, 1], got {crop}")
+        preprocessing = Preprocessing(
+            resize=pre_obj.choice("resize", RESIZE_METHODS, default="bilinear"),
+            antialias=pre_obj.boolean("antialias", default=True),
+            scale=scale,
+            mean=mean,
+            std=std,
+            central_crop=crop,
+            flatten=pre_obj.boolean("flatten", default=False),
+        )
+        pre_obj.reject_unknown()
+
+    batching = BatchingSpec()
+    if batching_obj is not None:
+        timeout = batching_obj.number("batch_timeout_ms")
+        if timeout is not None and timeout < 0:
+            raise ManifestError(path, "batching.batch_timeout_ms", "must be >= 0")
+        batching = BatchingSpec(
+            max_batch_size=batching_obj.integer("max_batch_size", minimum=1) or BatchingSpec.max_batch_size,
+            batch_timeout_ms=BatchingSpec.batch_timeout_ms if timeout is None else timeout,
+            max_queue=batching_obj.integer("max_queue", minimum=1) or BatchingSpec.max_queue,
+            workers=batching_obj.integer("workers", minimum=1) or BatchingSpec.workers,
+        )
+        batching_obj.reject_unknown()
+
+    return Manifest(
+        input=input_spec,
+        output=output_spec,
+        preprocessing=preprocessing,
+        batch_size=batch_size,
+        batching=batching,
+        info=dict(info),
+    )
+
+
+def load(path: Path) -> Manifest:
+    """Read and validate ``model.json`` at ``path``."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ManifestError(path, None, "manifest file is missing") from None
+    except OSError as exc:
+        raise ManifestError(path, None, f"cannot read manifest: {exc}") from None
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ManifestError(path, None, f"not valid JSON: {exc}") from None
+    return parse(data, path)
+
+
+def dump(manifest: Manifest, path: Path) -> None:
+    """Write ``manifest`` as ``model.json`` (pretty, stable key order)."""
+    path.write_text(json.dumps(manifest.to_json(), indent=2) + "\n", encoding="utf-8")
+
+
+class _Object:
+    """One JSON object of the manifest, read field by field so unknown fields stand out."""
+
+    def __init__(self, data: Any, path: Path | str, prefix: str | None) -> None:
+        if not isinstance(data, dict):
+            raise ManifestError(path, prefix, "must be a JSON object")
+        self._data = data
+        self._path = path
+        self._prefix = prefix
+        self._seen: set[str] = set()
+
+    def _name(self, key: str) -> str:
+        return f"{self._prefix}.{key}" if self._prefix else key
+
+    def raw(self, key: str, default: Any = None) -> Any:
+        self._seen.add(key)
+        return self._data.get(key, default)
+
+    def _required(self, key: str, required: bool) -> Any:
+        value = self.raw(key)
+        if value is None and required:
+            raise ManifestError(self._path, self._name(key), "is required")
+        return value
+
+    def object(self, key: str, *, required: bool) -> _Object | None:
+        value = self._required(key, required)
+        return None if value is None else _Object(value, self._path, self._name(key))
+
+    def tensor_name(self, key: str) -> str:
+        value = self._required(key, True)
+        if not isinstance(value, str) or not value.strip():
+            raise ManifestError(self._path, self._name(key), "must be a non-empty tensor name such as 'input:0'")
+        return value if ":" in value else f"{value}:0"
+
+    def integer(self, key: str, *, required: bool = False, minimum: int | None = None) -> int | None:
+        value = self._required(key, required)
+        if value is None:
+            return None
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ManifestError(self._path, self._name(key), f"must be an integer, got {value!r}")
+        if minimum is not None and value < minimum:
+            raise ManifestError(self._path, self._name(key), f"must be >= {minimum}, got {value}")
+        return value
+
+    def number(self, key: str) -> float | None:
+        value = self.raw(key)
+        if value is None:
+            return None
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            raise ManifestError(self._path, self._name(key), f"must be a number, got {value!r}")
+        return float(value)
+
+    def numbers(self, key: str, *, length: int) -> tuple[float, ...] | None:
+        value = self.raw(key)
+        if value is None:
+            return None
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            value = [value] * length
+        if (
+            not isinstance(value, list)
+            or len(value) != length
+            or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value)
+        ):
+            raise ManifestError(self._path, self._name(key), f"must be a number or a list of {length} numbers")
+        return tuple(float(v) for v in value)
+
+    def boolean(self, key: str, *, default: bool) -> bool:
+        value = self.raw(key)
+        if value is None:
+            return default
+        if not isinstance(value, bool):
+            raise ManifestError(self._path, self._name(key), f"must be true or false, got {value!r}")
+        return value
+
+    def choice(self, key: str, choices: tuple[str, ...], *, default: str) -> str:
+        value = self.raw(key)
+        if value is None:
+            return default
+        if value not in choices:
+            raise ManifestError(
+                self._path, self._name(key), f"must be one of {', '.join(choices)}; got {value!r}"
+            )
+        return value
+
+    def reject_unknown(self) -> None:
+        unknown = sorted(set(self._data) - self._seen)
+        if unknown:
+            raise ManifestError(self._path, self._name(unknown[0]), "unknown field")
