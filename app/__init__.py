@@ -1,1 +1,28 @@
-"""graphserve: serve TensorFlow image classifiers from frozen graphs (work in progress)."""
+"""graphserve: serve TensorFlow image classifiers from frozen graphs, several side by side.
+
+``create_app`` is the application factory: ``waitress-serve --call app:create_app`` or
+``python -m app`` run it; tests call ``create_app({"GRAPHS_DIR": tmp_path})``.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+from flask import Flask
+
+from app.config import Settings
+
+
+def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
+    """Build the app: settings, error handlers, every model loaded and warm, routes."""
+    from app import errors, registry, views  # TensorFlow loads here, not on `import app`
+
+    settings = Settings.from_env().replace(test_config or {})
+    app = Flask(__name__)
+    app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
+    app.json.sort_keys = False  # type: ignore[attr-defined]  # keep models in the order asked
+    app.extensions["settings"] = settings
+    errors.init_app(app)
+    registry.init_app(app, settings)
+    app.register_blueprint(views.bp)
+    return app

@@ -1,0 +1,78 @@
+"""Run the service with waitress: ``python -m app --host 127.0.0.1 --port 8080 --graphs-dir graphs``.
+
+Every flag is optional and also settable as ``GRAPHSERVE_<NAME>`` in the environment
+(flags win). Flask's debug server is never used.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import logging.config
+import os
+import sys
+
+from app.config import ConfigError, Settings
+
+
+def configure_logging(level: str) -> None:
+    """Configure logging once, before the app exists (Flask tutorial style)."""
+    logging.config.dictConfig(
+        {
+            "version": 1,
+            "disable_existing_loggers": False,
+            "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s: %(message)s"}},
+            "handlers": {"stderr": {"class": "logging.StreamHandler", "formatter": "plain"}},
+            "root": {"level": level.upper(), "handlers": ["stderr"]},
+        }
+    )
+
+
+def parse_args(argv: list[str] | None = None) -> dict[str, object]:
+    parser = argparse.ArgumentParser(prog="python -m app", description=__doc__.splitlines()[0])
+    parser.add_argument("--host", help="address to listen on (default 127.0.0.1)")
+    parser.add_argument("--port", type=int, help="port (default 8080)")
+    parser.add_argument("--graphs-dir", help="folder of <model>/<version>/model.pb (default graphs)")
+    parser.add_argument("--threads", type=int, help="waitress worker threads (default 16)")
+    parser.add_argument("--default-model", help="model used when a request names none")
+    parser.add_argument("--no-batching", dest="batching", action="store_const", const=False,
+                        help="run each request's sess.run in its own thread, no batch queue")
+    parser.add_argument("--log-level", help="DEBUG, INFO, WARNING (default INFO)")
+    args = parser.parse_args(argv)
+    return {key: value for key, value in vars(args).items() if value is not None}
+
+
+def main(argv: list[str] | None = None) -> int:
+    overrides = parse_args(argv)
+    try:
+        settings = Settings.from_env().replace(overrides)
+    except ConfigError as exc:
+        print(f"graphserve: {exc}", file=sys.stderr)
+        return 2
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # keep TensorFlow's C++ chatter out of the log
+    configure_logging(settings.log_level)
+
+    import waitress
+
+    from app import create_app
+    from app.discovery import DiscoveryError
+    from app.servable import ModelLoadError
+
+    try:
+        app = create_app(overrides)
+    except (DiscoveryError, ModelLoadError) as exc:
+        logging.getLogger("graphserve").error("cannot start: %s", exc)
+        return 1
+    waitress.serve(
+        app,
+        host=settings.host,
+        port=settings.port,
+        threads=settings.threads,
+        ident="graphserve",
+        max_request_body_size=2 * settings.max_body_bytes,  # Flask answers 413 in JSON below this
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

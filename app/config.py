@@ -1,0 +1,84 @@
+"""All service settings in one object, read from ``GRAPHSERVE_*`` environment variables.
+
+Precedence: defaults < environment < command-line flags / ``create_app(test_config)``.
+Each field's environment variable is ``GRAPHSERVE_`` + its upper-case name, e.g.
+``GRAPHSERVE_GRAPHS_DIR=graphs``; ``create_app({"GRAPHS_DIR": ...})`` uses the same names.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass
+from typing import Any, Mapping
+
+ENV_PREFIX = "GRAPHSERVE_"
+
+
+class ConfigError(ValueError):
+    """A setting has a value of the wrong type or range (names the setting)."""
+
+
+@dataclass(frozen=True)
+class Settings:
+    graphs_dir: str = "graphs"
+    host: str = "127.0.0.1"
+    port: int = 8080
+    threads: int = 16
+    default_model: str = ""  # empty: the only model if there is one, else every model
+    default_top_k: int = 5
+    max_top_k: int = 1000
+    max_body_bytes: int = 32 * 1024 * 1024
+    max_image_bytes: int = 16 * 1024 * 1024
+    max_image_pixels: int = 40_000_000  # width x height from the header; beyond: 413, never decoded
+    max_images_per_request: int = 64
+    intra_op_threads: int = 0  # 0: TensorFlow's default (number of cores)
+    inter_op_threads: int = 0
+    gpu_memory_fraction: float = 0.0  # 0: allow growth, never grab the whole card
+    batching: bool = True  # False: each request runs its own sess.run, no queue
+    request_timeout_s: float = 30.0  # time a request may wait for its results, else 503/504
+    log_level: str = "INFO"
+    log_requests: str = "INFO"  # level of the one-line-per-request log; "OFF" to silence
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
+        environ = os.environ if environ is None else environ
+        values = {
+            f.name: environ[ENV_PREFIX + f.name.upper()]
+            for f in dataclasses.fields(cls)
+            if ENV_PREFIX + f.name.upper() in environ
+        }
+        return cls().replace(values)
+
+    def replace(self, overrides: Mapping[str, Any]) -> Settings:
+        """A copy with ``overrides`` applied; keys are field names in any case, values may be strings."""
+        fields = {f.name: f for f in dataclasses.fields(self)}
+        changes: dict[str, Any] = {}
+        for key, value in overrides.items():
+            name = key.lower()
+            if name not in fields:
+                raise ConfigError(f"unknown setting '{key}' (known: {', '.join(sorted(fields))})")
+            changes[name] = _coerce(name, type(getattr(self, name)), value)
+        return dataclasses.replace(self, **changes)
+
+
+def _coerce(name: str, kind: type, value: Any) -> Any:
+    if isinstance(value, kind) and not (kind is int and isinstance(value, bool)):
+        return value
+    if kind is bool and isinstance(value, str):
+        lowered = value.strip().lower()
+        if lowered in ("1", "true", "yes", "on"):
+            return True
+        if lowered in ("0", "false", "no", "off"):
+            return False
+        raise ConfigError(f"setting '{name}' must be true or false, got {value!r}")
+    try:
+        if kind is float and isinstance(value, (int, str)) and not isinstance(value, bool):
+            return float(value)
+        if kind is int and isinstance(value, str):
+            return int(value)
+        if kind is str:
+            return str(value)
+    except ValueError:
+        pass
+    raise ConfigError(f"setting '{name}' must be {kind.__name__}, got {value!r}")

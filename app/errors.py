@@ -1,0 +1,109 @@
+"""Errors as exceptions, turned into JSON HTTP answers in exactly one place.
+
+Every error answer has the shape ``{"error": {"code": "...", "message": "..."}}``.
+
+``ApiError`` subclasses carry their HTTP status and are raised by the HTTP layer. Domain
+exceptions from the servable, registry and batcher know nothing of HTTP; ``_DOMAIN`` below
+maps them to a status and code. Anything else is a bug: logged with its traceback, answered
+with a plain 500 that leaks nothing.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from flask import Flask, jsonify
+from flask.typing import ResponseReturnValue
+from werkzeug.exceptions import HTTPException
+
+from app.batching import BatcherClosed, DeadlineExceeded, QueueFull
+from app.registry import ModelNotFound, NoModels
+from app.servable import ModelRunError, UndecodableImage
+
+log = logging.getLogger(__name__)
+
+
+class ApiError(Exception):
+    status_code = 400
+    code = "bad_request"
+
+    def __init__(self, message: str, *, code: str | None = None, headers: dict[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        if code:
+            self.code = code
+        self.headers = headers or {}
+
+
+class BadRequest(ApiError):
+    status_code = 400
+    code = "bad_request"
+
+
+class InvalidImage(ApiError):
+    status_code = 400
+    code = "invalid_image"
+
+
+class PayloadTooLarge(ApiError):
+    status_code = 413
+    code = "payload_too_large"
+
+
+class UnsupportedMediaType(ApiError):
+    status_code = 415
+    code = "unsupported_media_type"
+
+
+class ServiceUnavailable(ApiError):
+    status_code = 503
+    code = "unavailable"
+
+
+# Domain exception -> (status, code, extra headers).
+_DOMAIN: dict[type[BaseException], tuple[int, str, dict[str, str]]] = {
+    ModelNotFound: (404, "model_not_found", {}),
+    NoModels: (503, "no_models", {}),
+    UndecodableImage: (400, "invalid_image", {}),
+    QueueFull: (503, "overloaded", {"Retry-After": "1"}),
+    DeadlineExceeded: (504, "deadline_exceeded", {}),
+    BatcherClosed: (503, "unavailable", {"Retry-After": "1"}),
+    ModelRunError: (500, "model_error", {}),
+}
+
+
+def error_response(status: int, code: str, message: str, headers: dict[str, str] | None = None) -> ResponseReturnValue:
+    return jsonify(error={"code": code, "message": message}), status, headers or {}
+
+
+def init_app(app: Flask) -> None:
+    @app.errorhandler(ApiError)
+    def _api_error(exc: ApiError) -> ResponseReturnValue:
+        return error_response(exc.status_code, exc.code, exc.message, exc.headers)
+
+    for exc_type, (status, code, headers) in _DOMAIN.items():
+        app.register_error_handler(exc_type, _domain_handler(status, code, headers))
+
+    @app.errorhandler(HTTPException)
+    def _http_error(exc: HTTPException) -> ResponseReturnValue:
+        code = (exc.name or "error").lower().replace(" ", "_")
+        status = exc.code or 500
+        message = exc.description or exc.name
+        if status == 413:
+            code, message = "payload_too_large", "request body is larger than the configured limit (max_body_bytes)"
+        return error_response(status, code, message)
+
+    @app.errorhandler(Exception)
+    def _unexpected(exc: Exception) -> ResponseReturnValue:
+        log.exception("unhandled error")
+        return error_response(500, "internal", "internal server error")
+
+
+def _domain_handler(status: int, code: str, headers: dict[str, str]) -> Any:
+    def handle(exc: BaseException) -> ResponseReturnValue:
+        if status >= 500 and status != 503 and status != 504:
+            log.error("%s: %s", code, exc)
+        return error_response(status, code, str(exc), headers)
+
+    return handle

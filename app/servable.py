@@ -1,0 +1,395 @@
+"""A servable: one model version loaded into its own ``tf.Graph`` and persistent Session.
+
+Lifecycle, in the order a model lives it (TF Serving's loader, at small scale)::
+
+    servable = load_servable(spec, options)   # once: import, add preprocessing, finalize, warm up
+    rows = servable.predict([jpeg_bytes, png_bytes])   # per batch: ONE sess.run
+    servable.close()
+
+``predict`` takes encoded images (or already-decoded ``pixels`` arrays, see
+``preprocessing``) and returns one row of class scores per item, or an exception instance
+for an item that could not be decoded, so one bad upload fails only itself. Nothing here
+knows about HTTP or batching; both wrap this.
+
+Exceptions::
+
+    ServableError
+     ├── ModelLoadError      the model cannot be loaded (names the model, file and cause)
+     ├── UndecodableImage    one item is not a decodable image (client error)
+     └── ModelRunError       the model failed on valid input (server error)
+"""
+
+from __future__ import annotations
+
+import difflib
+import io
+import logging
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence, Union
+
+import numpy as np
+import tensorflow as tf
+from PIL import Image
+
+from app import manifest as manifest_lib
+from app.manifest import Manifest
+from app.preprocessing import build_preprocessing, geometry_key
+
+log = logging.getLogger(__name__)
+
+Item = Union[bytes, np.ndarray]  # encoded image, or float32 [H, W, C] pixels
+Row = Union[np.ndarray, BaseException]
+
+
+class ServableError(Exception):
+    """Base class of everything a servable raises."""
+
+
+class ModelLoadError(ServableError):
+    def __init__(self, model: str, path: Path | str, cause: str) -> None:
+        super().__init__(f"model '{model}': {path}: {cause}")
+        self.model = model
+        self.path = str(path)
+
+
+class UndecodableImage(ServableError):
+    """An item is not a decodable image (truncated, corrupt, or a format TF cannot read)."""
+
+
+class ModelRunError(ServableError):
+    """The model failed on input that decoded fine: a server-side fault."""
+
+
+@dataclass(frozen=True)
+class ServableSpec:
+    """Where one model version lives on disk (see ``discovery``)."""
+
+    name: str
+    version: int
+    directory: Path
+
+    @property
+    def graph_path(self) -> Path:
+        return self.directory / manifest_lib.GRAPH_FILE
+
+    @property
+    def manifest_path(self) -> Path:
+        return self.directory / manifest_lib.MANIFEST_FILE
+
+    @property
+    def labels_path(self) -> Path:
+        return self.directory / manifest_lib.LABELS_FILE
+
+
+@dataclass(frozen=True)
+class SessionOptions:
+    intra_op_threads: int = 0  # 0: TensorFlow picks (number of cores)
+    inter_op_threads: int = 0
+    gpu_memory_fraction: float | None = None  # None: grow on demand, never grab the card
+
+    def config_proto(self) -> tf.compat.v1.ConfigProto:
+        config = tf.compat.v1.ConfigProto(
+            intra_op_parallelism_threads=self.intra_op_threads,
+            inter_op_parallelism_threads=self.inter_op_threads,
+            allow_soft_placement=True,  # decode ops have CPU kernels only
+        )
+        config.gpu_options.allow_growth = True
+        if self.gpu_memory_fraction is not None:
+            config.gpu_options.per_process_gpu_memory_fraction = self.gpu_memory_fraction
+        return config
+
+
+@dataclass
+class LoadStats:
+    graph_bytes: int = 0
+    constant_bytes: int = 0
+    load_seconds: float = 0.0
+    warmup_seconds: float = 0.0
+    extra: dict[str, float] = field(default_factory=dict)
+
+
+class Servable:
+    """A loaded, finalized, warmed-up model; safe to call from many threads at once."""
+
+    def __init__(
+        self,
+        *,
+        spec: ServableSpec,
+        manifest: Manifest,
+        labels: list[str] | None,
+        graph: tf.Graph,
+        session: tf.compat.v1.Session,
+        encoded: tf.Tensor,
+        pixels: tf.Tensor,
+        scores: tf.Tensor,
+        stats: LoadStats,
+    ) -> None:
+        self.spec = spec
+        self.manifest = manifest
+        self.labels = labels
+        self.graph = graph
+        self.session = session
+        self._encoded = encoded
+        self._pixels = pixels
+        self._scores = scores
+        self.stats = stats
+        self.num_classes = 0
+        self.geometry = geometry_key(manifest)
+        self.node_count = len(graph.as_graph_def().node)
+        self._closed = threading.Event()
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+    @property
+    def version(self) -> int:
+        return self.spec.version
+
+    def label(self, class_id: int) -> str:
+        return self.labels[class_id] if self.labels else str(class_id)
+
+    def predict(self, items: Sequence[Item]) -> list[Row]:
+        """Score a batch; one row (or exception) per item, in order. Never raises for one bad item."""
+        rows: list[Row] = [None] * len(items)  # type: ignore[list-item]
+        encoded = [i for i, item in enumerate(items) if isinstance(item, bytes)]
+        decoded = [i for i, item in enumerate(items) if not isinstance(item, bytes)]
+        if encoded:
+            self._predict_encoded([items[i] for i in encoded], encoded, rows)  # type: ignore[misc]
+        if decoded:
+            pixels = np.stack([items[i] for i in decoded])  # type: ignore[arg-type]
+            try:
+                scores = self._run_chunks(self._pixels, pixels)
+                for j, i in enumerate(decoded):
+                    rows[i] = scores[j]
+            except tf.errors.OpError as exc:
+                for i in decoded:
+                    rows[i] = ModelRunError(f"model '{self.name}' failed: {exc.message}")
+        return rows
+
+    def run(self, images: Sequence[bytes]) -> np.ndarray:
+        """Scores as one array [n, classes]; raises the first per-item error. For tools and tests."""
+        rows = self.predict(images)
+        for row in rows:
+            if isinstance(row, BaseException):
+                raise row
+        return np.stack(rows)  # type: ignore[arg-type]
+
+    def preprocess(self, images: Sequence[bytes]) -> np.ndarray:
+        """Decoded, resized pixels [n, H, W, C] (float32, 0..255): shareable by equal geometries."""
+        try:
+            return self._run_chunks(self._encoded, list(images), fetch=self._pixels)
+        except tf.errors.InvalidArgumentError as exc:
+            raise UndecodableImage(_decode_message(exc)) from None
+
+    def close(self) -> None:
+        if not self._closed.is_set():
+            self._closed.set()
+            self.session.close()
+
+    # -- internals ---------------------------------------------------------------------
+
+    def _predict_encoded(self, images: list[bytes], positions: list[int], rows: list[Row]) -> None:
+        try:
+            scores = self._run_chunks(self._encoded, images)
+            for j, i in enumerate(positions):
+                rows[i] = scores[j]
+            return
+        except tf.errors.InvalidArgumentError as exc:
+            if len(images) == 1:
+                rows[positions[0]] = _classify_error(self.name, exc)
+                return
+        except tf.errors.OpError as exc:
+            for i in positions:
+                rows[i] = ModelRunError(f"model '{self.name}' failed: {exc.message}")
+            return
+        # Some image in the batch is bad: find which, so only that one fails.
+        for image, i in zip(images, positions):
+            self._predict_encoded([image], [i], rows)
+
+    def _run_chunks(self, feed: tf.Tensor, batch: Sequence[object] | np.ndarray, fetch: tf.Tensor | None = None) -> np.ndarray:
+        fixed = self.manifest.batch_size
+        fetch = self._scores if fetch is None else fetch
+        if not fixed:
+            return self.session.run(fetch, {feed: batch})
+        outputs = []
+        for start in range(0, len(batch), fixed):
+            chunk = list(batch[start : start + fixed])
+            real = len(chunk)
+            chunk += [chunk[-1]] * (fixed - real)  # pad a short chunk to the graph's fixed size
+            outputs.append(self.session.run(fetch, {feed: np.stack(chunk) if feed is self._pixels else chunk})[:real])
+        return np.concatenate(outputs)
+
+
+def load_servable(spec: ServableSpec, options: SessionOptions | None = None) -> Servable:
+    """Load, finalize and warm up one model version; raise ``ModelLoadError`` naming the cause."""
+    options = options or SessionOptions()
+    started = time.perf_counter()
+    try:
+        manifest = manifest_lib.load(spec.manifest_path)
+    except manifest_lib.ManifestError as exc:
+        raise ModelLoadError(spec.name, spec.manifest_path, str(exc).split(": ", 1)[-1]) from None
+    graph_def = _read_graph_def(spec)
+    labels = _read_labels(spec)
+    input_node = _find_node(spec, graph_def, manifest.input.tensor, "input.tensor")
+    _find_node(spec, graph_def, manifest.output.tensor, "output.tensor")
+    input_dtype = tf.dtypes.as_dtype(input_node.attr["dtype"].type) if "dtype" in input_node.attr else tf.float32
+    _check_input_shape(spec, manifest, input_node)
+
+    graph = tf.Graph()
+    with graph.as_default():
+        pre = build_preprocessing(manifest, input_dtype=input_dtype)
+        try:
+            (output,) = tf.import_graph_def(
+                graph_def,
+                input_map={manifest.input.tensor: pre.model_input},
+                return_elements=[manifest.output.tensor],
+                name="model",
+            )
+        except (ValueError, tf.errors.OpError) as exc:
+            raise ModelLoadError(spec.name, spec.graph_path, f"cannot import graph: {exc}") from None
+        if output.shape.rank is not None and output.shape.rank != 2:
+            raise ModelLoadError(
+                spec.name, spec.manifest_path,
+                f"output tensor '{manifest.output.tensor}' has shape {output.shape}; expected [batch, classes]",
+            )
+        scores = tf.cast(output, tf.float32)
+        if manifest.output.kind == "logits":
+            scores = tf.nn.softmax(scores)
+        scores = tf.identity(scores, name="graphserve/scores")
+    graph.finalize()
+
+    stats = LoadStats(
+        graph_bytes=spec.graph_path.stat().st_size,
+        constant_bytes=sum(len(n.attr["value"].tensor.tensor_content) for n in graph_def.node if n.op == "Const"),
+    )
+    session = tf.compat.v1.Session(graph=graph, config=options.config_proto())
+    servable = Servable(
+        spec=spec, manifest=manifest, labels=labels, graph=graph, session=session,
+        encoded=pre.encoded, pixels=pre.pixels, scores=scores, stats=stats,
+    )
+    stats.load_seconds = time.perf_counter() - started
+    try:
+        _warm_up(servable)
+    except BaseException:
+        servable.close()
+        raise
+    stats.warmup_seconds = time.perf_counter() - started - stats.load_seconds
+    log.info(
+        "loaded model %s version %d: %d nodes, %d classes, load %.2fs, warm-up %.2fs",
+        spec.name, spec.version, servable.node_count, servable.num_classes,
+        stats.load_seconds, stats.warmup_seconds,
+    )
+    return servable
+
+
+def _warm_up(servable: Servable) -> None:
+    """Run a generated image (twice: TF optimizes the graph on the first run) and learn the class count."""
+    spec = servable.spec
+    height, width = servable.manifest.input.height, servable.manifest.input.width
+    noise = np.random.default_rng(0).integers(0, 256, size=(height * 2, width * 2, 3), dtype=np.uint8)
+    buffer = io.BytesIO()
+    Image.fromarray(noise).save(buffer, format="JPEG")
+    try:
+        for _ in range(2):
+            rows = servable.run([buffer.getvalue()])
+    except ServableError as exc:
+        raise ModelLoadError(spec.name, spec.graph_path, f"warm-up run failed: {exc}") from None
+    servable.num_classes = int(rows.shape[1])
+    labels = servable.labels
+    if labels is not None and len(labels) != servable.num_classes:
+        raise ModelLoadError(
+            spec.name, spec.labels_path,
+            f"has {len(labels)} labels but the model outputs {servable.num_classes} classes",
+        )
+
+
+def _read_graph_def(spec: ServableSpec) -> tf.compat.v1.GraphDef:
+    try:
+        data = spec.graph_path.read_bytes()
+    except OSError as exc:
+        raise ModelLoadError(spec.name, spec.graph_path, f"cannot read graph: {exc.strerror or exc}") from None
+    graph_def = tf.compat.v1.GraphDef()
+    try:
+        graph_def.ParseFromString(data)
+    except Exception as exc:  # protobuf raises DecodeError, or RuntimeWarning-like errors on junk
+        raise ModelLoadError(spec.name, spec.graph_path, f"not a GraphDef protobuf ({exc})") from None
+    if not graph_def.node:
+        raise ModelLoadError(spec.name, spec.graph_path, "graph has no nodes")
+    unfrozen = sorted({n.op for n in graph_def.node if n.op in ("Variable", "VariableV2", "VarHandleOp")})
+    if unfrozen:
+        raise ModelLoadError(
+            spec.name, spec.graph_path,
+            f"graph still has variables ({', '.join(unfrozen)}); freeze it with scripts/freeze.py",
+        )
+    return graph_def
+
+
+def _read_labels(spec: ServableSpec) -> list[str] | None:
+    try:
+        text = spec.labels_path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        return None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ModelLoadError(spec.name, spec.labels_path, f"cannot read labels: {exc}") from None
+    labels = [line.strip() for line in text.splitlines()]
+    while labels and not labels[-1]:
+        labels.pop()
+    return labels
+
+
+def _find_node(spec: ServableSpec, graph_def: tf.compat.v1.GraphDef, tensor: str, field_name: str) -> tf.compat.v1.NodeDef:
+    node_name = tensor.rsplit(":", 1)[0]
+    for node in graph_def.node:
+        if node.name == node_name:
+            return node
+    names = [n.name for n in graph_def.node]
+    close = difflib.get_close_matches(node_name, names, n=3)
+    hint = f"; did you mean {', '.join(repr(c) for c in close)}?" if close else ""
+    raise ModelLoadError(
+        spec.name, spec.manifest_path, f"field '{field_name}': no node '{node_name}' in {spec.graph_path.name}{hint}"
+    )
+
+
+def _check_input_shape(spec: ServableSpec, manifest: Manifest, node: tf.compat.v1.NodeDef) -> None:
+    """Compare the placeholder's declared shape with the manifest, for a clear startup error."""
+    if "shape" not in node.attr or node.attr["shape"].shape.unknown_rank:
+        return
+    dims = [d.size for d in node.attr["shape"].shape.dim]
+    spec_in = manifest.input
+    expected = (
+        [spec_in.height * spec_in.width * spec_in.channels]
+        if manifest.preprocessing.flatten
+        else [spec_in.height, spec_in.width, spec_in.channels]
+    )
+    ok = len(dims) == len(expected) + 1 and all(d in (-1, e) for d, e in zip(dims[1:], expected))
+    if not ok:
+        shown = f"{spec_in.height}x{spec_in.width}x{spec_in.channels}"
+        if manifest.preprocessing.flatten:
+            shown += f" (flattened: {expected[0]})"
+        raise ModelLoadError(
+            spec.name, spec.manifest_path,
+            f"manifest input {shown} does not match graph input '{node.name}' of shape {dims}",
+        )
+    batch = dims[0]
+    if batch > 0 and manifest.batch_size != batch:
+        raise ModelLoadError(
+            spec.name, spec.manifest_path,
+            f"graph input '{node.name}' has fixed batch size {batch}; set \"batch_size\": {batch} in the manifest",
+        )
+
+
+def _classify_error(model: str, exc: tf.errors.InvalidArgumentError) -> ServableError:
+    message = exc.message or str(exc)
+    if "Decode" in message or "decode" in message or "image" in message.lower():
+        return UndecodableImage(_decode_message(exc))
+    return ModelRunError(f"model '{model}' failed: {message.splitlines()[0]}")
+
+
+def _decode_message(exc: tf.errors.OpError) -> str:
+    first = (exc.message or str(exc)).strip().splitlines()
+    text = next((line for line in first if line.strip() and "Graph execution error" not in line), "cannot decode")
+    return f"cannot decode image: {text.strip()}"
