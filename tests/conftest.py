@@ -1,0 +1,58 @@
+"""Shared fixtures: real (tiny) frozen digit classifiers and an app serving them."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+from tests.digits import DigitData, digit_data, train_weights, write_model  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def digits() -> DigitData:
+    return digit_data()
+
+
+@pytest.fixture(scope="session")
+def digit_weights(digits: DigitData):
+    return train_weights(digits)
+
+
+@pytest.fixture(scope="session")
+def graphs_dir(tmp_path_factory: pytest.TempPathFactory, digit_weights) -> Path:
+    """A graphs/ folder with two digit models of different input size (read-only: copy to change)."""
+    root = tmp_path_factory.mktemp("graphs")
+    write_model(root, "digits8", digit_weights, size=8)
+    write_model(root, "digits16", digit_weights, size=16)
+    return root
+
+
+@pytest.fixture()
+def make_graphs_dir(tmp_path: Path, graphs_dir: Path):
+    """A writable copy of ``graphs_dir`` to break or extend in one test."""
+
+    def make() -> Path:
+        target = tmp_path / "graphs"
+        shutil.copytree(graphs_dir, target)
+        return target
+
+    return make
+
+
+@pytest.fixture(scope="session")
+def app(graphs_dir: Path):
+    from app import create_app
+
+    application = create_app({"GRAPHS_DIR": str(graphs_dir)})
+    yield application
+    application.extensions["models"].close()
+
+
+@pytest.fixture()
+def client(app):
+    return app.test_client()
