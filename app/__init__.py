@@ -16,6 +16,7 @@ from app.config import Settings
 def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
     """Build the app: settings, error handlers, every model loaded and warm, routes."""
     from app import errors, registry, views  # TensorFlow loads here, not on `import app`
+    from app.metrics import Metrics
 
     settings = Settings.from_env().replace(test_config or {})
     app = Flask(__name__)
@@ -23,6 +24,8 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
     app.json.sort_keys = False  # type: ignore[attr-defined]  # keep models in the order asked
     app.extensions["settings"] = settings
     errors.init_app(app)
-    registry.init_app(app, settings)
+    metrics = Metrics()
+    app.extensions["metrics"] = metrics
+    metrics.watch(registry.init_app(app, settings, on_batch=metrics.observe_batch))
     app.register_blueprint(views.bp)
     return app

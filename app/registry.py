@@ -16,13 +16,14 @@ import threading
 import time
 from concurrent.futures import Future
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Callable, Sequence
 
 from flask import Flask
 
 from app.batching import Batcher, Completed
 from app.config import Settings
 from app.discovery import discover
+from app.memory import configure_gpus
 from app.servable import Item, Row, Servable, SessionOptions, load_servable
 
 log = logging.getLogger(__name__)
@@ -45,6 +46,7 @@ class ModelHandle:
     servable: Servable
     batcher: Batcher[Item, Row] | None
     state: str = "ready"
+    on_batch: Callable[[int], None] | None = None  # direct mode's batch observer (the batcher has its own)
 
     @property
     def name(self) -> str:
@@ -57,6 +59,8 @@ class ModelHandle:
         started = time.perf_counter()
         rows = self.servable.predict(items)
         elapsed = time.perf_counter() - started
+        if self.on_batch is not None:
+            self.on_batch(len(rows))
         futures: list[Future[Completed[Row]]] = []
         for row in rows:
             future: Future[Completed[Row]] = Future()
@@ -73,9 +77,13 @@ class ModelHandle:
         self.servable.close()
 
 
+BatchObserver = Callable[[str, int, int], None]  # (model, version, batch size)
+
+
 class ModelRegistry:
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, *, on_batch: BatchObserver | None = None) -> None:
         self._settings = settings
+        self._on_batch = on_batch
         self._lock = threading.Lock()
         self._handles: dict[str, ModelHandle] = {}
 
@@ -88,6 +96,7 @@ class ModelRegistry:
             inter_op_threads=self._settings.inter_op_threads,
             gpu_memory_fraction=self._settings.gpu_memory_fraction or None,
         )
+        configure_gpus()  # before any Session: memory growth, never grab the whole card
         try:
             for spec in discover(self._settings.graphs_dir):
                 self.put(self._make_handle(load_servable(spec, options)))
@@ -98,8 +107,15 @@ class ModelRegistry:
             log.warning("no models found under %s", self._settings.graphs_dir)
 
     def _make_handle(self, servable: Servable) -> ModelHandle:
+        on_batch = None
+        if self._on_batch is not None:
+            observe, name, version = self._on_batch, servable.name, servable.version
+
+            def on_batch(size: int, *_timings: float) -> None:
+                observe(name, version, size)
+
         if not self._settings.batching:
-            return ModelHandle(servable=servable, batcher=None)
+            return ModelHandle(servable=servable, batcher=None, on_batch=on_batch)
         knobs = servable.manifest.batching
         batcher: Batcher[Item, Row] = Batcher(
             servable.predict,
@@ -108,6 +124,7 @@ class ModelRegistry:
             batch_timeout_s=knobs.batch_timeout_ms / 1000.0,
             max_queue=knobs.max_queue,
             workers=knobs.workers,
+            on_batch=on_batch,
         )
         return ModelHandle(servable=servable, batcher=batcher)
 
@@ -153,8 +170,8 @@ class ModelRegistry:
         return bool(handles) and all(h.state == "ready" for h in handles.values())
 
 
-def init_app(app: Flask, settings: Settings) -> ModelRegistry:
-    registry = ModelRegistry(settings)
+def init_app(app: Flask, settings: Settings, *, on_batch: BatchObserver | None = None) -> ModelRegistry:
+    registry = ModelRegistry(settings, on_batch=on_batch)
     registry.load_all()
     app.extensions[EXTENSION] = registry
     return registry

@@ -26,7 +26,7 @@ import io
 import logging
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence, Union
 
@@ -35,6 +35,7 @@ import tensorflow as tf
 from PIL import Image
 
 from app import manifest as manifest_lib
+from app import memory
 from app.manifest import Manifest
 from app.preprocessing import build_preprocessing, geometry_key
 
@@ -104,11 +105,27 @@ class SessionOptions:
 
 @dataclass
 class LoadStats:
-    graph_bytes: int = 0
-    constant_bytes: int = 0
+    """What loading this model cost, measured once at load time."""
+
+    graph_bytes: int = 0  # size of model.pb
+    constant_bytes: int = 0  # weights frozen into the GraphDef
     load_seconds: float = 0.0
     warmup_seconds: float = 0.0
-    extra: dict[str, float] = field(default_factory=dict)
+    rss_before: int = 0  # process RSS before this model was loaded
+    rss_after_load: int = 0
+    rss_after_warmup: int = 0
+    gpu_bytes_before: int | None = None  # None: no GPU
+    gpu_bytes_after_warmup: int | None = None
+
+    @property
+    def rss_cost(self) -> int:
+        return self.rss_after_warmup - self.rss_before
+
+    @property
+    def gpu_cost(self) -> int | None:
+        if self.gpu_bytes_before is None or self.gpu_bytes_after_warmup is None:
+            return None
+        return self.gpu_bytes_after_warmup - self.gpu_bytes_before
 
 
 class Servable:
@@ -228,6 +245,7 @@ def load_servable(spec: ServableSpec, options: SessionOptions | None = None) -> 
     """Load, finalize and warm up one model version; raise ``ModelLoadError`` naming the cause."""
     options = options or SessionOptions()
     started = time.perf_counter()
+    rss_before, gpu_before = memory.rss_bytes(), memory.gpu_bytes_in_use()
     try:
         manifest = manifest_lib.load(spec.manifest_path)
     except manifest_lib.ManifestError as exc:
@@ -264,7 +282,9 @@ def load_servable(spec: ServableSpec, options: SessionOptions | None = None) -> 
 
     stats = LoadStats(
         graph_bytes=spec.graph_path.stat().st_size,
-        constant_bytes=sum(len(n.attr["value"].tensor.tensor_content) for n in graph_def.node if n.op == "Const"),
+        constant_bytes=sum(n.attr["value"].ByteSize() for n in graph_def.node if n.op == "Const"),
+        rss_before=rss_before,
+        gpu_bytes_before=gpu_before,
     )
     session = tf.compat.v1.Session(graph=graph, config=options.config_proto())
     servable = Servable(
@@ -272,16 +292,18 @@ def load_servable(spec: ServableSpec, options: SessionOptions | None = None) -> 
         encoded=pre.encoded, pixels=pre.pixels, scores=scores, stats=stats,
     )
     stats.load_seconds = time.perf_counter() - started
+    stats.rss_after_load = memory.rss_bytes()
     try:
         _warm_up(servable)
     except BaseException:
         servable.close()
         raise
     stats.warmup_seconds = time.perf_counter() - started - stats.load_seconds
+    stats.rss_after_warmup, stats.gpu_bytes_after_warmup = memory.rss_bytes(), memory.gpu_bytes_in_use()
     log.info(
-        "loaded model %s version %d: %d nodes, %d classes, load %.2fs, warm-up %.2fs",
+        "loaded model %s version %d: %d nodes, %d classes, load %.2fs, warm-up %.2fs, RSS +%.1f MiB",
         spec.name, spec.version, servable.node_count, servable.num_classes,
-        stats.load_seconds, stats.warmup_seconds,
+        stats.load_seconds, stats.warmup_seconds, stats.rss_cost / 2**20,
     )
     return servable
 
@@ -296,6 +318,7 @@ def _warm_up(servable: Servable) -> None:
     try:
         for _ in range(2):
             rows = servable.run([buffer.getvalue()])
+            servable.predict(list(servable.preprocess([buffer.getvalue()])))  # the shared-decode path
     except ServableError as exc:
         raise ModelLoadError(spec.name, spec.graph_path, f"warm-up run failed: {exc}") from None
     servable.num_classes = int(rows.shape[1])

@@ -8,6 +8,7 @@ Nothing here builds an op, reads a file, or holds a lock.
 
 from __future__ import annotations
 
+import logging
 import time
 from collections import defaultdict
 from concurrent.futures import Future
@@ -15,17 +16,19 @@ from concurrent.futures import TimeoutError as FutureTimeout
 from typing import Any
 
 import numpy as np
-from flask import Blueprint, current_app, jsonify, request
+from flask import Blueprint, Response, current_app, g, jsonify, request
 from flask.typing import ResponseReturnValue
 
 from app.batching import Completed, DeadlineExceeded
 from app.config import Settings
 from app.errors import BadRequest, InvalidImage
+from app.metrics import CONTENT_TYPE, Metrics
 from app.registry import ModelHandle, get_registry
 from app.servable import Item, Row, UndecodableImage
 from app.uploads import Upload, read_uploads
 
 bp = Blueprint("api", __name__)
+request_log = logging.getLogger("graphserve.request")
 
 
 def _settings() -> Settings:
@@ -57,22 +60,60 @@ def classify() -> ResponseReturnValue:
     started = time.perf_counter()
     settings = _settings()
     top_k = _top_k(settings)
+    profile = _param("profile") in ("1", "true")
     handles = get_registry(current_app).resolve(_param("model"))
+    g.models = [(handle.name, handle.servable.version) for handle in handles]
     uploads = read_uploads(request, settings)
     checked = time.perf_counter()
+    g.images = len(uploads)
 
     deadline = time.monotonic() + settings.request_timeout_s
     pending = [(handle, handle.submit(items, deadline=deadline)) for handle, items in _inputs(handles, uploads)]
     models: dict[str, Any] = {}
+    metrics: Metrics = current_app.extensions["metrics"]
+    timing = [("checks", checked - started)]
     for handle, futures in pending:
-        models[handle.name] = _collect(handle, futures, uploads, top_k, deadline)
+        result, seconds = _collect(handle, futures, uploads, top_k, deadline)
+        seconds["total"] = time.perf_counter() - started
+        metrics.observe_model(handle.name, handle.servable.version, len(uploads), seconds)
+        timing += [(f"{handle.name}.{stage}", value) for stage, value in seconds.items()]
+        models[handle.name] = result
+    if profile:
+        for handle in handles:
+            split = models[handle.name]["profile_ms"] = _profile(handle, uploads)
+            timing += [(f"{handle.name}.profile-{stage}", ms / 1000) for stage, ms in split.items()]
 
-    total_ms = (time.perf_counter() - started) * 1000
-    return jsonify(
+    total = time.perf_counter() - started
+    timing.append(("total", total))
+    g.timing = timing
+    response = jsonify(
         models=models,
         images=len(uploads),
-        time_ms={"total": round(total_ms, 3), "checks": round((checked - started) * 1000, 3)},
+        time_ms={"total": round(total * 1000, 3), "checks": round((checked - started) * 1000, 3)},
     )
+    response.headers["Server-Timing"] = ", ".join(f"{name};dur={value * 1000:.3f}" for name, value in timing)
+    return response
+
+
+def _profile(handle: ModelHandle, uploads: list[Upload]) -> dict[str, float]:
+    """Debug split of the single sess.run: decode + resize alone, then the model on those pixels.
+
+    Runs the work again outside the batcher, so it costs extra time; only on ``?profile=1``.
+    """
+    servable = handle.servable
+    encoded = [upload.data for upload in uploads]
+    started = time.perf_counter()
+    pixels = servable.preprocess(encoded)
+    decoded = time.perf_counter()
+    servable.predict(list(pixels))
+    modelled = time.perf_counter()
+    servable.predict(encoded)
+    whole = time.perf_counter()
+    return {
+        "decode_resize": round((decoded - started) * 1000, 3),
+        "normalize_model": round((modelled - decoded) * 1000, 3),
+        "single_run": round((whole - modelled) * 1000, 3),
+    }
 
 
 def _inputs(handles: list[ModelHandle], uploads: list[Upload]) -> list[tuple[ModelHandle, list[Item]]]:
@@ -100,7 +141,7 @@ def _collect(
     uploads: list[Upload],
     top_k: int,
     deadline: float,
-) -> dict[str, Any]:
+) -> tuple[dict[str, Any], dict[str, float]]:
     completed: list[Completed[Row]] = []
     bad: list[tuple[Upload, BaseException]] = []
     for upload, future in zip(uploads, futures):
@@ -117,17 +158,18 @@ def _collect(
     post_started = time.perf_counter()
     scores = np.stack([c.value for c in completed])  # type: ignore[misc]
     results = _top_k_results(handle, scores, uploads, top_k)
-    servable = handle.servable
-    return {
-        "version": servable.version,
+    seconds = {
+        "queue": max(c.queue_seconds for c in completed),
+        "run": max(c.run_seconds for c in completed),
+        "postprocess": time.perf_counter() - post_started,
+    }
+    result = {
+        "version": handle.servable.version,
         "results": results,
-        "time_ms": {
-            "queue": round(max(c.queue_seconds for c in completed) * 1000, 3),
-            "run": round(max(c.run_seconds for c in completed) * 1000, 3),
-            "postprocess": round((time.perf_counter() - post_started) * 1000, 3),
-        },
+        "time_ms": {stage: round(value * 1000, 3) for stage, value in seconds.items()},
         "batch_sizes": sorted({c.batch_size for c in completed}),
     }
+    return result, seconds
 
 
 def _top_k_results(handle: ModelHandle, scores: np.ndarray, uploads: list[Upload], top_k: int) -> list[dict[str, Any]]:
@@ -180,3 +222,43 @@ def readyz() -> ResponseReturnValue:
     if registry.ready():
         return jsonify(status="ready", models=states)
     return jsonify(status="not ready", models=states), 503
+
+
+@bp.get("/metrics")
+def metrics() -> ResponseReturnValue:
+    return Response(current_app.extensions["metrics"].exposition(), content_type=CONTENT_TYPE)
+
+
+@bp.get("/stats")
+def stats() -> ResponseReturnValue:
+    return jsonify(current_app.extensions["metrics"].stats())
+
+
+@bp.before_app_request
+def _start_clock() -> None:
+    g.started = time.perf_counter()
+
+
+@bp.after_app_request
+def _record(response: Response) -> Response:
+    """Count every answer and log one line per request (logfmt), errors included."""
+    endpoint = request.url_rule.rule if request.url_rule is not None else "unmatched"
+    error_code = None
+    if response.status_code >= 400 and response.is_json:
+        error_code = (response.get_json(silent=True) or {}).get("error", {}).get("code")
+    models = g.get("models", ())
+    current_app.extensions["metrics"].observe_request(endpoint, response.status_code, models, error_code)
+    level = _settings().log_requests.upper()
+    if level != "OFF" and endpoint not in ("/metrics", "/healthz", "/readyz"):
+        numeric = logging.getLevelName(level)
+        if request_log.isEnabledFor(numeric):
+            timing = " ".join(f"{name}_ms={value * 1000:.2f}" for name, value in g.get("timing", ()))
+            total_ms = (time.perf_counter() - g.get("started", time.perf_counter())) * 1000
+            request_log.log(
+                numeric,
+                "method=%s path=%s status=%d models=%s images=%d ms=%.2f%s%s",
+                request.method, request.path, response.status_code,
+                ",".join(name for name, _ in models) or "-", g.get("images", 0), total_ms,
+                f" error={error_code}" if error_code else "", f" {timing}" if timing else "",
+            )
+    return response

@@ -1,0 +1,76 @@
+"""Memory readings: process RSS and peak (psutil / getrusage) and TensorFlow's GPU allocator.
+
+GPU figures come from ``tf.config.experimental.get_memory_info``, the process-wide BFC
+allocator that every Session shares. On a machine without a GPU they are ``None`` (shown
+as "not available"), never zeros that would read as "uses no memory".
+"""
+
+from __future__ import annotations
+
+import logging
+import resource
+import sys
+from dataclasses import dataclass
+
+import psutil
+
+log = logging.getLogger(__name__)
+
+_PROCESS = psutil.Process()
+
+
+def rss_bytes() -> int:
+    return int(_PROCESS.memory_info().rss)
+
+
+def peak_rss_bytes() -> int:
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return int(peak if sys.platform == "darwin" else peak * 1024)  # Linux reports KiB
+
+
+@dataclass(frozen=True)
+class GpuMemory:
+    device: str
+    current_bytes: int
+    peak_bytes: int
+
+
+def configure_gpus() -> list[str]:
+    """Turn on memory growth for every GPU before any Session exists; return their names.
+
+    Without this, the first Session (or eager context) would reserve almost the whole card.
+    """
+    import tensorflow as tf
+
+    names = []
+    for gpu in tf.config.list_physical_devices("GPU"):
+        try:
+            tf.config.experimental.set_memory_growth(gpu, True)
+        except RuntimeError:  # already initialized: growth was set earlier in this process
+            pass
+        names.append(gpu.name.replace("/physical_device:", ""))
+    return names
+
+
+def gpu_memory() -> list[GpuMemory] | None:
+    """Bytes in use and peak per GPU, or ``None`` when TensorFlow sees no GPU."""
+    import tensorflow as tf
+
+    gpus = tf.config.list_physical_devices("GPU")
+    if not gpus:
+        return None
+    readings = []
+    for index in range(len(gpus)):
+        device = f"GPU:{index}"
+        try:
+            info = tf.config.experimental.get_memory_info(device)
+        except (ValueError, RuntimeError) as exc:  # e.g. device hidden by CUDA_VISIBLE_DEVICES
+            log.debug("no memory info for %s: %s", device, exc)
+            continue
+        readings.append(GpuMemory(device=device, current_bytes=int(info["current"]), peak_bytes=int(info["peak"])))
+    return readings
+
+
+def gpu_bytes_in_use() -> int | None:
+    readings = gpu_memory()
+    return None if readings is None else sum(r.current_bytes for r in readings)
