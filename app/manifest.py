@@ -82,7 +82,7 @@ class BatchingSpec:
     """Per-model batch scheduler knobs (TF Serving's names, in our units)."""
 
     max_batch_size: int = 32
-    batch_timeout_ms: float = 1.0
+    batch_timeout_ms: float = 0.0  # on CPU, 0 is usually best: a batch forms from what queued meanwhile
     max_queue: int = 256
     workers: int = 1
 

@@ -28,7 +28,7 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence, Union
+from typing import Callable, Sequence, Union
 
 import numpy as np
 import tensorflow as tf
@@ -149,10 +149,12 @@ class Servable:
         self.labels = labels
         self.graph = graph
         self.session = session
-        self._encoded = encoded
-        self._pixels = pixels
-        self._scores = scores
         self.stats = stats
+        self._encoded, self._pixels, self._scores = encoded, pixels, scores  # for tools driving the session
+        # Pre-built callables skip Session.run's per-call feed/fetch parsing (~0.1 ms each).
+        self._classify_encoded = session.make_callable(scores, [encoded])
+        self._classify_pixels = session.make_callable(scores, [pixels])
+        self._decode = session.make_callable(pixels, [encoded])
         self.num_classes = 0
         self.geometry = geometry_key(manifest)
         self.node_count = len(graph.as_graph_def().node)
@@ -179,7 +181,7 @@ class Servable:
         if decoded:
             pixels = np.stack([items[i] for i in decoded])  # type: ignore[arg-type]
             try:
-                scores = self._run_chunks(self._pixels, pixels)
+                scores = self._run_chunks(self._classify_pixels, pixels)
                 for j, i in enumerate(decoded):
                     rows[i] = scores[j]
             except tf.errors.OpError as exc:
@@ -198,7 +200,7 @@ class Servable:
     def preprocess(self, images: Sequence[bytes]) -> np.ndarray:
         """Decoded, resized pixels [n, H, W, C] (float32, 0..255): shareable by equal geometries."""
         try:
-            return self._run_chunks(self._encoded, list(images), fetch=self._pixels)
+            return self._run_chunks(self._decode, list(images))
         except tf.errors.InvalidArgumentError as exc:
             raise UndecodableImage(_decode_message(exc)) from None
 
@@ -211,7 +213,7 @@ class Servable:
 
     def _predict_encoded(self, images: list[bytes], positions: list[int], rows: list[Row]) -> None:
         try:
-            scores = self._run_chunks(self._encoded, images)
+            scores = self._run_chunks(self._classify_encoded, images)
             for j, i in enumerate(positions):
                 rows[i] = scores[j]
             return
@@ -227,17 +229,17 @@ class Servable:
         for image, i in zip(images, positions):
             self._predict_encoded([image], [i], rows)
 
-    def _run_chunks(self, feed: tf.Tensor, batch: Sequence[object] | np.ndarray, fetch: tf.Tensor | None = None) -> np.ndarray:
+    def _run_chunks(self, run: Callable[[object], np.ndarray], batch: Sequence[object]) -> np.ndarray:
+        """``run`` the batch, in chunks of the graph's fixed batch size when it has one."""
         fixed = self.manifest.batch_size
-        fetch = self._scores if fetch is None else fetch
         if not fixed:
-            return self.session.run(fetch, {feed: batch})
+            return run(batch)
         outputs = []
         for start in range(0, len(batch), fixed):
             chunk = list(batch[start : start + fixed])
             real = len(chunk)
             chunk += [chunk[-1]] * (fixed - real)  # pad a short chunk to the graph's fixed size
-            outputs.append(self.session.run(fetch, {feed: np.stack(chunk) if feed is self._pixels else chunk})[:real])
+            outputs.append(run(chunk)[:real])
         return np.concatenate(outputs)
 
 
