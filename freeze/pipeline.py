@@ -1,0 +1,211 @@
+"""One call from a model file to a verified, servable version folder.
+
+``freeze_model`` loads the source, freezes it, builds and validates the manifest, verifies
+the frozen graph against the source, then writes ``graphs/<name>/<version>/`` (or just a
+``.pb``), and returns a ``FreezeResult`` whose ``summary()`` is what the CLI prints.
+
+Example::
+
+    python scripts/freeze.py ../shared/testdata/checkpoints/mnist_softmax_tf1 --name mnist \\
+        --flatten --labels 0,1,2,3,4,5,6,7,8,9
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import logging
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import tensorflow as tf
+
+from app.manifest import GRAPH_FILE, Manifest
+from freeze import images
+from freeze.errors import ExportError, GraphError
+from freeze.export import ImageOptions, build_manifest, write_model
+from freeze.graph import TensorInfo
+from freeze.sources import FrozenGraph, Inspection, load_source
+from freeze.verify import DEFAULT_TOLERANCE, Verification, random_feeds, verify
+
+log = logging.getLogger(__name__)
+
+RANDOM_IMAGES = 4
+
+
+@dataclass(frozen=True)
+class FreezeResult:
+    """What was frozen, how well it matches its source, and where it went."""
+
+    source: str
+    frozen: FrozenGraph
+    verification: Verification
+    manifest: Manifest | None
+    path: Path | None
+    seconds: float
+
+    @property
+    def size_bytes(self) -> int:
+        return self.frozen.graph_def.ByteSize()
+
+    def summary(self) -> str:
+        lines = [f"froze {self.source} in {self.seconds:.1f} s"]
+        lines.append(
+            f"  nodes: {self.frozen.nodes_before} -> {len(self.frozen.graph_def.node)}   size: {_size(self.size_bytes)}"
+        )
+        lines += [f"  input:  {_short(t)}" for t in self.frozen.inputs]
+        kind = f" ({self.manifest.output.kind})" if self.manifest else ""
+        lines += [f"  output: {_short(t)}{kind}" for t in self.frozen.outputs]
+        if self.manifest:
+            spec, pre = self.manifest.input, self.manifest.preprocessing
+            batch = f", batch size {self.manifest.batch_size}" if self.manifest.batch_size else ""
+            flat = ", flattened" if pre.flatten else ""
+            lines.append(f"  image:  {spec.height}x{spec.width}x{spec.channels}, scale {pre.scale}{flat}{batch}")
+        lines.append(f"  verified: {self.verification.describe()}")
+        lines += [f"  note: {note}" for note in self.frozen.notes]
+        if self.path is not None:
+            lines.append(f"  wrote {self.path}")
+        return "\n".join(lines)
+
+
+def _short(t: TensorInfo) -> str:
+    shape = "?" if t.shape is None else "[" + ", ".join("?" if d is None else str(d) for d in t.shape) + "]"
+    return f"{t.name} {t.dtype} {shape}"
+
+
+def _size(n: int) -> str:
+    return f"{n / 1e6:.1f} MB" if n >= 1e6 else f"{n / 1e3:.1f} kB"
+
+
+def inspect_model(
+    source: str | Path,
+    *,
+    graph_fn: str | Callable[[], Any] | None = None,
+    signature: str | None = None,
+    tags: Sequence[str] | None = None,
+) -> Inspection:
+    """Placeholders, candidate outputs and the automatic choice, without freezing."""
+    with load_source(source, graph_fn=graph_fn, signature=signature, tags=tags) as src:
+        return src.inspect()
+
+
+def freeze_model(
+    source: str | Path,
+    *,
+    graph_fn: str | Callable[[], Any] | None = None,
+    signature: str | None = None,
+    tags: Sequence[str] | None = None,
+    inputs: Sequence[str] | None = None,
+    outputs: Sequence[str] | None = None,
+    constants: Mapping[str, Any] | None = None,
+    image: ImageOptions | None = None,
+    labels: Sequence[str] | None = None,
+    samples: Sequence[str | Path] = (),
+    tolerance: float = DEFAULT_TOLERANCE,
+    input_shape: Sequence[int] | None = None,
+    graphs_dir: str | Path | None = None,
+    name: str | None = None,
+    version: int | None = None,
+    overwrite: bool = False,
+    output_pb: str | Path | None = None,
+    info: Mapping[str, Any] | None = None,
+) -> FreezeResult:
+    """Freeze ``source``, verify it, and write it (see the module docstring).
+
+    With ``graphs_dir`` and ``name`` it writes a servable version folder (the model must be
+    an image classifier; ``image`` fills in what the graph does not say). With
+    ``output_pb`` it writes only the GraphDef, for any model. With neither it writes
+    nothing: freeze and verify only.
+    """
+    start = time.perf_counter()
+    to_service = graphs_dir is not None or name is not None
+    if to_service and (graphs_dir is None or name is None):
+        raise ExportError("writing a servable model needs both a graphs directory and a model name")
+    if samples and image is None and not to_service:
+        raise GraphError("--sample images need an image model: give --name (or the image size)")
+    with load_source(source, graph_fn=graph_fn, signature=signature, tags=tags) as src:
+        frozen = src.freeze(inputs=inputs, outputs=outputs, constants=constants)
+        manifest = None
+        if to_service or image is not None:
+            manifest = build_manifest(frozen=frozen, image=image or ImageOptions(), labels=labels)
+        batches, described = _verification_batches(frozen, manifest, samples, input_shape)
+        verification = verify(source=src, frozen=frozen, feeds=batches, tolerance=tolerance, described_as=described)
+        details = src.details
+    if manifest is not None:
+        manifest = dataclasses.replace(manifest, info=_info(details, frozen, verification, info))
+    path = None
+    if to_service:
+        assert manifest is not None and graphs_dir is not None and name is not None
+        path = write_model(
+            graphs_dir=graphs_dir,
+            name=name,
+            graph_def=frozen.graph_def,
+            manifest=manifest,
+            labels=labels,
+            version=version,
+            overwrite=overwrite,
+        )
+    if output_pb is not None:
+        path = Path(output_pb)
+        if path.exists() and not overwrite:
+            raise ExportError(f"{path} already exists; pass --overwrite to replace it")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(frozen.graph_def.SerializeToString())
+    return FreezeResult(
+        source=f"{details['kind']} {source}",
+        frozen=frozen,
+        verification=verification,
+        manifest=manifest,
+        path=path,
+        seconds=time.perf_counter() - start,
+    )
+
+
+def _verification_batches(
+    frozen: FrozenGraph,
+    manifest: Manifest | None,
+    samples: Sequence[str | Path],
+    input_shape: Sequence[int] | None,
+) -> tuple[list[dict[str, np.ndarray]], str]:
+    """Feeds for verification, split to the graph's fixed batch size if it has one."""
+    if manifest is None:
+        shapes = {frozen.inputs[0].name: list(input_shape)} if input_shape else None
+        return [random_feeds(frozen.inputs, shapes=shapes)], ""
+    if samples:
+        pixels = np.stack([images.load_image(p, manifest) for p in samples])
+        described = f"{len(samples)} sample image(s)"
+    else:
+        pixels = images.random_images(RANDOM_IMAGES, manifest)
+        described = f"{RANDOM_IMAGES} random images"
+    x = images.to_model_input(pixels, manifest)
+    step = manifest.batch_size or len(x)
+    rows = np.arange(-(-len(x) // step) * step) % len(x)  # whole batches, repeating images to fill
+    x = x[rows]
+    return [{manifest.input.tensor: x[i : i + step]} for i in range(0, len(x), step)], described
+
+
+def _info(
+    details: Mapping[str, Any], frozen: FrozenGraph, verification: Verification, extra: Mapping[str, Any] | None
+) -> dict[str, Any]:
+    info: dict[str, Any] = {
+        "source": dict(details),
+        "frozen_by": "graphserve scripts/freeze.py",
+        "frozen_at": dt.datetime.now(dt.timezone.utc).replace(microsecond=0).isoformat(),
+        "tensorflow": tf.__version__,
+        "nodes": {"source": frozen.nodes_before, "frozen": len(frozen.graph_def.node)},
+        "verification": verification.to_json(),
+    }
+    if frozen.constants:
+        info["fixed_placeholders"] = {k: _plain(v) for k, v in frozen.constants.items()}
+    if frozen.notes:
+        info["notes"] = list(frozen.notes)
+    info.update(extra or {})
+    return info
+
+
+def _plain(value: Any) -> Any:
+    return value.item() if isinstance(value, np.generic) else value

@@ -1,0 +1,213 @@
+#!/usr/bin/env python
+"""Freeze a checkpoint, SavedModel, Keras file or graph into a verified model for the service.
+
+Writes ``graphs/<name>/<version>/`` (model.pb, model.json, labels.txt) after checking the
+frozen graph against its source; ``--inspect`` lists the graph's inputs and outputs first.
+A thin layer over the ``freeze`` library: errors are one line on stderr and exit status 2.
+
+Examples::
+
+    python scripts/freeze.py ../shared/testdata/checkpoints/mnist_softmax_tf1 --inspect
+    python scripts/freeze.py ../shared/testdata/checkpoints/mnist_softmax_tf1 --name mnist \\
+        --labels 0,1,2,3,4,5,6,7,8,9
+    python scripts/freeze.py model.keras --name flowers --scale "[-1,1]" --labels labels.txt --sample rose.jpg
+    python scripts/freeze.py ../shared/testdata/checkpoints/tensorflow_serving/bad_half_plus_two/00000123 \\
+        --output-pb /tmp/half_plus_two.pb
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+import warnings
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+from app.manifest import OUTPUT_KINDS, RESIZE_METHODS, SCALE_PRESETS  # noqa: E402
+
+log = logging.getLogger("freeze")
+
+EXIT_USER_ERROR = 2
+
+
+def _import_tensorflow_quietly(verbose: bool) -> None:
+    """Import TF with its C++ start-up chatter (oneDNN, CUDA) hidden unless ``--verbose``.
+
+    TF 2.16+ prints some lines before its own log level is read, so stderr itself is
+    pointed at /dev/null for the duration of the import.
+    """
+    if verbose or "tensorflow" in sys.modules:
+        return
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    sys.stderr.flush()
+    saved = os.dup(2)
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, 2)
+    try:
+        import tensorflow as tf
+
+        tf.get_logger().setLevel(logging.ERROR)
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)
+
+
+def _number_list(text: str) -> list[float]:
+    try:
+        return [float(v) for v in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got '{text}'") from None
+
+
+def _shape(text: str) -> list[int]:
+    try:
+        return [int(v) for v in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers such as 1,224,224,3, got '{text}'") from None
+
+
+def _assignment(text: str) -> tuple[str, Any]:
+    name, sep, value = text.partition("=")
+    if not sep or not name:
+        raise argparse.ArgumentTypeError(f"expected NAME=VALUE, got '{text}'")
+    lowered = value.strip().lower()
+    if lowered in ("true", "false"):
+        return name, lowered == "true"
+    for kind in (int, float):
+        try:
+            return name, kind(value)
+        except ValueError:
+            pass
+    raise argparse.ArgumentTypeError(f"value of {name} must be a number, true or false; got '{value}'")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="scripts/freeze.py",
+        description="Freeze a model into graphs/<name>/<version>/ for the service, verified against its source.",
+        epilog="Without --name or --output-pb nothing is written: the model is frozen and verified only.",
+    )
+    parser.add_argument("source", help="checkpoint (.meta, prefix or directory), SavedModel directory, .keras/.h5 file, or frozen .pb")
+    parser.add_argument("--inspect", action="store_true", help="list placeholders and candidate outputs, then stop")
+    where = parser.add_argument_group("where to write")
+    where.add_argument("--name", help="model name: writes GRAPHS_DIR/NAME/VERSION/ with model.pb, model.json, labels.txt")
+    where.add_argument("--version", type=int, help="version number (default: the next free one)")
+    where.add_argument("--graphs-dir", type=Path, default=REPO / "graphs", help="default: %(default)s")
+    where.add_argument("--overwrite", action="store_true", help="replace an existing version or --output-pb file")
+    where.add_argument("--output-pb", type=Path, help="write only the frozen GraphDef here (any model, no manifest)")
+    graph = parser.add_argument_group("what to freeze")
+    graph.add_argument("--input", action="append", help="input tensor or signature key (default: picked if unambiguous)")
+    graph.add_argument("--output", action="append", help="output tensor or signature key (default: picked if unambiguous)")
+    graph.add_argument("--signature", help="SavedModel signature (default: serving_default)")
+    graph.add_argument("--tags", help="SavedModel MetaGraph tags, comma-separated (default: serve)")
+    graph.add_argument("--graph-fn", help="module:function or file.py:function that rebuilds a checkpoint's graph")
+    graph.add_argument("--set", action="append", type=_assignment, default=[], metavar="NAME=VALUE",
+                       help="fix a placeholder to a constant, e.g. keep_prob=1.0 or is_training=false")
+    image = parser.add_argument_group("image model (model.json)")
+    image.add_argument("--height", type=int)
+    image.add_argument("--width", type=int)
+    image.add_argument("--channels", type=int, choices=(1, 3))
+    image.add_argument("--flatten", action=argparse.BooleanOptionalAction, default=None,
+                       help="the model takes flat [N, H*W*C] vectors (default: read from the input shape)")
+    image.add_argument("--scale", choices=SCALE_PRESETS, default="[0,1]", help="pixel scaling (default: %(default)s)")
+    image.add_argument("--mean", type=_number_list, help="per-channel mean in 0..255 units (with --scale mean_std)")
+    image.add_argument("--std", type=_number_list, help="per-channel std in 0..255 units (with --scale mean_std)")
+    image.add_argument("--resize", choices=RESIZE_METHODS, default="bilinear")
+    image.add_argument("--no-antialias", action="store_true")
+    image.add_argument("--central-crop", type=float, metavar="FRACTION")
+    image.add_argument("--output-kind", choices=OUTPUT_KINDS, help="default: probabilities after a softmax, scores after a ReLU, else logits")
+    image.add_argument("--labels", help="labels file (one per line) or a comma-separated list")
+    check = parser.add_argument_group("verification")
+    check.add_argument("--sample", action="append", default=[], metavar="IMAGE", help="verify on this real image (repeatable)")
+    check.add_argument("--tolerance", type=float, default=1e-4, help="max allowed |source - frozen|, relative above 1 (default: %(default)s)")
+    check.add_argument("--input-shape", type=_shape, help="shape for random inputs when the graph's is not fixed, e.g. 1,224,224,3")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log each step, and TensorFlow's own messages")
+    return parser
+
+
+def _labels(value: str | None) -> list[str] | None:
+    from freeze import ExportError, read_labels
+
+    if value is None:
+        return None
+    if Path(value).is_file():
+        return read_labels(value)
+    if "," in value:
+        return [v.strip() for v in value.split(",")]
+    raise ExportError(f"labels file {value} not found (give a file, or a comma-separated list)")
+
+
+def run(args: argparse.Namespace) -> int:
+    from freeze import ImageOptions, freeze_model, inspect_model
+
+    tags = args.tags.split(",") if args.tags else None
+    if args.inspect:
+        print(inspect_model(args.source, graph_fn=args.graph_fn, signature=args.signature, tags=tags).format())
+        return 0
+    image = None
+    if args.name or any(v is not None for v in (args.height, args.width, args.channels, args.flatten)):
+        image = ImageOptions(
+            height=args.height,
+            width=args.width,
+            channels=args.channels,
+            flatten=args.flatten,
+            scale=args.scale,
+            mean=tuple(args.mean) if args.mean else None,
+            std=tuple(args.std) if args.std else None,
+            resize=args.resize,
+            antialias=not args.no_antialias,
+            central_crop=args.central_crop,
+            output_kind=args.output_kind,
+        )
+    result = freeze_model(
+        args.source,
+        graph_fn=args.graph_fn,
+        signature=args.signature,
+        tags=tags,
+        inputs=args.input,
+        outputs=args.output,
+        constants=dict(args.set),
+        image=image,
+        labels=_labels(args.labels),
+        samples=args.sample,
+        tolerance=args.tolerance,
+        input_shape=args.input_shape,
+        graphs_dir=args.graphs_dir if args.name else None,
+        name=args.name,
+        version=args.version,
+        overwrite=args.overwrite,
+        output_pb=args.output_pb,
+    )
+    print(result.summary())
+    if result.path is None:
+        print("  nothing written: give --name NAME (servable model) or --output-pb FILE")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.INFO if args.verbose else logging.WARNING,
+        format="%(levelname)s %(name)s: %(message)s" if args.verbose else "freeze: %(levelname)s: %(message)s",
+    )
+    if not args.verbose:
+        warnings.filterwarnings("ignore")
+    _import_tensorflow_quietly(args.verbose)
+    from freeze import FreezeError
+
+    try:
+        return run(args)
+    except FreezeError as exc:
+        print(f"freeze: error: {exc}", file=sys.stderr)
+        return EXIT_USER_ERROR
+
+
+if __name__ == "__main__":
+    sys.exit(main())
