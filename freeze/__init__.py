@@ -7,9 +7,12 @@ Keyword-only functions that raise ``FreezeError`` (see ``freeze.errors``);
   Keras file or frozen ``.pb``; ``source.inspect()`` lists inputs/outputs.
 - ``source.freeze(inputs=..., outputs=...)`` → ``FrozenGraph``: variables frozen,
   training nodes stripped, pruned to the outputs, devices cleared (``freeze.graph``).
-- ``verify(source=..., frozen=..., feeds=...)`` runs both and compares (``freeze.verify``).
+- ``verify(source=..., frozen=..., feeds=...)`` runs both and compares (``freeze.verification``).
 - ``build_manifest``/``write_model`` write ``graphs/<name>/<version>/`` (``freeze.export``).
 - ``freeze_model(...)`` does all of it in one call (``freeze.pipeline``).
+
+The names below are loaded on first use, so ``import freeze.console`` (what the scripts
+do first, to silence TensorFlow's start-up) does not import TensorFlow.
 
 Example::
 
@@ -18,41 +21,39 @@ Example::
 
 from __future__ import annotations
 
-from freeze.errors import (
-    AmbiguousChoiceError,
-    ExportError,
-    FreezeError,
-    GraphError,
-    NodeNotFoundError,
-    SourceError,
-    VerificationError,
-)
-from freeze.export import ImageOptions, build_manifest, read_labels, write_model
-from freeze.pipeline import FreezeResult, freeze_model, inspect_model
-from freeze.sources import FrozenGraph, Inspection, Source, load_source
-from freeze.verify import Verification, random_feeds, run_frozen, verify
+import importlib
+from typing import TYPE_CHECKING, Any
 
-__all__ = [
-    "AmbiguousChoiceError",
-    "ExportError",
-    "FreezeError",
-    "FreezeResult",
-    "FrozenGraph",
-    "GraphError",
-    "ImageOptions",
-    "Inspection",
-    "NodeNotFoundError",
-    "Source",
-    "SourceError",
-    "Verification",
-    "VerificationError",
-    "build_manifest",
-    "freeze_model",
-    "inspect_model",
-    "load_source",
-    "random_feeds",
-    "read_labels",
-    "run_frozen",
-    "verify",
-    "write_model",
-]
+_EXPORTS = {
+    "freeze.errors": (
+        "AmbiguousChoiceError", "ExportError", "FreezeError", "GraphError", "NodeNotFoundError",
+        "SourceError", "VerificationError",
+    ),
+    "freeze.export": ("ImageOptions", "build_manifest", "read_labels", "write_model"),
+    "freeze.pipeline": ("FreezeResult", "freeze_model", "inspect_model"),
+    "freeze.sources": ("FrozenGraph", "Inspection", "Source", "load_source"),
+    "freeze.verification": ("Verification", "random_feeds", "run_frozen", "verify"),
+}
+_MODULE_OF = {name: module for module, names in _EXPORTS.items() for name in names}
+__all__ = sorted(_MODULE_OF)
+
+if TYPE_CHECKING:
+    from freeze.errors import (
+        AmbiguousChoiceError,
+        ExportError,
+        FreezeError,
+        GraphError,
+        NodeNotFoundError,
+        SourceError,
+        VerificationError,
+    )
+    from freeze.export import ImageOptions, build_manifest, read_labels, write_model
+    from freeze.pipeline import FreezeResult, freeze_model, inspect_model
+    from freeze.sources import FrozenGraph, Inspection, Source, load_source
+    from freeze.verification import Verification, random_feeds, run_frozen, verify
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _MODULE_OF:
+        raise AttributeError(f"module 'freeze' has no attribute '{name}'")
+    return getattr(importlib.import_module(_MODULE_OF[name]), name)

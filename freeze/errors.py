@@ -29,7 +29,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from freeze.verify import Verification
+    from freeze.verification import Verification
 
 
 class FreezeError(Exception):

@@ -98,6 +98,9 @@ def _image_size(shape: tuple[int | None, ...] | None, options: ImageOptions) -> 
             if side * side * c == size and all(v in (None, side) for v in given[:2]):
                 fits.append((side, side, c))
         if len(fits) != 1:
+            if any(v is not None for v in given):
+                h, w, c = ("?" if v is None else v for v in given)
+                raise ExportError(f"a flat input of {size} values is not {h}x{w}x{c}; give --height, --width and --channels")
             raise ExportError(f"cannot tell the image size from a flat input of {size} values; give --height, --width and --channels")
         log.info("flat input of %d values read as %dx%d with %d channel(s)", size, *fits[0])
         return fits[0][0], fits[0][1], fits[0][2], True
@@ -200,6 +203,7 @@ def write_model(
     model_dir.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{version}.writing-", dir=model_dir))
     try:
+        staging.chmod(0o755)  # mkdtemp makes it private; a service running as another user must read it
         (staging / GRAPH_FILE).write_bytes(graph_def.SerializeToString())
         dump(manifest, staging / MANIFEST_FILE)
         if labels is not None:

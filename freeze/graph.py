@@ -85,8 +85,9 @@ def check_names(graph_def: GraphDef, names: Sequence[str], *, what: str) -> list
     out = []
     for name in names:
         if node_name(name) not in nodes:
+            likely = [n.name for n in graph_def.node if n.op not in {"Const", "NoOp", *LOSS_OPS} and not is_training_node(n)]
             raise NodeNotFoundError(
-                f"{what} '{name}' is not a node of the graph{did_you_mean(node_name(name), nodes)}; "
+                f"{what} '{name}' is not a node of the graph{did_you_mean(node_name(name), likely)}; "
                 "run with --inspect to list candidates"
             )
         out.append(tensor_name(name))

@@ -30,7 +30,7 @@ from freeze.errors import ExportError, GraphError
 from freeze.export import ImageOptions, build_manifest, write_model
 from freeze.graph import TensorInfo
 from freeze.sources import FrozenGraph, Inspection, load_source
-from freeze.verify import DEFAULT_TOLERANCE, Verification, random_feeds, verify
+from freeze.verification import DEFAULT_TOLERANCE, Verification, random_feeds, verify
 
 log = logging.getLogger(__name__)
 

@@ -427,7 +427,8 @@ def load_source(
     if path.suffix in (".meta", ".index") or ".data-" in path.name or _is_checkpoint_prefix(path) or graph_fn:
         return _load_checkpoint(path, graph_fn)
     if not path.exists():
-        raise SourceError(f"{path}: no such file, directory or checkpoint prefix")
+        near = [p.name for p in path.parent.iterdir()] + [p.name for p in _prefixes_in(path.parent)] if path.parent.is_dir() else []
+        raise SourceError(f"{path}: no such file, directory or checkpoint prefix{g.did_you_mean(path.name, near)}")
     raise SourceError(
         f"{path}: unsupported input; expected a checkpoint (.meta or prefix), a SavedModel directory, "
         f"a Keras file ({', '.join(KERAS_SUFFIXES)}) or a frozen graph ({', '.join(GRAPH_SUFFIXES)})"
@@ -452,9 +453,10 @@ def _prefixes_in(directory: Path) -> list[Path]:
 def resolve_checkpoint(path: Path) -> tuple[Path | None, Path]:
     """Find ``(meta_file_or_None, checkpoint_prefix)`` from any of the accepted spellings.
 
-    A ``checkpoint`` file naming a path that does not exist (it was written on another
-    machine) is not trusted: the prefix of the same name beside it, or the only/newest
-    prefix in the directory, is used instead and the fallback is logged.
+    A directory's ``checkpoint`` file often names where the checkpoint was written (another
+    machine, the directory before it was copied): the prefix of that name inside the given
+    directory wins; then the named path if it exists; then the newest prefix in the
+    directory, with a warning.
     """
     if path.suffix == ".meta":
         if not path.is_file():
@@ -499,12 +501,13 @@ def _prefix_from_directory(directory: Path, *, missing_ok: bool = False) -> Path
         if state and state.model_checkpoint_path:
             named = Path(state.model_checkpoint_path)
             named = named if named.is_absolute() else directory / named
+            beside = directory / named.name
+            if _checkpoint_exists(beside):  # a copied directory still names where it was written
+                if not _checkpoint_exists(named):
+                    log.warning("%s names %s, which does not exist; using %s beside it", state_file, named, beside)
+                return beside
             if _checkpoint_exists(named):
                 return named
-            beside = directory / named.name
-            if _checkpoint_exists(beside):
-                log.warning("%s names %s, which does not exist; using %s beside it", state_file, named, beside)
-                return beside
     prefixes = _prefixes_in(directory)
     if prefixes:
         if len(prefixes) > 1:

@@ -18,45 +18,17 @@ Examples::
 from __future__ import annotations
 
 import argparse
-import logging
-import os
 import sys
-import warnings
 from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO))  # first, so the package wins over this file's own name
 
 from app.manifest import OUTPUT_KINDS, RESIZE_METHODS, SCALE_PRESETS  # noqa: E402
-
-log = logging.getLogger("freeze")
+from freeze.console import import_tensorflow_quietly, setup_logging  # noqa: E402
 
 EXIT_USER_ERROR = 2
-
-
-def _import_tensorflow_quietly(verbose: bool) -> None:
-    """Import TF with its C++ start-up chatter (oneDNN, CUDA) hidden unless ``--verbose``.
-
-    TF 2.16+ prints some lines before its own log level is read, so stderr itself is
-    pointed at /dev/null for the duration of the import.
-    """
-    if verbose or "tensorflow" in sys.modules:
-        return
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-    sys.stderr.flush()
-    saved = os.dup(2)
-    devnull = os.open(os.devnull, os.O_WRONLY)
-    os.dup2(devnull, 2)
-    try:
-        import tensorflow as tf
-
-        tf.get_logger().setLevel(logging.ERROR)
-    finally:
-        os.dup2(saved, 2)
-        os.close(saved)
-        os.close(devnull)
 
 
 def _number_list(text: str) -> list[float]:
@@ -193,13 +165,8 @@ def run(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(
-        level=logging.INFO if args.verbose else logging.WARNING,
-        format="%(levelname)s %(name)s: %(message)s" if args.verbose else "freeze: %(levelname)s: %(message)s",
-    )
-    if not args.verbose:
-        warnings.filterwarnings("ignore")
-    _import_tensorflow_quietly(args.verbose)
+    setup_logging(verbose=args.verbose, prog="freeze")
+    import_tensorflow_quietly(verbose=args.verbose)
     from freeze import FreezeError
 
     try:
