@@ -26,8 +26,13 @@ from typing import TYPE_CHECKING, Any
 
 _EXPORTS = {
     "freeze.errors": (
-        "AmbiguousChoiceError", "ExportError", "FreezeError", "GraphError", "NodeNotFoundError",
-        "SourceError", "VerificationError",
+        "AmbiguousChoiceError",
+        "ExportError",
+        "FreezeError",
+        "GraphError",
+        "NodeNotFoundError",
+        "SourceError",
+        "VerificationError",
     ),
     "freeze.export": ("ImageOptions", "build_manifest", "read_labels", "write_model"),
     "freeze.pipeline": ("FreezeResult", "freeze_model", "inspect_model"),
@@ -35,7 +40,30 @@ _EXPORTS = {
     "freeze.verification": ("Verification", "random_feeds", "run_frozen", "verify"),
 }
 _MODULE_OF = {name: module for module, names in _EXPORTS.items() for name in names}
-__all__ = sorted(_MODULE_OF)
+__all__ = [  # noqa: RUF022 - grouped as in _EXPORTS
+    "AmbiguousChoiceError",
+    "ExportError",
+    "FreezeError",
+    "GraphError",
+    "NodeNotFoundError",
+    "SourceError",
+    "VerificationError",
+    "ImageOptions",
+    "build_manifest",
+    "read_labels",
+    "write_model",
+    "FreezeResult",
+    "freeze_model",
+    "inspect_model",
+    "FrozenGraph",
+    "Inspection",
+    "Source",
+    "load_source",
+    "Verification",
+    "random_feeds",
+    "run_frozen",
+    "verify",
+]
 
 if TYPE_CHECKING:
     from freeze.errors import (

@@ -88,7 +88,9 @@ def _image_size(shape: tuple[int | None, ...] | None, options: ImageOptions) -> 
         if all(v is not None for v in given):
             h, w, c = given  # type: ignore[misc]
             if size is not None and h * w * c != size:
-                raise ExportError(f"--height {h} x --width {w} x --channels {c} = {h * w * c}, but the input takes {size} values")
+                raise ExportError(
+                    f"--height {h} x --width {w} x --channels {c} = {h * w * c}, but the input takes {size} values"
+                )
             return h, w, c, True
         if size is None:
             raise ExportError(f"input shape {list(shape)}: give --height, --width and --channels")
@@ -100,8 +102,12 @@ def _image_size(shape: tuple[int | None, ...] | None, options: ImageOptions) -> 
         if len(fits) != 1:
             if any(v is not None for v in given):
                 h, w, c = ("?" if v is None else v for v in given)
-                raise ExportError(f"a flat input of {size} values is not {h}x{w}x{c}; give --height, --width and --channels")
-            raise ExportError(f"cannot tell the image size from a flat input of {size} values; give --height, --width and --channels")
+                raise ExportError(
+                    f"a flat input of {size} values is not {h}x{w}x{c}; give --height, --width and --channels"
+                )
+            raise ExportError(
+                f"cannot tell the image size from a flat input of {size} values; give --height, --width and --channels"
+            )
         log.info("flat input of %d values read as %dx%d with %d channel(s)", size, *fits[0])
         return fits[0][0], fits[0][1], fits[0][2], True
     if shape is None and all(v is not None for v in given):
@@ -135,7 +141,9 @@ def build_manifest(
     """The manifest for serving ``frozen`` as an image classifier, validated."""
     if len(frozen.inputs) != 1:
         names = ", ".join(i.name for i in frozen.inputs)
-        raise ExportError(f"the service feeds one image tensor, but the graph has {len(frozen.inputs)} inputs ({names})")
+        raise ExportError(
+            f"the service feeds one image tensor, but the graph has {len(frozen.inputs)} inputs ({names})"
+        )
     if len(frozen.outputs) != 1:
         names = ", ".join(o.name for o in frozen.outputs)
         raise ExportError(f"the service reads one output tensor; pick one of {names} with --output")
@@ -174,7 +182,9 @@ def build_manifest(
 
 def next_version(model_dir: Path) -> int:
     """One more than the highest numbered version folder, or 1."""
-    versions = [int(p.name) for p in model_dir.glob("*") if p.is_dir() and p.name.isdigit()] if model_dir.is_dir() else []
+    versions = (
+        [int(p.name) for p in model_dir.glob("*") if p.is_dir() and p.name.isdigit()] if model_dir.is_dir() else []
+    )
     return max(versions, default=0) + 1
 
 
@@ -198,7 +208,8 @@ def write_model(
     target = model_dir / str(version)
     if target.exists() and not overwrite:
         raise ExportError(
-            f"{target} already exists; pass --overwrite to replace it or --version {next_version(model_dir)} for a new one"
+            f"{target} already exists; pass --overwrite to replace it "
+            f"or --version {next_version(model_dir)} for a new one"
         )
     model_dir.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{version}.writing-", dir=model_dir))

@@ -39,9 +39,20 @@ LOSS_OPS = frozenset({"SoftmaxCrossEntropyWithLogits", "SparseSoftmaxCrossEntrop
 PASS_THROUGH_OPS = frozenset({"Identity", "Reshape", "Squeeze", "ExpandDims", "StopGradient", "Snapshot", "Cast"})
 # Training and checkpointing ops: never needed to compute an inference output.
 _TRAINING_OP_PREFIXES = (
-    "Apply", "ResourceApply", "SparseApply", "ResourceSparseApply", "Assign", "ResourceScatter",
-    "Scatter", "Save", "Restore", "MergeV2Checkpoints", "ShardedFilename", "IsVariableInitialized",
-    "VarIsInitializedOp", "DestroyResourceOp",
+    "Apply",
+    "ResourceApply",
+    "SparseApply",
+    "ResourceSparseApply",
+    "Assign",
+    "ResourceScatter",
+    "Scatter",
+    "Save",
+    "Restore",
+    "MergeV2Checkpoints",
+    "ShardedFilename",
+    "IsVariableInitialized",
+    "VarIsInitializedOp",
+    "DestroyResourceOp",
 )
 _TRAINING_SCOPES = frozenset({"gradients", "save", "init"})
 _KEEP_PROB_NAME = re.compile(r"keep_?prob", re.IGNORECASE)
@@ -52,7 +63,7 @@ _KEEP_PROB_NAME = re.compile(r"keep_?prob", re.IGNORECASE)
 
 def node_name(name: str) -> str:
     """``'^a/b:1'`` → ``'a/b'``: the node a tensor name or control input refers to."""
-    name = name[1:] if name.startswith("^") else name
+    name = name.removeprefix("^")
     head, sep, tail = name.rpartition(":")
     return head if sep and tail.isdigit() else name
 
@@ -63,7 +74,7 @@ def tensor_name(name: str) -> str:
 
 
 def output_index(name: str) -> int:
-    head, sep, tail = name.rpartition(":")
+    _, sep, tail = name.rpartition(":")
     return int(tail) if sep and tail.isdigit() else 0
 
 
@@ -85,7 +96,9 @@ def check_names(graph_def: GraphDef, names: Sequence[str], *, what: str) -> list
     out = []
     for name in names:
         if node_name(name) not in nodes:
-            likely = [n.name for n in graph_def.node if n.op not in {"Const", "NoOp", *LOSS_OPS} and not is_training_node(n)]
+            likely = [
+                n.name for n in graph_def.node if n.op not in {"Const", "NoOp", *LOSS_OPS} and not is_training_node(n)
+            ]
             raise NodeNotFoundError(
                 f"{what} '{name}' is not a node of the graph{did_you_mean(node_name(name), likely)}; "
                 "run with --inspect to list candidates"
@@ -186,9 +199,7 @@ def variables_to_constants(graph_def: GraphDef, values: Mapping[str, np.ndarray]
     out = GraphDef()
     out.versions.CopyFrom(graph_def.versions)
     out.library.CopyFrom(graph_def.library)
-    resources: dict[str, tf.DType] = {
-        n.name: _var_dtype(n) for n in graph_def.node if n.op == "VarHandleOp"
-    }
+    resources: dict[str, tf.DType] = {n.name: _var_dtype(n) for n in graph_def.node if n.op == "VarHandleOp"}
     for node in graph_def.node:
         if node.op in VARIABLE_OPS:
             if node.name not in values:
@@ -300,7 +311,11 @@ class TensorInfo:
     note: str = ""
 
     def describe(self) -> str:
-        shape = "unknown rank" if self.shape is None else "[" + ", ".join("?" if d is None else str(d) for d in self.shape) + "]"
+        shape = (
+            "unknown rank"
+            if self.shape is None
+            else "[" + ", ".join("?" if d is None else str(d) for d in self.shape) + "]"
+        )
         text = f"{self.name:<40} {self.dtype:<8} {shape:<20}"
         text += f" {self.op}" if self.op else ""
         return text + (f"  ({self.note})" if self.note else "")

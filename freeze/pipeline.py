@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 import tensorflow as tf
 
-from app.manifest import GRAPH_FILE, Manifest
+from app.manifest import Manifest
 from freeze import images
 from freeze.errors import ExportError, GraphError
 from freeze.export import ImageOptions, build_manifest, write_model
@@ -194,7 +194,7 @@ def _info(
     info: dict[str, Any] = {
         "source": dict(details),
         "frozen_by": "graphserve scripts/freeze.py",
-        "frozen_at": dt.datetime.now(dt.timezone.utc).replace(microsecond=0).isoformat(),
+        "frozen_at": dt.datetime.now(dt.UTC).replace(microsecond=0).isoformat(),
         "tensorflow": tf.__version__,
         "nodes": {"source": frozen.nodes_before, "frozen": len(frozen.graph_def.node)},
         "verification": verification.to_json(),

@@ -30,7 +30,7 @@ import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 import numpy as np
 import tensorflow as tf
@@ -111,7 +111,7 @@ class Source(abc.ABC):
     def close(self) -> None:
         """Free what the source holds (its session)."""
 
-    def __enter__(self) -> Source:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -273,7 +273,9 @@ class SessionSource(Source):
             if op.type == "VarHandleOp":
                 if name not in self._reads:
                     with self.graph.as_default():
-                        self._reads[name] = tf.raw_ops.ReadVariableOp(resource=op.outputs[0], dtype=op.get_attr("dtype"))
+                        self._reads[name] = tf.raw_ops.ReadVariableOp(
+                            resource=op.outputs[0], dtype=op.get_attr("dtype")
+                        )
                 fetches[name] = self._reads[name]
             else:
                 fetches[name] = op.outputs[0]
@@ -317,7 +319,7 @@ class FunctionSource(Source):
 
         try:
             frozen = convert_variables_to_constants_v2(function)
-        except Exception as exc:  # TF raises many types here, all meaning "cannot convert"
+        except Exception as exc:  # noqa: BLE001 - TF raises many types here, all meaning "cannot convert"
             raise GraphError(f"TensorFlow cannot convert this function's variables: {g.first_line(exc)}") from None
         self._call = call
         self._graph_def = frozen.graph.as_graph_def()
@@ -427,7 +429,11 @@ def load_source(
     if path.suffix in (".meta", ".index") or ".data-" in path.name or _is_checkpoint_prefix(path) or graph_fn:
         return _load_checkpoint(path, graph_fn)
     if not path.exists():
-        near = [p.name for p in path.parent.iterdir()] + [p.name for p in _prefixes_in(path.parent)] if path.parent.is_dir() else []
+        near = (
+            [p.name for p in path.parent.iterdir()] + [p.name for p in _prefixes_in(path.parent)]
+            if path.parent.is_dir()
+            else []
+        )
         raise SourceError(f"{path}: no such file, directory or checkpoint prefix{g.did_you_mean(path.name, near)}")
     raise SourceError(
         f"{path}: unsupported input; expected a checkpoint (.meta or prefix), a SavedModel directory, "
@@ -559,7 +565,9 @@ def _load_checkpoint(path: Path, graph_fn: str | Callable[[], Any] | None) -> Se
                 variables = tf.compat.v1.global_variables()
                 _check_variables_in_checkpoint(variables, prefix)
                 saver = tf.compat.v1.train.Saver(var_list=variables) if variables else None
-                details["graph_fn"] = graph_fn if isinstance(graph_fn, str) else getattr(graph_fn, "__name__", "callable")
+                details["graph_fn"] = (
+                    graph_fn if isinstance(graph_fn, str) else getattr(graph_fn, "__name__", "callable")
+                )
             elif meta is not None:
                 try:
                     saver = tf.compat.v1.train.import_meta_graph(str(meta), clear_devices=True)
@@ -595,7 +603,7 @@ def _call_graph_fn(graph_fn: str | Callable[[], Any]) -> Any:
         return function()
     except FreezeError:
         raise
-    except Exception as exc:  # user code: report it in one line, details at debug level
+    except Exception as exc:  # user code: one line, the traceback at debug level
         log.debug("graph function failed", exc_info=True)
         raise SourceError(f"--graph-fn {graph_fn}: {type(exc).__name__}: {g.first_line(exc)}") from None
 
@@ -619,7 +627,7 @@ def _import_function(spec: str) -> Callable[[], Any]:
             module = importlib.import_module(module_name)
     except SourceError:
         raise
-    except Exception as exc:
+    except Exception as exc:  # noqa: BLE001 - importing user code can raise anything
         raise SourceError(f"--graph-fn {spec}: cannot import {module_name}: {type(exc).__name__}: {exc}") from None
     function = getattr(module, attr, None)
     if not callable(function):
@@ -781,7 +789,7 @@ def _load_keras(path: Path) -> FunctionSource:
             break
         except ImportError as exc:
             errors.append(f"{loader}: not installed ({exc})")
-        except Exception as exc:  # noqa: BLE001 - each Keras version fails in its own way
+        except Exception as exc:  # each Keras version fails in its own way
             log.debug("%s could not load %s", loader, path, exc_info=True)
             errors.append(f"{loader}: {type(exc).__name__}: {g.first_line(exc)}")
     if model is None:
@@ -790,7 +798,9 @@ def _load_keras(path: Path) -> FunctionSource:
     if errors:
         log.info("loaded %s with %s %s after: %s", path.name, loader, version, "; ".join(errors))
     if len(model.inputs) != 1:
-        raise SourceError(f"{path}: the Keras model has {len(model.inputs)} inputs; only single-input models are supported")
+        raise SourceError(
+            f"{path}: the Keras model has {len(model.inputs)} inputs; only single-input models are supported"
+        )
     shape = tf.TensorShape(model.inputs[0].shape).as_list()
     dtype = tf.as_dtype(model.inputs[0].dtype)
     spec = tf.TensorSpec(shape, dtype, name="input")

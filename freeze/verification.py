@@ -48,7 +48,9 @@ class Verification:
 
     def describe(self) -> str:
         verdict = "OK" if self.passed else "FAILED"
-        text = f"{verdict}: max |source - frozen| = {self.max_abs_diff:.3g} (allowed {self.allowed:.3g}) on {self.inputs}"
+        text = (
+            f"{verdict}: max |source - frozen| = {self.max_abs_diff:.3g} (allowed {self.allowed:.3g}) on {self.inputs}"
+        )
         if self.top1_agreement is not None:
             text += f"; top-1 agrees on {self.top1_agreement:.0%}"
         return text

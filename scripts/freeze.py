@@ -25,8 +25,8 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # first, so the package wins over this file's own name
 
-from app.manifest import OUTPUT_KINDS, RESIZE_METHODS, SCALE_PRESETS  # noqa: E402
-from freeze.console import import_tensorflow_quietly, setup_logging  # noqa: E402
+from app.manifest import OUTPUT_KINDS, RESIZE_METHODS, SCALE_PRESETS
+from freeze.console import import_tensorflow_quietly, setup_logging
 
 EXIT_USER_ERROR = 2
 
@@ -42,7 +42,9 @@ def _shape(text: str) -> list[int]:
     try:
         return [int(v) for v in text.split(",")]
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated integers such as 1,224,224,3, got '{text}'") from None
+        raise argparse.ArgumentTypeError(
+            f"expected comma-separated integers such as 1,224,224,3, got '{text}'"
+        ) from None
 
 
 def _assignment(text: str) -> tuple[str, Any]:
@@ -66,40 +68,71 @@ def build_parser() -> argparse.ArgumentParser:
         description="Freeze a model into graphs/<name>/<version>/ for the service, verified against its source.",
         epilog="Without --name or --output-pb nothing is written: the model is frozen and verified only.",
     )
-    parser.add_argument("source", help="checkpoint (.meta, prefix or directory), SavedModel directory, .keras/.h5 file, or frozen .pb")
+    parser.add_argument(
+        "source", help="checkpoint (.meta, prefix or directory), SavedModel directory, .keras/.h5 file, or frozen .pb"
+    )
     parser.add_argument("--inspect", action="store_true", help="list placeholders and candidate outputs, then stop")
     where = parser.add_argument_group("where to write")
-    where.add_argument("--name", help="model name: writes GRAPHS_DIR/NAME/VERSION/ with model.pb, model.json, labels.txt")
+    where.add_argument(
+        "--name", help="model name: writes GRAPHS_DIR/NAME/VERSION/ with model.pb, model.json, labels.txt"
+    )
     where.add_argument("--version", type=int, help="version number (default: the next free one)")
     where.add_argument("--graphs-dir", type=Path, default=REPO / "graphs", help="default: %(default)s")
     where.add_argument("--overwrite", action="store_true", help="replace an existing version or --output-pb file")
     where.add_argument("--output-pb", type=Path, help="write only the frozen GraphDef here (any model, no manifest)")
     graph = parser.add_argument_group("what to freeze")
-    graph.add_argument("--input", action="append", help="input tensor or signature key (default: picked if unambiguous)")
-    graph.add_argument("--output", action="append", help="output tensor or signature key (default: picked if unambiguous)")
+    graph.add_argument(
+        "--input", action="append", help="input tensor or signature key (default: picked if unambiguous)"
+    )
+    graph.add_argument(
+        "--output", action="append", help="output tensor or signature key (default: picked if unambiguous)"
+    )
     graph.add_argument("--signature", help="SavedModel signature (default: serving_default)")
     graph.add_argument("--tags", help="SavedModel MetaGraph tags, comma-separated (default: serve)")
     graph.add_argument("--graph-fn", help="module:function or file.py:function that rebuilds a checkpoint's graph")
-    graph.add_argument("--set", action="append", type=_assignment, default=[], metavar="NAME=VALUE",
-                       help="fix a placeholder to a constant, e.g. keep_prob=1.0 or is_training=false")
+    graph.add_argument(
+        "--set",
+        action="append",
+        type=_assignment,
+        default=[],
+        metavar="NAME=VALUE",
+        help="fix a placeholder to a constant, e.g. keep_prob=1.0 or is_training=false",
+    )
     image = parser.add_argument_group("image model (model.json)")
     image.add_argument("--height", type=int)
     image.add_argument("--width", type=int)
     image.add_argument("--channels", type=int, choices=(1, 3))
-    image.add_argument("--flatten", action=argparse.BooleanOptionalAction, default=None,
-                       help="the model takes flat [N, H*W*C] vectors (default: read from the input shape)")
+    image.add_argument(
+        "--flatten",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="the model takes flat [N, H*W*C] vectors (default: read from the input shape)",
+    )
     image.add_argument("--scale", choices=SCALE_PRESETS, default="[0,1]", help="pixel scaling (default: %(default)s)")
     image.add_argument("--mean", type=_number_list, help="per-channel mean in 0..255 units (with --scale mean_std)")
     image.add_argument("--std", type=_number_list, help="per-channel std in 0..255 units (with --scale mean_std)")
     image.add_argument("--resize", choices=RESIZE_METHODS, default="bilinear")
     image.add_argument("--no-antialias", action="store_true")
     image.add_argument("--central-crop", type=float, metavar="FRACTION")
-    image.add_argument("--output-kind", choices=OUTPUT_KINDS, help="default: probabilities after a softmax, scores after a ReLU, else logits")
+    image.add_argument(
+        "--output-kind",
+        choices=OUTPUT_KINDS,
+        help="default: probabilities after a softmax, scores after a ReLU, else logits",
+    )
     image.add_argument("--labels", help="labels file (one per line) or a comma-separated list")
     check = parser.add_argument_group("verification")
-    check.add_argument("--sample", action="append", default=[], metavar="IMAGE", help="verify on this real image (repeatable)")
-    check.add_argument("--tolerance", type=float, default=1e-4, help="max allowed |source - frozen|, relative above 1 (default: %(default)s)")
-    check.add_argument("--input-shape", type=_shape, help="shape for random inputs when the graph's is not fixed, e.g. 1,224,224,3")
+    check.add_argument(
+        "--sample", action="append", default=[], metavar="IMAGE", help="verify on this real image (repeatable)"
+    )
+    check.add_argument(
+        "--tolerance",
+        type=float,
+        default=1e-4,
+        help="max allowed |source - frozen|, relative above 1 (default: %(default)s)",
+    )
+    check.add_argument(
+        "--input-shape", type=_shape, help="shape for random inputs when the graph's is not fixed, e.g. 1,224,224,3"
+    )
     parser.add_argument("-v", "--verbose", action="store_true", help="log each step, and TensorFlow's own messages")
     return parser
 

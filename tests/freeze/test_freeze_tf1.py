@@ -28,7 +28,16 @@ from freeze.graph import did_you_mean, node_name, tensor_name
 from tests.freeze.conftest import save_training_checkpoint, tf1_reference
 
 X = np.random.default_rng(1).random((5, 4), dtype=np.float32)
-TRAINING_OPS = {"VariableV2", "Variable", "VarHandleOp", "Assign", "ApplyGradientDescent", "SaveV2", "RestoreV2", "NoOp"}
+TRAINING_OPS = {
+    "VariableV2",
+    "Variable",
+    "VarHandleOp",
+    "Assign",
+    "ApplyGradientDescent",
+    "SaveV2",
+    "RestoreV2",
+    "NoOp",
+}
 
 
 @pytest.fixture(scope="module")
