@@ -121,9 +121,7 @@ def _image_size(shape: tuple[int | None, ...] | None, options: ImageOptions) -> 
 def output_kind(frozen: FrozenGraph) -> str:
     """``probabilities`` after a Softmax, ``scores`` after a ReLU/sigmoid, else ``logits``."""
     graph = g.import_graph(frozen.graph_def)
-    op = graph.get_tensor_by_name(frozen.outputs[0].name).op
-    while op.type in ("Identity", "Snapshot") and op.inputs:
-        op = op.inputs[0].op
+    op = g.producer(graph.get_tensor_by_name(frozen.outputs[0].name)).op
     if op.type == "Softmax":
         return "probabilities"
     if op.type in ("Relu", "Relu6", "Sigmoid"):

@@ -310,13 +310,14 @@ class TensorInfo:
     op: str = ""
     note: str = ""
 
+    @property
+    def shape_text(self) -> str:
+        if self.shape is None:
+            return "unknown rank"
+        return "[" + ", ".join("?" if d is None else str(d) for d in self.shape) + "]"
+
     def describe(self) -> str:
-        shape = (
-            "unknown rank"
-            if self.shape is None
-            else "[" + ", ".join("?" if d is None else str(d) for d in self.shape) + "]"
-        )
-        text = f"{self.name:<40} {self.dtype:<8} {shape:<20}"
+        text = f"{self.name:<40} {self.dtype:<8} {self.shape_text:<20}"
         text += f" {self.op}" if self.op else ""
         return text + (f"  ({self.note})" if self.note else "")
 
@@ -346,7 +347,8 @@ def first_line(exc: BaseException) -> str:
     return text.splitlines()[0]
 
 
-def _producer(tensor: tf.Tensor) -> tf.Tensor:
+def producer(tensor: tf.Tensor) -> tf.Tensor:
+    """The tensor ``tensor`` is a reshaped, cast or renamed copy of (itself if none)."""
     while tensor.op.type in PASS_THROUGH_OPS and tensor.op.inputs:
         tensor = tensor.op.inputs[0]
     return tensor
@@ -357,7 +359,7 @@ def label_placeholders(graph: tf.Graph) -> set[str]:
     labels = set()
     for op in graph.get_operations():
         if op.type in LOSS_OPS and len(op.inputs) > 1:
-            source = _producer(op.inputs[1])
+            source = producer(op.inputs[1])
             if source.op.type in PLACEHOLDER_OPS:
                 labels.add(source.op.name)
     return labels
@@ -395,7 +397,7 @@ def candidate_outputs(graph: tf.Graph) -> list[TensorInfo]:
         if op.type == "Softmax" and not is_training_node(op.node_def):
             add(op.outputs[0], "softmax")
         if op.type in LOSS_OPS:
-            add(_producer(op.inputs[0]), "logits of the training loss")
+            add(producer(op.inputs[0]), "logits of the training loss")
     consumed = {t.op for op in ops for t in op.inputs} | {c for op in ops for c in op.control_inputs}
     for op in ops:
         if op in consumed or not op.outputs or is_training_node(op.node_def):
@@ -403,7 +405,7 @@ def candidate_outputs(graph: tf.Graph) -> list[TensorInfo]:
         if op.type in VARIABLE_OPS | PLACEHOLDER_OPS | {"Const", "NoOp", "Assert", "Print", "PrintV2"}:
             continue
         out = op.outputs[0]
-        if not (out.dtype.is_floating or out.dtype.is_integer) or out.dtype._is_ref_dtype:
+        if not (out.dtype.is_floating or out.dtype.is_integer) or out.dtype != out.dtype.base_dtype:
             continue
         ancestors = _ancestors(op)
         if any(a.type in LOSS_OPS or a.name in labels for a in ancestors):
@@ -467,7 +469,7 @@ def check_frozen(graph_def: GraphDef, *, inputs: Sequence[str], outputs: Sequenc
             tensor = graph.get_tensor_by_name(name)
         except (KeyError, ValueError):
             raise GraphError(f"tensor '{name}' is missing from the frozen graph") from None
-        if tensor.dtype._is_ref_dtype:
+        if tensor.dtype != tensor.dtype.base_dtype:
             raise GraphError(f"tensor '{name}' is a variable reference, not a value")
     for name in inputs:
         if graph.get_tensor_by_name(name).op.type not in PLACEHOLDER_OPS:

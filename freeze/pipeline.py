@@ -73,8 +73,7 @@ class FreezeResult:
 
 
 def _short(t: TensorInfo) -> str:
-    shape = "?" if t.shape is None else "[" + ", ".join("?" if d is None else str(d) for d in t.shape) + "]"
-    return f"{t.name} {t.dtype} {shape}"
+    return f"{t.name} {t.dtype} {t.shape_text}"
 
 
 def _size(n: int) -> str:
@@ -134,7 +133,7 @@ def freeze_model(
             manifest = build_manifest(frozen=frozen, image=image or ImageOptions(), labels=labels)
         batches, described = _verification_batches(frozen, manifest, samples, input_shape)
         verification = verify(source=src, frozen=frozen, feeds=batches, tolerance=tolerance, described_as=described)
-        details = src.details
+        details, described = src.details, src.describe()
     if manifest is not None:
         manifest = dataclasses.replace(manifest, info=_info(details, frozen, verification, info))
     path = None
@@ -156,7 +155,7 @@ def freeze_model(
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(frozen.graph_def.SerializeToString())
     return FreezeResult(
-        source=f"{details['kind']} {source}",
+        source=described,
         frozen=frozen,
         verification=verification,
         manifest=manifest,
@@ -193,7 +192,7 @@ def _info(
 ) -> dict[str, Any]:
     info: dict[str, Any] = {
         "source": dict(details),
-        "frozen_by": "graphserve scripts/freeze.py",
+        "frozen_by": "graphserve freeze",
         "frozen_at": dt.datetime.now(dt.UTC).replace(microsecond=0).isoformat(),
         "tensorflow": tf.__version__,
         "nodes": {"source": frozen.nodes_before, "frozen": len(frozen.graph_def.node)},

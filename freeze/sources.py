@@ -241,6 +241,8 @@ class SessionSource(Source):
         constants = {g.node_name(k): v for k, v in (constants or {}).items()}
         for name in constants:
             g.check_names(self._graph_def, [name], what="placeholder to fix")
+            if self.graph.get_operation_by_name(name).type not in g.PLACEHOLDER_OPS:
+                raise GraphError(f"--set {name}: only a placeholder can be fixed to a value")
         in_names, out_names, notes = self._choose(inputs, outputs, constants)
         graph_def = self._graph_def
         for name in in_names:

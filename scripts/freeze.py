@@ -29,6 +29,20 @@ from app.manifest import OUTPUT_KINDS, RESIZE_METHODS, SCALE_PRESETS
 from freeze.console import import_tensorflow_quietly, setup_logging
 
 EXIT_USER_ERROR = 2
+# Flags that become ImageOptions fields when given (left out, the library's defaults apply).
+IMAGE_OPTIONS = (
+    "height",
+    "width",
+    "channels",
+    "flatten",
+    "scale",
+    "mean",
+    "std",
+    "resize",
+    "antialias",
+    "central_crop",
+    "output_kind",
+)
 
 
 def _number_list(text: str) -> list[float]:
@@ -108,11 +122,11 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="the model takes flat [N, H*W*C] vectors (default: read from the input shape)",
     )
-    image.add_argument("--scale", choices=SCALE_PRESETS, default="[0,1]", help="pixel scaling (default: %(default)s)")
+    image.add_argument("--scale", choices=SCALE_PRESETS, help="pixel scaling (default: [0,1])")
     image.add_argument("--mean", type=_number_list, help="per-channel mean in 0..255 units (with --scale mean_std)")
     image.add_argument("--std", type=_number_list, help="per-channel std in 0..255 units (with --scale mean_std)")
-    image.add_argument("--resize", choices=RESIZE_METHODS, default="bilinear")
-    image.add_argument("--no-antialias", action="store_true")
+    image.add_argument("--resize", choices=RESIZE_METHODS, help="default: bilinear")
+    image.add_argument("--no-antialias", dest="antialias", action="store_false", default=None)
     image.add_argument("--central-crop", type=float, metavar="FRACTION")
     image.add_argument(
         "--output-kind",
@@ -127,8 +141,7 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument(
         "--tolerance",
         type=float,
-        default=1e-4,
-        help="max allowed |source - frozen|, relative above 1 (default: %(default)s)",
+        help="max allowed |source - frozen|, relative above 1 (default: 1e-4)",
     )
     check.add_argument(
         "--input-shape", type=_shape, help="shape for random inputs when the graph's is not fixed, e.g. 1,224,224,3"
@@ -156,21 +169,10 @@ def run(args: argparse.Namespace) -> int:
     if args.inspect:
         print(inspect_model(args.source, graph_fn=args.graph_fn, signature=args.signature, tags=tags).format())
         return 0
-    image = None
-    if args.name or any(v is not None for v in (args.height, args.width, args.channels, args.flatten)):
-        image = ImageOptions(
-            height=args.height,
-            width=args.width,
-            channels=args.channels,
-            flatten=args.flatten,
-            scale=args.scale,
-            mean=tuple(args.mean) if args.mean else None,
-            std=tuple(args.std) if args.std else None,
-            resize=args.resize,
-            antialias=not args.no_antialias,
-            central_crop=args.central_crop,
-            output_kind=args.output_kind,
-        )
+    given = {k: getattr(args, k) for k in IMAGE_OPTIONS if getattr(args, k) is not None}
+    given.update({k: tuple(given[k]) for k in ("mean", "std") if k in given})
+    image = ImageOptions(**given) if given or args.name or args.sample else None
+    optional = {"tolerance": args.tolerance} if args.tolerance is not None else {}  # else the library's default
     result = freeze_model(
         args.source,
         graph_fn=args.graph_fn,
@@ -182,13 +184,13 @@ def run(args: argparse.Namespace) -> int:
         image=image,
         labels=_labels(args.labels),
         samples=args.sample,
-        tolerance=args.tolerance,
         input_shape=args.input_shape,
         graphs_dir=args.graphs_dir if args.name else None,
         name=args.name,
         version=args.version,
         overwrite=args.overwrite,
         output_pb=args.output_pb,
+        **optional,
     )
     print(result.summary())
     if result.path is None:

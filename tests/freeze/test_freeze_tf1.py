@@ -111,6 +111,11 @@ def test_placeholder_needed_but_not_fed_is_named(training_checkpoint: Path) -> N
         source.freeze(inputs=["x"], outputs=["loss"])
 
 
+def test_only_placeholders_can_be_fixed(training_checkpoint: Path) -> None:
+    with load_source(training_checkpoint) as source, pytest.raises(GraphError, match="only a placeholder"):
+        source.freeze(constants={"logits": 0.0})
+
+
 def test_tf1_resource_variables_and_their_reads_are_frozen(tmp_path: Path) -> None:
     prefix = save_training_checkpoint(tmp_path, resource=True)
     with load_source(prefix) as source:
