@@ -161,9 +161,12 @@ def build_manifest(
         "scale": image.scale,
         "flatten": flatten,
     }
-    for key in ("mean", "std", "central_crop"):
-        if getattr(image, key) is not None:
-            preprocessing[key] = list(getattr(image, key)) if key != "central_crop" else image.central_crop
+    if image.mean is not None:
+        preprocessing["mean"] = list(image.mean)
+    if image.std is not None:
+        preprocessing["std"] = list(image.std)
+    if image.central_crop is not None:
+        preprocessing["central_crop"] = image.central_crop
     data: dict[str, Any] = {
         "input": {"tensor": inp.name, "height": height, "width": width, "channels": channels},
         "output": {"tensor": out.name, "kind": image.output_kind or output_kind(frozen)},
@@ -186,6 +189,22 @@ def next_version(model_dir: Path) -> int:
     return max(versions, default=0) + 1
 
 
+def check_destination(graphs_dir: str | Path, name: str, version: int | None, *, overwrite: bool) -> Path:
+    """The version folder to write (the next free one when ``version`` is None), or why not."""
+    if not _NAME.match(name):
+        raise ExportError(f"model name '{name}' must be letters, digits, '.', '_' or '-' (not starting with a symbol)")
+    if version is not None and version < 1:
+        raise ExportError(f"version must be a positive integer, got {version}")
+    model_dir = Path(graphs_dir) / name
+    target = model_dir / str(version or next_version(model_dir))
+    if target.exists() and not overwrite:
+        raise ExportError(
+            f"{target} already exists; pass --overwrite to replace it "
+            f"or --version {next_version(model_dir)} for a new one"
+        )
+    return target
+
+
 def write_model(
     *,
     graphs_dir: str | Path,
@@ -197,18 +216,8 @@ def write_model(
     overwrite: bool = False,
 ) -> Path:
     """Write ``graphs_dir/name/version/`` (next free version when None); return its path."""
-    if not _NAME.match(name):
-        raise ExportError(f"model name '{name}' must be letters, digits, '.', '_' or '-' (not starting with a symbol)")
-    if version is not None and version < 1:
-        raise ExportError(f"version must be a positive integer, got {version}")
-    model_dir = Path(graphs_dir) / name
-    version = version or next_version(model_dir)
-    target = model_dir / str(version)
-    if target.exists() and not overwrite:
-        raise ExportError(
-            f"{target} already exists; pass --overwrite to replace it "
-            f"or --version {next_version(model_dir)} for a new one"
-        )
+    target = check_destination(graphs_dir, name, version, overwrite=overwrite)
+    model_dir, version = target.parent, int(target.name)
     model_dir.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{version}.writing-", dir=model_dir))
     try:

@@ -31,8 +31,7 @@ log = logging.getLogger(__name__)
 GraphDef = tf.compat.v1.GraphDef
 NodeDef = tf.compat.v1.NodeDef
 
-REF_VARIABLE_OPS = frozenset({"Variable", "VariableV2"})
-VARIABLE_OPS = REF_VARIABLE_OPS | {"VarHandleOp"}
+VARIABLE_OPS = frozenset({"Variable", "VariableV2", "VarHandleOp"})
 PLACEHOLDER_OPS = frozenset({"Placeholder", "PlaceholderV2"})
 LOSS_OPS = frozenset({"SoftmaxCrossEntropyWithLogits", "SparseSoftmaxCrossEntropyWithLogits"})
 # Ops that only move or reshape a tensor: walked through to find what really made it.
@@ -149,15 +148,13 @@ def reachable(
 
 
 def extract_subgraph(graph_def: GraphDef, outputs: Sequence[str]) -> GraphDef:
-    """Keep only what ``outputs`` need (cut inputs with ``cut_at_input`` first).
+    """Keep only what ``outputs`` need (cut at inputs with ``make_input`` first).
 
     Inputs (data or control) to nodes that are dropped are removed, so the result has no
     dangling references.
     """
     keep = reachable(graph_def, outputs)
-    out = GraphDef()
-    out.versions.CopyFrom(graph_def.versions)
-    out.library.CopyFrom(graph_def.library)
+    out = _without_nodes(graph_def)
     for node in graph_def.node:
         if node.name not in keep:
             continue
@@ -174,6 +171,14 @@ def extract_subgraph(graph_def: GraphDef, outputs: Sequence[str]) -> GraphDef:
 def _copy(graph_def: GraphDef) -> GraphDef:
     out = GraphDef()
     out.CopyFrom(graph_def)
+    return out
+
+
+def _without_nodes(graph_def: GraphDef) -> GraphDef:
+    """An empty GraphDef with ``graph_def``'s versions and function library."""
+    out = GraphDef()
+    out.versions.CopyFrom(graph_def.versions)
+    out.library.CopyFrom(graph_def.library)
     return out
 
 
@@ -196,9 +201,7 @@ def variables_to_constants(graph_def: GraphDef, values: Mapping[str, np.ndarray]
     variables become plain ops (``ReadVariableOp`` → ``Identity``, ``ResourceGather`` →
     ``GatherV2``). Any other use of a variable is refused rather than frozen wrongly.
     """
-    out = GraphDef()
-    out.versions.CopyFrom(graph_def.versions)
-    out.library.CopyFrom(graph_def.library)
+    out = _without_nodes(graph_def)
     resources: dict[str, tf.DType] = {n.name: _var_dtype(n) for n in graph_def.node if n.op == "VarHandleOp"}
     for node in graph_def.node:
         if node.op in VARIABLE_OPS:
@@ -320,9 +323,6 @@ class TensorInfo:
         text = f"{self.name:<40} {self.dtype:<8} {self.shape_text:<20}"
         text += f" {self.op}" if self.op else ""
         return text + (f"  ({self.note})" if self.note else "")
-
-    def to_json(self) -> dict[str, object]:
-        return {"name": self.name, "dtype": self.dtype, "shape": None if self.shape is None else list(self.shape)}
 
 
 def tensor_info(tensor: tf.Tensor, note: str = "") -> TensorInfo:

@@ -27,7 +27,7 @@ import tensorflow as tf
 from app.manifest import Manifest
 from freeze import images
 from freeze.errors import ExportError, GraphError
-from freeze.export import ImageOptions, build_manifest, write_model
+from freeze.export import ImageOptions, build_manifest, check_destination, write_model
 from freeze.graph import TensorInfo
 from freeze.sources import FrozenGraph, Inspection, load_source
 from freeze.verification import DEFAULT_TOLERANCE, Verification, random_feeds, verify
@@ -121,11 +121,15 @@ def freeze_model(
     nothing: freeze and verify only.
     """
     start = time.perf_counter()
-    to_service = graphs_dir is not None or name is not None
-    if to_service and (graphs_dir is None or name is None):
+    if (graphs_dir is None) != (name is None):
         raise ExportError("writing a servable model needs both a graphs directory and a model name")
+    to_service = name is not None
     if samples and image is None and not to_service:
         raise GraphError("--sample images need an image model: give --name (or the image size)")
+    if graphs_dir is not None and name is not None:  # refuse a taken destination before the work
+        check_destination(graphs_dir, name, version, overwrite=overwrite)
+    if output_pb is not None and Path(output_pb).exists() and not overwrite:
+        raise ExportError(f"{output_pb} already exists; pass --overwrite to replace it")
     with load_source(source, graph_fn=graph_fn, signature=signature, tags=tags) as src:
         frozen = src.freeze(inputs=inputs, outputs=outputs, constants=constants)
         manifest = None
@@ -133,12 +137,12 @@ def freeze_model(
             manifest = build_manifest(frozen=frozen, image=image or ImageOptions(), labels=labels)
         batches, described = _verification_batches(frozen, manifest, samples, input_shape)
         verification = verify(source=src, frozen=frozen, feeds=batches, tolerance=tolerance, described_as=described)
-        details, described = src.details, src.describe()
+        details, source_text = src.details, src.describe()
     if manifest is not None:
         manifest = dataclasses.replace(manifest, info=_info(details, frozen, verification, info))
     path = None
-    if to_service:
-        assert manifest is not None and graphs_dir is not None and name is not None
+    if graphs_dir is not None and name is not None:
+        assert manifest is not None  # built above for every servable model
         path = write_model(
             graphs_dir=graphs_dir,
             name=name,
@@ -150,12 +154,10 @@ def freeze_model(
         )
     if output_pb is not None:
         path = Path(output_pb)
-        if path.exists() and not overwrite:
-            raise ExportError(f"{path} already exists; pass --overwrite to replace it")
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(frozen.graph_def.SerializeToString())
     return FreezeResult(
-        source=described,
+        source=source_text,
         frozen=frozen,
         verification=verification,
         manifest=manifest,

@@ -35,6 +35,7 @@ from typing import Any, Self
 import numpy as np
 import tensorflow as tf
 from google.protobuf import message, text_format
+from tensorflow.python.framework.convert_to_constants import convert_variables_to_constants_v2
 
 from freeze import graph as g
 from freeze.errors import FreezeError, GraphError, NodeNotFoundError, SourceError
@@ -88,7 +89,7 @@ class Source(abc.ABC):
     def __init__(self, *, kind: str, path: Path, details: Mapping[str, Any]) -> None:
         self.kind = kind
         self.path = path
-        self.details = dict(details)  # provenance, copied into the manifest's info
+        self.details = {"kind": kind, **details}  # provenance, copied into the manifest's info
 
     @abc.abstractmethod
     def inspect(self) -> Inspection:
@@ -119,6 +120,27 @@ class Source(abc.ABC):
 
     def describe(self) -> str:
         return f"{self.kind} {self.path}"
+
+
+def _finish(
+    graph_def: GraphDef,
+    inputs: Sequence[str],
+    outputs: Sequence[str],
+    constants: Mapping[str, Any],
+    nodes_before: int,
+    notes: Sequence[str],
+) -> FrozenGraph:
+    """The last steps every source shares: make it portable, check it, describe it."""
+    graph_def = g.clear_devices(graph_def)
+    frozen = g.check_frozen(graph_def, inputs=inputs, outputs=outputs)
+    return FrozenGraph(
+        graph_def=graph_def,
+        inputs=tuple(g.tensor_info(frozen.get_tensor_by_name(n)) for n in inputs),
+        outputs=tuple(g.tensor_info(frozen.get_tensor_by_name(n)) for n in outputs),
+        constants={f"{k}:0": v for k, v in constants.items()},
+        nodes_before=nodes_before,
+        notes=tuple(notes),
+    )
 
 
 # --------------------------------------------------------------------------- TF1 graphs
@@ -255,18 +277,11 @@ class SessionSource(Source):
         graph_def = g.defaults_for_placeholders(graph_def)
         variables = [n.name for n in graph_def.node if n.op in g.VARIABLE_OPS]
         graph_def = g.variables_to_constants(graph_def, self._read_variables(variables))
-        graph_def = g.clear_devices(graph_def)
-        frozen = g.check_frozen(graph_def, inputs=in_names, outputs=out_names)
+        if variables:
+            notes.append(f"froze {len(variables)} variable(s)")
         for note in notes:
             log.info("%s", note)
-        return FrozenGraph(
-            graph_def=graph_def,
-            inputs=tuple(g.tensor_info(frozen.get_tensor_by_name(n)) for n in in_names),
-            outputs=tuple(g.tensor_info(frozen.get_tensor_by_name(n)) for n in out_names),
-            constants={f"{k}:0": v for k, v in constants.items()},
-            nodes_before=len(self._graph_def.node),
-            notes=tuple(notes) + (f"froze {len(variables)} variable(s)",),
-        )
+        return _finish(graph_def, in_names, out_names, constants, len(self._graph_def.node), notes)
 
     def _read_variables(self, names: Sequence[str]) -> dict[str, np.ndarray]:
         fetches = {}
@@ -317,8 +332,6 @@ class FunctionSource(Source):
     ) -> None:
         super().__init__(kind=kind, path=path, details=details)
         self._keepalive = keepalive  # the object owning the function's variables
-        from tensorflow.python.framework.convert_to_constants import convert_variables_to_constants_v2
-
         try:
             frozen = convert_variables_to_constants_v2(function)
         except Exception as exc:  # noqa: BLE001 - TF raises many types here, all meaning "cannot convert"
@@ -373,8 +386,9 @@ class FunctionSource(Source):
         constants: Mapping[str, Any] | None = None,
     ) -> FrozenGraph:
         out_names = self._resolve(outputs, self._output_keys, self._output_names, "output")
-        fixed = {g.node_name(n): v for n, v in (constants or {}).items()}
-        self._resolve(list(fixed), self._input_keys, self._input_names, "input")
+        constants = dict(constants or {})
+        placeholders = self._resolve(list(constants), self._input_keys, self._input_names, "input")
+        fixed = {g.node_name(name): value for name, value in zip(placeholders, constants.values())}
         in_names = [n for n in self._input_names if g.node_name(n) not in fixed]
         if inputs:
             wanted = set(self._resolve(inputs, self._input_keys, self._input_names, "input"))
@@ -385,15 +399,7 @@ class FunctionSource(Source):
                 )
         graph_def = g.extract_subgraph(self._graph_def, out_names)
         graph_def = g.placeholders_to_constants(graph_def, fixed)
-        graph_def = g.clear_devices(graph_def)
-        frozen = g.check_frozen(graph_def, inputs=in_names, outputs=out_names)
-        return FrozenGraph(
-            graph_def=graph_def,
-            inputs=tuple(g.tensor_info(frozen.get_tensor_by_name(n)) for n in in_names),
-            outputs=tuple(g.tensor_info(frozen.get_tensor_by_name(n)) for n in out_names),
-            constants={f"{k}:0": v for k, v in fixed.items()},
-            nodes_before=self._nodes_before,
-        )
+        return _finish(graph_def, in_names, out_names, fixed, self._nodes_before, [])
 
     def run(self, feeds: Mapping[str, np.ndarray], fetches: Sequence[str]) -> list[np.ndarray]:
         args = [tf.constant(feeds[name]) for name in self._input_names]
@@ -557,7 +563,7 @@ def _load_checkpoint(path: Path, graph_fn: str | Callable[[], Any] | None) -> Se
     meta, prefix = resolve_checkpoint(path)
     graph = tf.Graph()
     session = tf.compat.v1.Session(graph=graph)
-    details: dict[str, Any] = {"kind": "checkpoint", "checkpoint": str(prefix)}
+    details: dict[str, Any] = {"checkpoint": str(prefix)}
     default_inputs = default_outputs = None
     try:
         with graph.as_default():
@@ -704,7 +710,6 @@ def _load_saved_model(directory: Path, *, signature: str | None, tags: Sequence[
             f"it has {', '.join(sorted(names)) or 'none'}"
         )
     details = {
-        "kind": "saved_model",
         "saved_model": str(directory),
         "signature": signature,
         "tags": sorted(wanted),
@@ -813,7 +818,7 @@ def _load_keras(path: Path) -> FunctionSource:
             return tf.nest.flatten(model(tensors[0], training=False))
 
     function = tf.function(lambda x: call([x]), input_signature=[spec], autograph=False).get_concrete_function()
-    details = {"kind": "keras", "keras_file": str(path), "loader": f"{loader} {version}"}
+    details = {"keras_file": str(path), "loader": f"{loader} {version}"}
     return FunctionSource(
         kind="keras",
         path=path,
@@ -852,5 +857,5 @@ def _load_frozen_graph(path: Path) -> SessionSource:
         path=path,
         graph=graph,
         session=tf.compat.v1.Session(graph=graph),
-        details={"kind": "frozen_graph", "graph": str(path)},
+        details={"graph": str(path)},
     )

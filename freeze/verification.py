@@ -15,7 +15,6 @@ Example::
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -42,9 +41,7 @@ class Verification:
     tolerance: float
     allowed: float
     inputs: str
-    rows: int
     top1_agreement: float | None
-    seconds: float
 
     def describe(self) -> str:
         verdict = "OK" if self.passed else "FAILED"
@@ -131,7 +128,6 @@ def verify(
     Feeds are keyed by the frozen graph's input names; placeholders the freezing fixed
     to constants (``keep_prob``) are fed to the source with the same values.
     """
-    start = time.perf_counter()
     fetches = [o.name for o in frozen.outputs]
     constants = {k: np.asarray(v) for k, v in frozen.constants.items()}
     diff, magnitude, agree, rows = 0.0, 0.0, [], 0
@@ -160,9 +156,7 @@ def verify(
         tolerance=tolerance,
         allowed=allowed,
         inputs=described_as or f"a random batch of {rows}",
-        rows=rows,
         top1_agreement=float(np.mean(agree)) if agree else None,
-        seconds=time.perf_counter() - start,
     )
     log.info("verification %s", result.describe())
     if not result.passed:

@@ -45,9 +45,9 @@ IMAGE_OPTIONS = (
 )
 
 
-def _number_list(text: str) -> list[float]:
+def _numbers(text: str) -> tuple[float, ...]:
     try:
-        return [float(v) for v in text.split(",")]
+        return tuple(float(v) for v in text.split(","))
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got '{text}'") from None
 
@@ -123,8 +123,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="the model takes flat [N, H*W*C] vectors (default: read from the input shape)",
     )
     image.add_argument("--scale", choices=SCALE_PRESETS, help="pixel scaling (default: [0,1])")
-    image.add_argument("--mean", type=_number_list, help="per-channel mean in 0..255 units (with --scale mean_std)")
-    image.add_argument("--std", type=_number_list, help="per-channel std in 0..255 units (with --scale mean_std)")
+    image.add_argument("--mean", type=_numbers, help="per-channel mean in 0..255 units (with --scale mean_std)")
+    image.add_argument("--std", type=_numbers, help="per-channel std in 0..255 units (with --scale mean_std)")
     image.add_argument("--resize", choices=RESIZE_METHODS, help="default: bilinear")
     image.add_argument("--no-antialias", dest="antialias", action="store_false", default=None)
     image.add_argument("--central-crop", type=float, metavar="FRACTION")
@@ -170,7 +170,6 @@ def run(args: argparse.Namespace) -> int:
         print(inspect_model(args.source, graph_fn=args.graph_fn, signature=args.signature, tags=tags).format())
         return 0
     given = {k: getattr(args, k) for k in IMAGE_OPTIONS if getattr(args, k) is not None}
-    given.update({k: tuple(given[k]) for k in ("mean", "std") if k in given})
     image = ImageOptions(**given) if given or args.name or args.sample else None
     optional = {"tolerance": args.tolerance} if args.tolerance is not None else {}  # else the library's default
     result = freeze_model(

@@ -136,3 +136,21 @@ def test_tf1_saved_model_with_a_dropout_switch(tmp_path: Path) -> None:
         verify(source=source, frozen=frozen, feeds=[random_feeds(frozen.inputs)])
     (probs,) = run_frozen(frozen.graph_def, {"x:0": [[1.0, 0.0, 0.0]]}, ["y:0"])
     np.testing.assert_allclose(probs, tf.nn.softmax([[2.0, 0.0, 0.0]]).numpy(), rtol=1e-6)
+
+
+def test_tf2_signature_input_fixed_to_a_constant(tmp_path: Path) -> None:
+    class Model(tf.Module):
+        @tf.function(
+            input_signature=[tf.TensorSpec([None, 2], tf.float32, name="x"), tf.TensorSpec([], tf.bool, name="train")]
+        )
+        def serve(self, x: tf.Tensor, train: tf.Tensor) -> dict[str, tf.Tensor]:
+            return {"y": tf.where(train, x * 0, x + 1)}
+
+    module = Model()
+    tf.saved_model.save(module, str(tmp_path / "sm"), signatures={"serving_default": module.serve})
+    with load_source(tmp_path / "sm") as source:
+        frozen = source.freeze(constants={"train": False})
+        verify(source=source, frozen=frozen, feeds=[random_feeds(frozen.inputs)])
+    assert [t.name for t in frozen.inputs] == ["x:0"] and dict(frozen.constants) == {"train:0": False}
+    (y,) = run_frozen(frozen.graph_def, {"x:0": [[1.0, 2.0]]}, [frozen.outputs[0].name])
+    np.testing.assert_array_equal(y, [[2.0, 3.0]])
