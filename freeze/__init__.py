@@ -22,7 +22,7 @@ Example::
 from __future__ import annotations
 
 import importlib
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 _EXPORTS = {
     "freeze.errors": (
@@ -40,48 +40,13 @@ _EXPORTS = {
     "freeze.verification": ("Verification", "random_feeds", "run_frozen", "verify"),
 }
 _MODULE_OF = {name: module for module, names in _EXPORTS.items() for name in names}
-__all__ = [  # noqa: RUF022 - grouped as in _EXPORTS
-    "AmbiguousChoiceError",
-    "ExportError",
-    "FreezeError",
-    "GraphError",
-    "NodeNotFoundError",
-    "SourceError",
-    "VerificationError",
-    "ImageOptions",
-    "build_manifest",
-    "read_labels",
-    "write_model",
-    "FreezeResult",
-    "freeze_model",
-    "inspect_model",
-    "FrozenGraph",
-    "Inspection",
-    "Source",
-    "load_source",
-    "Verification",
-    "random_feeds",
-    "run_frozen",
-    "verify",
-]
-
-if TYPE_CHECKING:
-    from freeze.errors import (
-        AmbiguousChoiceError,
-        ExportError,
-        FreezeError,
-        GraphError,
-        NodeNotFoundError,
-        SourceError,
-        VerificationError,
-    )
-    from freeze.export import ImageOptions, build_manifest, read_labels, write_model
-    from freeze.pipeline import FreezeResult, freeze_model, inspect_model
-    from freeze.sources import FrozenGraph, Inspection, Source, load_source
-    from freeze.verification import Verification, random_feeds, run_frozen, verify
 
 
 def __getattr__(name: str) -> Any:
     if name not in _MODULE_OF:
         raise AttributeError(f"module 'freeze' has no attribute '{name}'")
     return getattr(importlib.import_module(_MODULE_OF[name]), name)
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_MODULE_OF])
