@@ -107,6 +107,8 @@ class Manifest:
                 pre[key] = list(pre[key])
         if not data["info"]:
             del data["info"]
+        if self.batching == BatchingSpec():
+            del data["batching"]  # let models follow the service's defaults as they improve
         return data
 
 
