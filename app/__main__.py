@@ -33,7 +33,7 @@ def parse_args(argv: list[str] | None = None) -> dict[str, object]:
     parser.add_argument("--host", help="address to listen on (default 127.0.0.1)")
     parser.add_argument("--port", type=int, help="port (default 8080)")
     parser.add_argument("--graphs-dir", help="folder of <model>/<version>/model.pb (default graphs)")
-    parser.add_argument("--threads", type=int, help="waitress worker threads (default 16)")
+    parser.add_argument("--threads", type=int, help="waitress worker threads (default 32)")
     parser.add_argument("--default-model", help="model used when a request names none")
     parser.add_argument("--no-batching", dest="batching", action="store_const", const=False,
                         help="run each request's sess.run in its own thread, no batch queue")

@@ -24,7 +24,7 @@ class Settings:
     graphs_dir: str = "graphs"
     host: str = "127.0.0.1"
     port: int = 8080
-    threads: int = 16
+    threads: int = 32  # about 2x a model's max_batch_size, so a full batch can queue while one runs
     default_model: str = ""  # empty: the only model if there is one, else every model
     default_top_k: int = 5
     max_top_k: int = 1000

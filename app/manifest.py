@@ -13,8 +13,8 @@ Example (every field but ``input``/``output`` optional)::
       "preprocessing": {"resize": "bilinear", "antialias": true,
                         "scale": "[-1,1]", "central_crop": 0.875, "flatten": false},
       "batch_size": null,
-      "batching": {"max_batch_size": 32, "batch_timeout_ms": 2, "max_queue": 256,
-                   "workers": 1},
+      "batching": {"max_batch_size": 16, "batch_timeout_ms": 0, "max_queue": 256,
+                   "workers": 2},
       "info": {"anything": "free-form, kept for humans, ignored by the service"}
     }
 
@@ -81,10 +81,10 @@ class Preprocessing:
 class BatchingSpec:
     """Per-model batch scheduler knobs (TF Serving's names, in our units)."""
 
-    max_batch_size: int = 32
+    max_batch_size: int = 16
     batch_timeout_ms: float = 0.0  # on CPU, 0 is usually best: a batch forms from what queued meanwhile
     max_queue: int = 256
-    workers: int = 1
+    workers: int = 2  # two sess.runs at once: TF releases the GIL, one runs while the other forms
 
 
 @dataclass(frozen=True)
