@@ -127,7 +127,7 @@ class Metrics:
                 "latency_ms": _percentiles(window),
                 "graph": {
                     "nodes_at_load": servable.node_count,
-                    "nodes_now": len(servable.graph.as_graph_def().node),
+                    "nodes_now": servable.current_node_count(),
                     "finalized": servable.graph.finalized,
                     "file_bytes": load.graph_bytes,
                     "constant_bytes": load.constant_bytes,
