@@ -15,6 +15,9 @@ from app.config import Settings
 
 def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
     """Build the app: settings, error handlers, every model loaded and warm, routes."""
+    from app.memory import limit_malloc_arenas
+
+    limit_malloc_arenas()  # before TensorFlow and the request threads allocate
     from app import errors, registry, views  # TensorFlow loads here, not on `import app`
     from app.metrics import Metrics
 

@@ -7,7 +7,9 @@ as "not available"), never zeros that would read as "uses no memory".
 
 from __future__ import annotations
 
+import ctypes
 import logging
+import os
 import resource
 import sys
 from dataclasses import dataclass
@@ -17,6 +19,26 @@ import psutil
 log = logging.getLogger(__name__)
 
 _PROCESS = psutil.Process()
+
+
+M_ARENA_MAX = -8  # mallopt parameter number, from glibc's malloc.h
+
+
+def limit_malloc_arenas(count: int = 2) -> bool:
+    """Cap glibc's malloc arenas before request threads start; return whether it was applied.
+
+    glibc gives threads that allocate at the same time their own arenas (up to 8 per core)
+    and keeps freed memory in each. With 32 request threads taking turns, RSS then rose in
+    ~5 MB steps for as long as new threads touched new arenas (measured: +12.6 MB between
+    request 2,000 and 20,000 of a soak). With two arenas it stays flat. A
+    ``MALLOC_ARENA_MAX`` set in the environment wins.
+    """
+    if "MALLOC_ARENA_MAX" in os.environ or not sys.platform.startswith("linux"):
+        return False
+    try:
+        return bool(ctypes.CDLL("libc.so.6").mallopt(M_ARENA_MAX, count))
+    except (OSError, AttributeError):  # not glibc (e.g. musl): nothing to tune
+        return False
 
 
 def rss_bytes() -> int:
