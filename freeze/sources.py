@@ -513,8 +513,7 @@ def _prefix_from_directory(directory: Path, *, missing_ok: bool = False) -> Path
     if state_file.exists():
         state = tf.train.get_checkpoint_state(str(directory))
         if state and state.model_checkpoint_path:
-            named = Path(state.model_checkpoint_path)
-            named = named if named.is_absolute() else directory / named
+            named = Path(state.model_checkpoint_path)  # TF already joined a relative one to directory
             beside = directory / named.name
             if _checkpoint_exists(beside):  # a copied directory still names where it was written
                 if not _checkpoint_exists(named):

@@ -166,6 +166,17 @@ def test_checkpoint_file_naming_another_machines_path_falls_back(
     assert "/elsewhere/run7/model.ckpt" in caplog.text
 
 
+def test_relative_checkpoint_file_given_as_a_relative_directory_is_used_quietly(
+    training_checkpoint: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    prefix = copy_checkpoint(training_checkpoint, tmp_path / "run" / "relative")
+    (prefix.parent / "checkpoint").write_text(f'model_checkpoint_path: "{prefix.name}"\n')
+    monkeypatch.chdir(tmp_path)
+    with caplog.at_level(logging.WARNING), load_source(Path("run") / "relative") as source:
+        assert source.path.resolve() == prefix.resolve()
+    assert "does not exist" not in caplog.text
+
+
 def test_missing_data_shard_is_named(training_checkpoint: Path, tmp_path: Path) -> None:
     prefix = copy_checkpoint(training_checkpoint, tmp_path / "nodata")
     Path(f"{prefix}.data-00000-of-00001").unlink()
