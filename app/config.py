@@ -8,6 +8,7 @@ Each field's environment variable is ``GRAPHSERVE_`` + its upper-case name, e.g.
 from __future__ import annotations
 
 import dataclasses
+import logging
 import os
 from dataclasses import dataclass
 from typing import Any, Mapping
@@ -39,6 +40,16 @@ class Settings:
     request_timeout_s: float = 30.0  # time a request may wait for its results, else 503/504
     log_level: str = "INFO"
     log_requests: str = "INFO"  # level of the one-line-per-request log; "OFF" to silence
+
+    def __post_init__(self) -> None:
+        _level("log_level", self.log_level)
+        if self.log_requests.upper() != "OFF":
+            _level("log_requests", self.log_requests)
+
+    @property
+    def request_log_level(self) -> int | None:
+        """The numeric level of the per-request log line, or None when it is OFF."""
+        return None if self.log_requests.upper() == "OFF" else _level("log_requests", self.log_requests)
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -82,3 +93,10 @@ def _coerce(name: str, kind: type, value: Any) -> Any:
     except ValueError:
         pass
     raise ConfigError(f"setting '{name}' must be {kind.__name__}, got {value!r}")
+
+
+def _level(name: str, value: str) -> int:
+    level = logging.getLevelName(value.upper())
+    if not isinstance(level, int):
+        raise ConfigError(f"setting '{name}' must be DEBUG, INFO, WARNING, ERROR or CRITICAL, got {value!r}")
+    return level

@@ -248,14 +248,13 @@ def _record(response: Response) -> Response:
         error_code = (response.get_json(silent=True) or {}).get("error", {}).get("code")
     models = g.get("models", ())
     current_app.extensions["metrics"].observe_request(endpoint, response.status_code, models, error_code)
-    level = _settings().log_requests.upper()
-    if level != "OFF" and endpoint not in ("/metrics", "/healthz", "/readyz"):
-        numeric = logging.getLevelName(level)
-        if request_log.isEnabledFor(numeric):
+    level = _settings().request_log_level
+    if level is not None and endpoint not in ("/metrics", "/healthz", "/readyz"):
+        if request_log.isEnabledFor(level):
             timing = " ".join(f"{name}_ms={value * 1000:.2f}" for name, value in g.get("timing", ()))
             total_ms = (time.perf_counter() - g.get("started", time.perf_counter())) * 1000
             request_log.log(
-                numeric,
+                level,
                 "method=%s path=%s status=%d models=%s images=%d ms=%.2f%s%s",
                 request.method, request.path, response.status_code,
                 ",".join(name for name, _ in models) or "-", g.get("images", 0), total_ms,

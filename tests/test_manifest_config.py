@@ -65,3 +65,11 @@ def test_settings_from_env_and_overrides():
         Settings().replace({"NOPE": 1})
     with pytest.raises(ConfigError, match="batching"):
         Settings().replace({"batching": "maybe"})
+
+
+def test_log_levels_are_checked_once_at_start():
+    assert Settings().replace({"log_requests": "debug"}).request_log_level == 10
+    assert Settings().replace({"log_requests": "off"}).request_log_level is None
+    for name in ("log_requests", "log_level"):
+        with pytest.raises(ConfigError, match=name):
+            Settings().replace({name: "VERBOSE"})
