@@ -102,7 +102,7 @@ def init_app(app: Flask) -> None:
 
 def _domain_handler(status: int, code: str, headers: dict[str, str]) -> Any:
     def handle(exc: BaseException) -> ResponseReturnValue:
-        if status >= 500 and status != 503 and status != 504:
+        if status == 500:  # a server fault; 503/504 are load, not bugs
             log.error("%s: %s", code, exc)
         return error_response(status, code, str(exc), headers)
 

@@ -141,7 +141,7 @@ class Metrics:
                 },
                 "load_seconds": round(load.load_seconds, 3),
                 "warmup_seconds": round(load.warmup_seconds, 3),
-                "queue_depth": handle.batcher.queue_depth() if handle.batcher is not None else 0,
+                "queue_depth": handle.queue_depth(),
             }
         return {
             "uptime_seconds": round(time.time() - self.started, 3),
@@ -192,7 +192,7 @@ class _MemoryCollector:
             nodes.add_metric(key, servable.node_count)
             if servable.stats.gpu_cost is not None:
                 gpu_cost.add_metric(key, servable.stats.gpu_cost)
-            queue.add_metric(key, handle.batcher.queue_depth() if handle.batcher is not None else 0)
+            queue.add_metric(key, handle.queue_depth())
         yield from (rss_cost, constants, nodes, gpu_cost, queue)
 
         gpus = memory.gpu_memory()

@@ -71,6 +71,9 @@ class ModelHandle:
             futures.append(future)
         return futures
 
+    def queue_depth(self) -> int:
+        return self.batcher.queue_depth() if self.batcher is not None else 0
+
     def close(self) -> None:
         if self.batcher is not None:
             self.batcher.close()
