@@ -84,7 +84,7 @@ class Point:
     """One measured setting: raw (batch, threads) or service (mode, concurrency)."""
 
     phase: str  # "raw", "batcher" or "service"
-    batch: int = 0  # raw: images per sess.run
+    batch: int = 0  # raw: images per sess.run; batcher: images per submit (1)
     threads: int = 0  # raw: threads calling sess.run at once; batcher: client threads
     mode: str = ""  # service: "batched" or "direct"
     concurrency: int = 0  # service: connections, one request in flight each
@@ -279,12 +279,15 @@ def batcher_point(servable: Any, image: bytes, clients: int, args: argparse.Name
         workers=knobs.workers,
         on_batch=lambda size, *_: sizes.append(size),
     )
+
+    def submit_one() -> object:
+        return batcher.submit([image])[0].result()
+
     try:
-        point = raw_point(lambda: batcher.submit([image])[0].result(), 1, clients, args.warmup, args.seconds)
+        point = raw_point(submit_one, 1, clients, args.warmup, args.seconds, phase="batcher")
     finally:
         batcher.close()
-    point.phase, point.batch = "batcher", 0
-    settled = sizes[len(sizes) // 4 :] or sizes  # past the warm-up
+    settled = sizes[len(sizes) // 4 :] or sizes  # roughly past the warm-up: drop the first quarter of runs
     if settled:
         point.server = {"mean_batch": round(sum(settled) / len(settled), 2)}
     return point
@@ -299,7 +302,10 @@ def raw_call(servable: Any, image: bytes, batch: int) -> Callable[[], object]:
     return lambda: classify(images)
 
 
-def raw_point(call: Callable[[], object], batch: int, threads: int, warmup: float, seconds: float) -> Point:
+def raw_point(
+    call: Callable[[], object], batch: int, threads: int, warmup: float, seconds: float, *, phase: str = "raw"
+) -> Point:
+    """``threads`` threads make ``call`` (``batch`` images each) back to back; one in-process point."""
     call()  # the first run at a new batch size allocates: before the clock starts
     start = time.monotonic()
     window = (start + warmup, start + warmup + seconds)
@@ -308,7 +314,7 @@ def raw_point(call: Callable[[], object], batch: int, threads: int, warmup: floa
     streams = drive_threads(call, threads, window, on_window=lambda: samples.append(cpu_sample(roles)))
     p50, p99, mean = latency_summary([ms for stream in streams for ms in stream.latencies_ms])
     return Point(
-        phase="raw",
+        phase=phase,
         batch=batch,
         threads=threads,
         images_per_s=round(throughput(streams, seconds) * batch, 2),
@@ -652,12 +658,13 @@ def measure_service(
 # -- report ----------------------------------------------------------------------------------
 
 
-def ratios(raw: list[Point], service: list[Point]) -> dict[str, Any]:
+def ratios(points: list[Point]) -> dict[str, Any]:
     """The two headline ratios, with the values they come from and whether each meets its target;
     with a batcher point, also how the throughput gap splits between batching and HTTP."""
     found: dict[str, Any] = {}
-    batcher = next((p for p in raw if p.phase == "batcher"), None)
-    raw = [p for p in raw if p.phase == "raw"]
+    raw = [p for p in points if p.phase == "raw"]
+    batcher = next((p for p in points if p.phase == "batcher"), None)
+    service = [p for p in points if p.phase == "service"]
     best_raw = max(raw, key=lambda p: p.images_per_s, default=None)
     best_service = max(service, key=lambda p: p.images_per_s, default=None)
     if best_raw and best_raw.images_per_s and batcher and batcher.images_per_s:
@@ -918,14 +925,14 @@ def main(argv: list[str] | None = None) -> int:
             f"warm-up, client {args.client}, load average {os.getloadavg()[0]:.2f}",
             flush=True,
         )
-        raw, info = ([], {}) if args.skip_raw else measure_raw(graphs_dir, args.model, image, args)
+        in_process, info = ([], {}) if args.skip_raw else measure_raw(graphs_dir, args.model, image, args)
         service, answers = (
             ([], {})
             if args.skip_service
             else measure_service(graphs_dir, args.model, image, image_path, args.out, args)
         )
-    points = raw + service
-    found = ratios(raw, service)
+    points = in_process + service
+    found = ratios(points)
     total = time.monotonic() - started
     title = f"{args.model} on {psutil.cpu_count()} CPU cores ({platform.processor() or platform.machine()})"
     table = markdown_tables(points, found)
