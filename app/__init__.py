@@ -14,11 +14,13 @@ from app.config import Settings
 
 
 def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
-    """Build the app: settings, error handlers, every model loaded and warm, routes."""
+    """Build the app: settings, error handlers, every model loaded and warm, the inference
+    core (``app.extensions["inference"]``), routes."""
     from app.memory import limit_malloc_arenas
 
     limit_malloc_arenas()  # before TensorFlow and the request threads allocate
-    from app import errors, registry, views  # TensorFlow loads here, not on `import app`
+    from app import admin, errors, registry, views  # TensorFlow loads here, not on `import app`
+    from app.inference import InferenceCore
     from app.metrics import Metrics
 
     settings = Settings.from_env().replace(test_config or {})
@@ -29,6 +31,9 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
     errors.init_app(app)
     metrics = Metrics()
     app.extensions["metrics"] = metrics
-    metrics.watch(registry.init_app(app, settings, on_batch=metrics.observe_batch))
+    models = registry.init_app(app, settings, on_batch=metrics.observe_batch)
+    metrics.watch(models)
+    app.extensions[views.INFERENCE] = InferenceCore(models, on_model=metrics.observe_model)
     app.register_blueprint(views.bp)
+    admin.init_app(app, settings)  # only when an admin token is set
     return app

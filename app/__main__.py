@@ -37,6 +37,12 @@ def parse_args(argv: list[str] | None = None) -> dict[str, object]:
     parser.add_argument("--default-model", help="model used when a request names none")
     parser.add_argument("--no-batching", dest="batching", action="store_const", const=False,
                         help="run each request's sess.run in its own thread, no batch queue")
+    parser.add_argument("--poll-interval-s", type=float,
+                        help="re-read graphs/ every N seconds and reload what changed (default 0: off)")
+    parser.add_argument("--lenient-startup", dest="strict_startup", action="store_const", const=False,
+                        help="a version that fails to load at start-up is refused (shown as failed) "
+                             "instead of stopping start-up")
+    # The admin token is read from GRAPHSERVE_ADMIN_TOKEN only: a flag would show it in `ps`.
     parser.add_argument("--log-level", help="DEBUG, INFO, WARNING (default INFO)")
     args = parser.parse_args(argv)
     return {key: value for key, value in vars(args).items() if value is not None}

@@ -22,6 +22,11 @@ The knobs, with TensorFlow Serving's names for them:
 
 Keep the number of client (request) threads at about twice ``max_batch_size``.
 
+``DirectRunner`` is the same interface without a queue (batching off): ``submit`` runs the
+one ``predict`` call in the caller's thread. Both are ``Runner``s, so the registry and the
+inference core never ask which one they have, and both report each ``predict`` call to the
+same observer, ``on_batch(batch_size, queue_seconds, run_seconds)``.
+
 Exceptions (all ``BatchingError``): ``QueueFull`` (refused at submit, nothing queued),
 ``DeadlineExceeded`` (waited past its deadline, never run), ``BatcherClosed`` (stopped).
 
@@ -41,7 +46,7 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass
-from typing import Generic, TypeVar
+from typing import Generic, Protocol, TypeVar
 
 log = logging.getLogger(__name__)
 
@@ -75,6 +80,21 @@ class Completed(Generic[R]):
     batch_size: int  # number of items in that predict call
 
 
+BatchObserver = Callable[[int, float, float], None]  # (batch size, longest queue wait, run seconds)
+
+
+class Runner(Protocol[T, R]):
+    """How a servable is run: ``Batcher`` (queued, batched) or ``DirectRunner`` (in the caller)."""
+
+    name: str
+
+    def submit(self, items: Sequence[T], *, deadline: float | None = None) -> list[Future[Completed[R]]]: ...
+
+    def queue_depth(self) -> int: ...
+
+    def close(self, timeout: float | None = 5.0) -> None: ...
+
+
 class _Item(Generic[T, R]):
     __slots__ = ("value", "future", "enqueued", "deadline")
 
@@ -104,7 +124,7 @@ class Batcher(Generic[T, R]):
         max_queue: int = 256,
         workers: int = 1,
         clock: Callable[[], float] = time.monotonic,
-        on_batch: Callable[[int, float, float], None] | None = None,
+        on_batch: BatchObserver | None = None,
     ) -> None:
         if max_batch_size < 1 or max_queue < 1 or workers < 1:
             raise ValueError("max_batch_size, max_queue and workers must be >= 1")
@@ -259,3 +279,68 @@ def _fail(items: list[_Item[T, R]], error: type[BatchingError], message: str) ->
     for item in items:
         if item.future.set_running_or_notify_cancel():
             item.future.set_exception(error(message))
+
+
+class DirectRunner(Generic[T, R]):
+    """``Batcher``'s interface without the queue: ``submit`` calls ``predict(items)`` once,
+    in the calling thread, and returns already-resolved futures (batching off).
+
+    An item whose ``deadline`` has passed before the call fails with ``DeadlineExceeded``;
+    ``on_batch`` sees the call as a batch with zero queue time.
+    """
+
+    def __init__(
+        self,
+        predict: Callable[[list[T]], Sequence[R | BaseException]],
+        *,
+        name: str,
+        clock: Callable[[], float] = time.monotonic,
+        on_batch: BatchObserver | None = None,
+    ) -> None:
+        self.name = name
+        self._predict = predict
+        self._clock = clock
+        self._on_batch = on_batch
+        self._closed = False
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def submit(self, items: Sequence[T], *, deadline: float | None = None) -> list[Future[Completed[R]]]:
+        if self._closed:
+            raise BatcherClosed(f"runner {self.name} is closed")
+        futures: list[Future[Completed[R]]] = [Future() for _ in items]
+        start = self._clock()
+        if deadline is not None and start > deadline:
+            for future in futures:
+                future.set_exception(DeadlineExceeded(f"runner {self.name}: deadline passed before the run"))
+            return futures
+        values = list(items)
+        try:
+            results: Sequence[R | BaseException] = self._predict(values)
+            if len(results) != len(values):
+                raise BatchingError(
+                    f"runner {self.name}: predict returned {len(results)} results for a batch of {len(values)}"
+                )
+        except BaseException as exc:  # noqa: BLE001 - as the batcher: every item gets the error
+            results = [exc] * len(values)
+        run_seconds = self._clock() - start
+        for future, result in zip(futures, results):
+            if isinstance(result, BaseException):
+                future.set_exception(result)
+            else:
+                future.set_result(Completed(result, 0.0, run_seconds, len(values)))
+        if self._on_batch is not None and values:
+            try:
+                self._on_batch(len(values), 0.0, run_seconds)
+            except Exception:
+                log.exception("runner %s: on_batch hook failed", self.name)
+        return futures
+
+    def queue_depth(self) -> int:
+        return 0
+
+    def close(self, timeout: float | None = 5.0) -> None:
+        """Refuse new work; a call in progress finishes in its own thread."""
+        self._closed = True

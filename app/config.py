@@ -38,11 +38,19 @@ class Settings:
     gpu_memory_fraction: float = 0.0  # 0: allow growth, never grab the whole card
     batching: bool = True  # False: each request runs its own sess.run, no queue
     request_timeout_s: float = 30.0  # time a request may wait for its results, else 503/504
+    strict_startup: bool = True  # a version that fails to load stops start-up; False: refused, others serve
+    poll_interval_s: float = 0.0  # > 0: re-read graphs/ this often and reload what changed; 0: off
+    admin_token: str = dataclasses.field(default="", repr=False)  # set: POST /admin/reload exists, with "Authorization: Bearer <token>"; empty: 404
+    loader_nice: int = 10  # reloads load and warm up on a thread this much nicer than request threads (Linux)
     log_level: str = "INFO"
     log_requests: str = "INFO"  # level of the one-line-per-request log; "OFF" to silence
 
     def __post_init__(self) -> None:
         _level("log_level", self.log_level)
+        if not self.poll_interval_s >= 0:
+            raise ConfigError(f"setting 'poll_interval_s' must be >= 0 (0: off), got {self.poll_interval_s!r}")
+        if not 0 <= self.loader_nice <= 19:
+            raise ConfigError(f"setting 'loader_nice' must be 0 (off) to 19, got {self.loader_nice!r}")
         if self.log_requests.upper() != "OFF":
             _level("log_requests", self.log_requests)
 

@@ -1,45 +1,233 @@
-"""Find the model versions to serve: ``graphs/<model>/<version>/model.pb``.
+"""Find what to serve (TF Serving's *source*): version folders and each model's version policy.
 
-The highest integer version folder that holds a ``model.pb`` is served. Anything that
-looks like a model folder but is not usable is an error naming the path, because a
-silently skipped model is worse than a refused start.
+Layout::
+
+    graphs/<model>/<version>/model.pb       every folder named by digits only is a version
+    graphs/<model>/<version>/model.json     (its manifest, see ``manifest``)
+    graphs/<model>/versions.json            optional: which versions are served, labels, placement
+
+Folders whose names start with ``.`` or ``_`` or are not all digits are ignored: that is
+where half-written versions live (``scripts/freeze.py`` writes ``.3.writing-*`` and then
+renames it to ``3``), so a version only ever appears complete. A version folder without a
+``model.pb`` is ignored too.
+
+``versions.json`` (every field optional; validated strictly, errors name the file and field)::
+
+    {
+      "policy": "latest", "num_versions": 2,       # default: latest 1
+      # or  "policy": "all"
+      # or  "policy": "specific", "versions": [1, 3]
+      "labels": {"stable": 1, "canary": 2},        # names a request may use (version_label=...)
+      "device": "/GPU:0",                          # placement of every version (default: TF's choice)
+      "gpu_memory_mb": 2048                        # GPU memory budget per version (see README)
+    }
+
+``scan(graphs_dir)`` reads everything into ``ModelSource`` objects; ``discover(graphs_dir)``
+is the short form that returns the newest served version of each model.
+
+Exceptions: ``DiscoveryError`` (the layout is wrong), and its subclass ``PolicyError``
+(a ``versions.json`` is wrong; carries ``path`` and ``field``).
 """
 
 from __future__ import annotations
 
+import json
 import re
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
-from app.manifest import GRAPH_FILE
+from app.manifest import GRAPH_FILE, LABELS_FILE, MANIFEST_FILE
 from app.servable import ServableSpec
 
 MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+LABEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+DEVICE = re.compile(r"^/(CPU|GPU):(\d+)$")
+POLICY_FILE = "versions.json"
+POLICIES = ("latest", "all", "specific")
 
 
 class DiscoveryError(ValueError):
     """The graphs directory or a model folder in it is not laid out as expected."""
 
 
-def discover(graphs_dir: Path | str) -> list[ServableSpec]:
-    """One spec per model (its newest version), sorted by model name."""
+class PolicyError(DiscoveryError):
+    """A ``versions.json`` is unreadable or has an unknown, missing or invalid field."""
+
+    def __init__(self, path: Path | str, field_name: str | None, message: str) -> None:
+        where = f"{path}: field '{field_name}'" if field_name else str(path)
+        super().__init__(f"{where}: {message}")
+        self.path = str(path)
+        self.field = field_name
+
+
+@dataclass(frozen=True)
+class VersionPolicy:
+    """Which versions of one model are served (TF Serving's ``model_version_policy``)."""
+
+    policy: str = "latest"
+    num_versions: int = 1
+    versions: tuple[int, ...] = ()
+    labels: dict[str, int] = field(default_factory=dict)
+    device: str | None = None  # "/CPU:0", "/GPU:1"; None: TensorFlow places ops
+    gpu_memory_mb: int | None = None
+
+    def select(self, available: list[int]) -> list[int]:
+        """The versions to serve out of those on disk, ascending."""
+        ordered = sorted(available)
+        if self.policy == "all":
+            return ordered
+        if self.policy == "specific":
+            return [v for v in ordered if v in self.versions]
+        return ordered[-self.num_versions :]
+
+
+@dataclass(frozen=True)
+class ModelSource:
+    """One model folder as found on disk: its version folders and its policy."""
+
+    name: str
+    directory: Path
+    versions: dict[int, Path]  # every complete-looking version folder (has a model.pb)
+    policy: VersionPolicy
+
+    def aspired(self) -> list[int]:
+        return self.policy.select(list(self.versions))
+
+    def spec(self, version: int) -> ServableSpec:
+        return ServableSpec(name=self.name, version=version, directory=self.versions[version])
+
+
+def scan(graphs_dir: Path | str, *, strict: bool = True) -> tuple[list[ModelSource], list[DiscoveryError]]:
+    """Every model folder under ``graphs_dir``, sorted by name, and the errors found.
+
+    ``strict``: raise the first error (start-up). Otherwise a model whose folder or policy is
+    wrong is left out and its error returned, so a reload can keep serving what it has.
+    """
     root = Path(graphs_dir)
     if not root.is_dir():
         raise DiscoveryError(f"graphs directory '{root}' does not exist")
-    specs = []
+    sources: list[ModelSource] = []
+    errors: list[DiscoveryError] = []
     for model_dir in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith((".", "_"))):
-        if not MODEL_NAME.match(model_dir.name):
-            raise DiscoveryError(
-                f"'{model_dir}': model folder names use letters, digits, '_', '.', '-' (max 64)"
-            )
-        versions = sorted(
-            (int(p.name), p) for p in model_dir.iterdir() if p.is_dir() and p.name.isdigit()
-        )
-        servable = [(v, p) for v, p in versions if (p / GRAPH_FILE).is_file()]
-        if not servable:
+        try:
+            source = read_model(model_dir)
+        except DiscoveryError as exc:
+            if strict:
+                raise
+            errors.append(exc)
+            continue
+        if strict and not source.versions:
             raise DiscoveryError(
                 f"'{model_dir}' has no version folder with a {GRAPH_FILE} "
                 f"(expected {model_dir}/<integer version>/{GRAPH_FILE})"
             )
-        version, path = servable[-1]
-        specs.append(ServableSpec(name=model_dir.name, version=version, directory=path))
-    return specs
+        sources.append(source)
+    return sources, errors
+
+
+def read_model(model_dir: Path) -> ModelSource:
+    """One model folder (with no versions when none is complete yet)."""
+    if not MODEL_NAME.match(model_dir.name):
+        raise DiscoveryError(f"'{model_dir}': model folder names use letters, digits, '_', '.', '-' (max 64)")
+    versions = {
+        int(p.name): p
+        for p in model_dir.iterdir()
+        if p.is_dir() and p.name.isascii() and p.name.isdigit() and (p / GRAPH_FILE).is_file()
+    }
+    policy = load_policy(model_dir / POLICY_FILE, available=sorted(versions)) if versions else VersionPolicy()
+    return ModelSource(name=model_dir.name, directory=model_dir, versions=dict(sorted(versions.items())), policy=policy)
+
+
+def discover(graphs_dir: Path | str) -> list[ServableSpec]:
+    """The newest served version of every model, sorted by model name (strict)."""
+    sources, _ = scan(graphs_dir)
+    return [source.spec(source.aspired()[-1]) for source in sources if source.aspired()]
+
+
+def load_policy(path: Path, *, available: list[int] | None = None) -> VersionPolicy:
+    """Read ``versions.json`` at ``path`` (absent: latest 1) and validate it."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        return VersionPolicy()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise PolicyError(path, None, f"cannot read: {exc}") from None
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise PolicyError(path, None, f"not valid JSON: {exc}") from None
+    return parse_policy(data, path, available=available)
+
+
+def parse_policy(data: Any, path: Path | str = POLICY_FILE, *, available: list[int] | None = None) -> VersionPolicy:
+    """Validate a decoded ``versions.json``. With ``available`` (versions on disk), labels
+    must name a version that the policy serves."""
+    if not isinstance(data, dict):
+        raise PolicyError(path, None, "must be a JSON object")
+    known = {"policy", "num_versions", "versions", "labels", "device", "gpu_memory_mb"}
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise PolicyError(path, unknown[0], f"unknown field (known: {', '.join(sorted(known))})")
+    policy = data.get("policy", "latest")
+    if policy not in POLICIES:
+        raise PolicyError(path, "policy", f"must be one of {', '.join(POLICIES)}; got {policy!r}")
+    num_versions = 1
+    if "num_versions" in data:
+        if policy != "latest":
+            raise PolicyError(path, "num_versions", f"is only used with policy 'latest', not {policy!r}")
+        num_versions = _integer(path, "num_versions", data["num_versions"], minimum=1)
+    versions: tuple[int, ...] = ()
+    if policy == "specific":
+        raw = data.get("versions")
+        if not isinstance(raw, list) or not raw:
+            raise PolicyError(path, "versions", "policy 'specific' needs a non-empty list of version numbers")
+        versions = tuple(sorted({_integer(path, f"versions[{i}]", v, minimum=0) for i, v in enumerate(raw)}))
+    elif "versions" in data:
+        raise PolicyError(path, "versions", f"is only used with policy 'specific', not {policy!r}")
+    labels: dict[str, int] = {}
+    raw_labels = data.get("labels", {})
+    if not isinstance(raw_labels, dict):
+        raise PolicyError(path, "labels", 'must be an object such as {"stable": 1, "canary": 2}')
+    for name, version in raw_labels.items():
+        if not LABEL_NAME.match(name):
+            raise PolicyError(path, f"labels.{name}", "label names use letters, digits, '_', '.', '-' (max 64)")
+        labels[name] = _integer(path, f"labels.{name}", version, minimum=0)
+    device = data.get("device")
+    if device is not None:
+        if not isinstance(device, str) or not DEVICE.match(device.upper()):
+            raise PolicyError(path, "device", f"must be '/CPU:0', '/GPU:0', '/GPU:1', ...; got {device!r}")
+        device = device.upper()
+    gpu_memory_mb = None
+    if data.get("gpu_memory_mb") is not None:
+        gpu_memory_mb = _integer(path, "gpu_memory_mb", data["gpu_memory_mb"], minimum=1)
+    result = VersionPolicy(policy=policy, num_versions=num_versions, versions=versions, labels=labels,
+                           device=device, gpu_memory_mb=gpu_memory_mb)
+    if available is not None:
+        served = result.select(available)
+        for name, version in labels.items():
+            if version not in served:
+                shown = ", ".join(map(str, served)) or "none"
+                raise PolicyError(path, f"labels.{name}", f"version {version} is not served (served: {shown})")
+    return result
+
+
+def _integer(path: Path | str, name: str, value: Any, *, minimum: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise PolicyError(path, name, f"must be an integer, got {value!r}")
+    if value < minimum:
+        raise PolicyError(path, name, f"must be >= {minimum}, got {value}")
+    return value
+
+
+def fingerprint(directory: Path) -> tuple[tuple[str, int, int], ...]:
+    """Sizes and modification times of a version's files: a refused version is retried
+    only after it changed, so polling does not log the same failure forever."""
+    marks = []
+    for name in (GRAPH_FILE, MANIFEST_FILE, LABELS_FILE):
+        try:
+            stat = (directory / name).stat()
+        except OSError:
+            continue
+        marks.append((name, stat.st_size, stat.st_mtime_ns))
+    return tuple(marks)

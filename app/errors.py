@@ -18,7 +18,7 @@ from flask.typing import ResponseReturnValue
 from werkzeug.exceptions import HTTPException
 
 from app.batching import BatcherClosed, DeadlineExceeded, QueueFull
-from app.registry import ModelNotFound, NoModels
+from app.registry import BadModelSelection, ModelNotFound, ModelUnavailable, NoModels, VersionNotFound
 from app.servable import ModelRunError, UndecodableImage
 
 log = logging.getLogger(__name__)
@@ -63,7 +63,10 @@ class ServiceUnavailable(ApiError):
 
 # Domain exception -> (status, code, extra headers).
 _DOMAIN: dict[type[BaseException], tuple[int, str, dict[str, str]]] = {
+    BadModelSelection: (400, "bad_model_selection", {}),
     ModelNotFound: (404, "model_not_found", {}),
+    VersionNotFound: (404, "version_not_found", {}),
+    ModelUnavailable: (503, "model_unavailable", {"Retry-After": "1"}),
     NoModels: (503, "no_models", {}),
     UndecodableImage: (400, "invalid_image", {}),
     QueueFull: (503, "overloaded", {"Retry-After": "1"}),

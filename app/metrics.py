@@ -62,7 +62,7 @@ class Metrics:
             "graphserve_errors_total", "Error answers by error code.", ["code"], registry=self.registry
         )
         self.registry.register(_MemoryCollector(self))
-        self._windows: dict[str, deque[float]] = {}
+        self._windows: dict[tuple[str, int], deque[float]] = {}  # per (model, version): never mixed
         self._window_lock = threading.Lock()
 
     def watch(self, models: Any) -> None:
@@ -71,7 +71,9 @@ class Metrics:
 
     # -- recording (hot path: a few dict lookups and atomic adds) -------------------------
 
-    def observe_batch(self, model: str, version: int, size: int) -> None:
+    def observe_batch(self, model: str, version: int, size: int, queue_seconds: float = 0.0,
+                      run_seconds: float = 0.0) -> None:
+        """The registry's ``BatchObserver``: one call per ``predict`` of a runner."""
         self.batch_size.labels(model, str(version)).observe(size)
 
     def observe_model(self, model: str, version: int, images: int, seconds: dict[str, float]) -> None:
@@ -79,7 +81,7 @@ class Metrics:
         for stage, value in seconds.items():
             self.latency.labels(model, version_label, stage).observe(value)
         self.images.labels(model, version_label).inc(images)
-        self._window(model).append(seconds["total"])
+        self._window(model, version).append(seconds["total"])
 
     def observe_request(self, endpoint: str, status: int, models: Iterable[tuple[str, int]], error_code: str | None) -> None:
         self.http_requests.labels(endpoint, str(status)).inc()
@@ -88,17 +90,53 @@ class Metrics:
         if error_code:
             self.errors.labels(error_code).inc()
 
-    def _window(self, model: str) -> deque[float]:
-        window = self._windows.get(model)
+    def _window(self, model: str, version: int) -> deque[float]:
+        key = (model, version)
+        window = self._windows.get(key)
         if window is None:
             with self._window_lock:
-                window = self._windows.setdefault(model, deque(maxlen=WINDOW))
+                window = self._windows.setdefault(key, deque(maxlen=WINDOW))
         return window
 
     # -- reading ------------------------------------------------------------------------
 
     def _handles(self) -> list[Any]:
         return [] if self.models is None else self.models.handles()
+
+    def _version_stats(self, handle: Any, requests_samples: list[Any], gpu: Any) -> dict[str, Any]:
+        servable = handle.servable
+        load = servable.stats
+        window = list(self._windows.get((servable.name, servable.version), ()))
+        served = {
+            sample.labels["status"]: int(sample.value)
+            for sample in requests_samples
+            if sample.labels["model"] == servable.name and sample.labels["version"] == str(servable.version)
+        }
+        return {
+            "version": servable.version,
+            "state": handle.state,
+            "requests": served,
+            "latency_ms": _percentiles(window),
+            "graph": {
+                "nodes_at_load": servable.node_count,
+                "nodes_now": servable.current_node_count(),
+                "finalized": servable.graph.finalized,
+                "file_bytes": load.graph_bytes,
+                "constant_bytes": load.constant_bytes,
+            },
+            "memory": {
+                "rss_before_load_bytes": load.rss_before,
+                "rss_after_load_bytes": load.rss_after_load,
+                "rss_after_warmup_bytes": load.rss_after_warmup,
+                "rss_cost_bytes": load.rss_cost,
+                "gpu_cost_bytes": load.gpu_cost if gpu is not None else "not available",
+            },
+            "device": servable.device,
+            "load_seconds": round(load.load_seconds, 3),
+            "warmup_seconds": round(load.warmup_seconds, 3),
+            "queue_depth": handle.queue_depth(),
+            "in_flight": handle.in_flight,
+        }
 
     def exposition(self) -> bytes:
         return generate_latest(self.registry)
@@ -110,39 +148,18 @@ class Metrics:
             sample for metric in self.model_requests.collect() for sample in metric.samples
             if sample.name.endswith("_total")
         ]
+        per_version: dict[str, dict[str, Any]] = {}
+        for handle in self._handles():  # sorted by (model, version)
+            per_version.setdefault(handle.name, {})[str(handle.version)] = self._version_stats(handle, requests_samples, gpu)
         models = {}
-        for handle in sorted(self._handles(), key=lambda h: h.name):
-            servable = handle.servable
-            load = servable.stats
-            window = list(self._windows.get(servable.name, ()))
-            served = {
-                sample.labels["status"]: int(sample.value)
-                for sample in requests_samples
-                if sample.labels["model"] == servable.name and sample.labels["version"] == str(servable.version)
-            }
-            models[servable.name] = {
-                "version": servable.version,
-                "state": handle.state,
-                "requests": served,
-                "latency_ms": _percentiles(window),
-                "graph": {
-                    "nodes_at_load": servable.node_count,
-                    "nodes_now": servable.current_node_count(),
-                    "finalized": servable.graph.finalized,
-                    "file_bytes": load.graph_bytes,
-                    "constant_bytes": load.constant_bytes,
-                },
-                "memory": {
-                    "rss_before_load_bytes": load.rss_before,
-                    "rss_after_load_bytes": load.rss_after_load,
-                    "rss_after_warmup_bytes": load.rss_after_warmup,
-                    "rss_cost_bytes": load.rss_cost,
-                    "gpu_cost_bytes": load.gpu_cost if gpu is not None else "not available",
-                },
-                "load_seconds": round(load.load_seconds, 3),
-                "warmup_seconds": round(load.warmup_seconds, 3),
-                "queue_depth": handle.queue_depth(),
-            }
+        default_versions = {} if self.models is None else {
+            entry.name: entry.default() for entry in self.models.entries()
+        }
+        for name, versions in per_version.items():
+            default = default_versions.get(name)
+            shown = str(default.version) if default is not None else max(versions, key=int)
+            # top level: the version that answers by default; "versions": each loaded version apart
+            models[name] = {**versions[shown], "versions": versions}
         return {
             "uptime_seconds": round(time.time() - self.started, 3),
             "process": {"rss_bytes": memory.rss_bytes(), "peak_rss_bytes": memory.peak_rss_bytes()},

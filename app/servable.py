@@ -87,6 +87,31 @@ class ServableSpec:
 
 
 @dataclass(frozen=True)
+class Placement:
+    """Where a model runs: a device (``/CPU:0``, ``/GPU:1``; None: TensorFlow decides) and an
+    optional GPU memory budget in MiB, checked once warm-up has run (see ``resolve_device``)."""
+
+    device: str | None = None
+    gpu_memory_mb: int | None = None
+
+
+def resolve_device(model: str, requested: str | None) -> str | None:
+    """The device to build the model on: ``requested``, or ``/CPU:0`` with a warning when it
+    names a GPU that TensorFlow does not see (a CPU-only machine runs every config)."""
+    if requested is None or not requested.upper().startswith("/GPU:"):
+        return requested
+    index = int(requested.split(":", 1)[1])
+    gpus = tf.config.list_logical_devices("GPU")
+    if index < len(gpus):
+        return requested.upper()
+    log.warning(
+        "model %s: device %s is not available (TensorFlow sees %d GPU%s); running it on /CPU:0",
+        model, requested, len(gpus), "" if len(gpus) == 1 else "s",
+    )
+    return "/CPU:0"
+
+
+@dataclass(frozen=True)
 class SessionOptions:
     intra_op_threads: int = 0  # 0: TensorFlow picks (number of cores)
     inter_op_threads: int = 0
@@ -144,8 +169,10 @@ class Servable:
         pixels: tf.Tensor,
         scores: tf.Tensor,
         stats: LoadStats,
+        device: str | None = None,
     ) -> None:
         self.spec = spec
+        self.device = device  # where the model's ops were placed (None: TensorFlow's choice)
         self.manifest = manifest
         self.labels = labels
         self.graph = graph
@@ -266,9 +293,17 @@ def _session_callable(
     return call
 
 
-def load_servable(spec: ServableSpec, options: SessionOptions | None = None) -> Servable:
-    """Load, finalize and warm up one model version; raise ``ModelLoadError`` naming the cause."""
+def load_servable(
+    spec: ServableSpec, options: SessionOptions | None = None, placement: Placement | None = None
+) -> Servable:
+    """Load, finalize and warm up one model version; raise ``ModelLoadError`` naming the cause.
+
+    ``placement.device`` puts the model's ops on that device (decoding stays on the CPU, the
+    only place it has kernels); a GPU the machine lacks falls back to ``/CPU:0`` with a warning.
+    """
     options = options or SessionOptions()
+    placement = placement or Placement()
+    device = resolve_device(spec.name, placement.device)
     started = time.perf_counter()
     rss_before, gpu_before = memory.rss_bytes(), memory.gpu_bytes_in_use()
     try:
@@ -283,7 +318,7 @@ def load_servable(spec: ServableSpec, options: SessionOptions | None = None) -> 
     _check_input_shape(spec, manifest, input_node)
 
     graph = tf.Graph()
-    with graph.as_default():
+    with graph.as_default(), graph.device(device):
         pre = build_preprocessing(manifest, input_dtype=input_dtype)
         try:
             (output,) = tf.import_graph_def(
@@ -314,7 +349,7 @@ def load_servable(spec: ServableSpec, options: SessionOptions | None = None) -> 
     session = tf.compat.v1.Session(graph=graph, config=options.config_proto())
     servable = Servable(
         spec=spec, manifest=manifest, labels=labels, graph=graph, session=session,
-        encoded=pre.encoded, pixels=pre.pixels, scores=scores, stats=stats,
+        encoded=pre.encoded, pixels=pre.pixels, scores=scores, stats=stats, device=device,
     )
     stats.load_seconds = time.perf_counter() - started
     stats.rss_after_load = memory.rss_bytes()
@@ -325,10 +360,18 @@ def load_servable(spec: ServableSpec, options: SessionOptions | None = None) -> 
         raise
     stats.warmup_seconds = time.perf_counter() - started - stats.load_seconds
     stats.rss_after_warmup, stats.gpu_bytes_after_warmup = memory.rss_bytes(), memory.gpu_bytes_in_use()
+    budget = placement.gpu_memory_mb
+    if budget is not None and stats.gpu_cost is not None and stats.gpu_cost > budget * 2**20:
+        servable.close()
+        raise ModelLoadError(
+            spec.name, spec.directory,
+            f"took {stats.gpu_cost / 2**20:.1f} MiB of GPU memory to load and warm up; "
+            f"its budget (gpu_memory_mb) is {budget} MiB",
+        )
     log.info(
-        "loaded model %s version %d: %d nodes, %d classes, load %.2fs, warm-up %.2fs, RSS +%.1f MiB",
+        "loaded model %s version %d: %d nodes, %d classes, load %.2fs, warm-up %.2fs, RSS +%.1f MiB%s",
         spec.name, spec.version, servable.node_count, servable.num_classes,
-        stats.load_seconds, stats.warmup_seconds, stats.rss_cost / 2**20,
+        stats.load_seconds, stats.warmup_seconds, stats.rss_cost / 2**20, f", on {device}" if device else "",
     )
     return servable
 

@@ -1,33 +1,31 @@
-"""HTTP endpoints. The classification path reads straight through:
+"""HTTP endpoints of our own REST API: parse the request, call the inference core, encode JSON.
 
-    parse params → check uploads (Pillow header) → resolve models → submit to each model's
-    batcher (or run directly) → wait → top-k + labels → JSON
+    parse params → borrow the models' versions (core.select) → check uploads (Pillow header)
+    → core: submit, wait, top-k + labels → JSON
 
-Nothing here builds an op, reads a file, or holds a lock.
+The classification work itself is in ``app.inference``; nothing here builds an op, reads a
+file, or holds a lock.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from collections import defaultdict
-from concurrent.futures import Future
-from concurrent.futures import TimeoutError as FutureTimeout
 from typing import Any
 
-import numpy as np
 from flask import Blueprint, Response, current_app, g, jsonify, request
 from flask.typing import ResponseReturnValue
 
-from app.batching import Completed, DeadlineExceeded
 from app.config import Settings
-from app.errors import BadRequest, InvalidImage
-from app.metrics import CONTENT_TYPE, Metrics
-from app.registry import ModelHandle, get_registry
-from app.servable import Item, Row, UndecodableImage
-from app.uploads import Upload, read_uploads
+from app.errors import BadRequest
+from app.inference import InferenceCore, ModelResult
+from app.metrics import CONTENT_TYPE
+from app.registry import get_registry
+from app.text import shorten
+from app.uploads import read_uploads
 
 bp = Blueprint("api", __name__)
+INFERENCE = "inference"  # app.extensions key of the InferenceCore
 request_log = logging.getLogger("graphserve.request")
 
 
@@ -51,7 +49,9 @@ def _top_k(settings: Settings) -> int:
     except ValueError:
         value = 0
     if not 1 <= value <= settings.max_top_k:
-        raise BadRequest(f"top_k must be an integer from 1 to {settings.max_top_k}, got {raw!r}", code="bad_top_k")
+        raise BadRequest(
+            f"top_k must be an integer from 1 to {settings.max_top_k}, got '{shorten(raw)}'", code="bad_top_k"
+        )
     return value
 
 
@@ -61,152 +61,93 @@ def classify() -> ResponseReturnValue:
     settings = _settings()
     top_k = _top_k(settings)
     profile = _param("profile") in ("1", "true")
-    handles = get_registry(current_app).resolve(_param("model"))
-    g.models = [(handle.name, handle.servable.version) for handle in handles]
-    uploads = read_uploads(request, settings)
-    checked = time.perf_counter()
-    g.images = len(uploads)
+    version, version_label = _version()
+    core: InferenceCore = current_app.extensions[INFERENCE]
+    with core.select(_param("model"), version=version, version_label=version_label) as selected:
+        g.models = selected.models
+        uploads = read_uploads(request, settings)
+        checked = time.perf_counter()
+        g.images = len(uploads)
+        deadline = time.monotonic() + settings.request_timeout_s
+        result = selected.classify(uploads, top_k=top_k, deadline=deadline, profile=profile, started=started)
 
-    deadline = time.monotonic() + settings.request_timeout_s
-    pending = [(handle, handle.submit(items, deadline=deadline)) for handle, items in _inputs(handles, uploads)]
-    models: dict[str, Any] = {}
-    metrics: Metrics = current_app.extensions["metrics"]
     timing = [("checks", checked - started)]
-    for handle, futures in pending:
-        result, seconds = _collect(handle, futures, uploads, top_k, deadline)
-        seconds["total"] = time.perf_counter() - started
-        metrics.observe_model(handle.name, handle.servable.version, len(uploads), seconds)
-        timing += [(f"{handle.name}.{stage}", value) for stage, value in seconds.items()]
-        models[handle.name] = result
-    if profile:
-        for handle in handles:
-            split = models[handle.name]["profile_ms"] = _profile(handle, uploads)
-            timing += [(f"{handle.name}.profile-{stage}", ms / 1000) for stage, ms in split.items()]
-
+    models: dict[str, Any] = {}
+    for model in result.models:
+        timing += [(f"{model.name}.{stage}", value) for stage, value in model.seconds.items()]
+        models[model.name] = _encode_model(model)
+        if model.profile_ms is not None:
+            timing += [(f"{model.name}.profile-{stage}", ms / 1000) for stage, ms in model.profile_ms.items()]
     total = time.perf_counter() - started
     timing.append(("total", total))
     g.timing = timing
     response = jsonify(
         models=models,
-        images=len(uploads),
+        images=result.images,
         time_ms={"total": round(total * 1000, 3), "checks": round((checked - started) * 1000, 3)},
     )
     response.headers["Server-Timing"] = ", ".join(f"{name};dur={value * 1000:.3f}" for name, value in timing)
     return response
 
 
-def _profile(handle: ModelHandle, uploads: list[Upload]) -> dict[str, float]:
-    """Debug split of the single sess.run: decode + resize alone, then the model on those pixels.
-
-    Runs the work again outside the batcher, so it costs extra time; only on ``?profile=1``.
-    """
-    servable = handle.servable
-    encoded = [upload.data for upload in uploads]
-    started = time.perf_counter()
-    pixels = servable.preprocess(encoded)
-    decoded = time.perf_counter()
-    servable.predict(list(pixels))
-    modelled = time.perf_counter()
-    servable.predict(encoded)
-    whole = time.perf_counter()
-    return {
-        "decode_resize": round((decoded - started) * 1000, 3),
-        "normalize_model": round((modelled - decoded) * 1000, 3),
-        "single_run": round((whole - modelled) * 1000, 3),
-    }
+def _version() -> tuple[int | None, str | None]:
+    """``version=N`` or ``version_label=name`` (empty: not given)."""
+    raw, label = _param("version") or None, _param("version_label") or None
+    if raw is not None and label is not None:
+        raise BadRequest("give version or version_label, not both", code="bad_version")
+    if raw is None:
+        return None, label
+    if not (raw.isascii() and raw.isdigit()):
+        raise BadRequest(f"version must be a non-negative integer, got '{shorten(raw)}'", code="bad_version")
+    return int(raw), None
 
 
-def _inputs(handles: list[ModelHandle], uploads: list[Upload]) -> list[tuple[ModelHandle, list[Item]]]:
-    """Each model's input items. Models with the same input geometry share one decode."""
-    encoded: list[Item] = [upload.data for upload in uploads]
-    groups: dict[tuple[object, ...], list[ModelHandle]] = defaultdict(list)
-    for handle in handles:
-        groups[handle.servable.geometry].append(handle)
-    inputs: list[tuple[ModelHandle, list[Item]]] = []
-    for group in groups.values():
-        items = encoded
-        if len(group) > 1:
-            try:
-                items = list(group[0].servable.preprocess(encoded))
-            except UndecodableImage:
-                items = encoded  # let each model find and name the bad upload
-        inputs.extend((handle, items) for handle in group)
-    order = {handle.name: i for i, handle in enumerate(handles)}
-    return sorted(inputs, key=lambda pair: order[pair[0].name])
-
-
-def _collect(
-    handle: ModelHandle,
-    futures: list[Future[Completed[Row]]],
-    uploads: list[Upload],
-    top_k: int,
-    deadline: float,
-) -> tuple[dict[str, Any], dict[str, float]]:
-    completed: list[Completed[Row]] = []
-    bad: list[tuple[Upload, BaseException]] = []
-    for upload, future in zip(uploads, futures):
-        try:
-            completed.append(future.result(timeout=max(0.0, deadline - time.monotonic())))
-        except FutureTimeout:
-            future.cancel()
-            raise DeadlineExceeded(f"model '{handle.name}' did not answer within the request timeout") from None
-        except UndecodableImage as exc:
-            bad.append((upload, exc))
-    if bad:
-        names = ", ".join(f"'{upload.name}'" for upload, _ in bad)
-        raise InvalidImage(f"upload {names} could not be decoded ({bad[0][1]}); it may be truncated or corrupt")
-    post_started = time.perf_counter()
-    scores = np.stack([c.value for c in completed])  # type: ignore[misc]
-    results = _top_k_results(handle, scores, uploads, top_k)
-    seconds = {
-        "queue": max(c.queue_seconds for c in completed),
-        "run": max(c.run_seconds for c in completed),
-        "postprocess": time.perf_counter() - post_started,
-    }
-    result = {
-        "version": handle.servable.version,
-        "results": results,
-        "time_ms": {stage: round(value * 1000, 3) for stage, value in seconds.items()},
-        "batch_sizes": sorted({c.batch_size for c in completed}),
-    }
-    return result, seconds
-
-
-def _top_k_results(handle: ModelHandle, scores: np.ndarray, uploads: list[Upload], top_k: int) -> list[dict[str, Any]]:
-    servable = handle.servable
-    k = min(top_k, scores.shape[1])
-    best = np.argsort(-scores, axis=1, kind="stable")[:, :k]
-    results = []
-    for upload, row, ids in zip(uploads, scores, best):
-        results.append(
+def _encode_model(model: ModelResult) -> dict[str, Any]:
+    encoded: dict[str, Any] = {
+        "version": model.version,
+        "results": [
             {
-                "image": upload.name,
-                "top_k": [
-                    {"label": servable.label(int(i)), "class_id": int(i), "score": float(row[i])} for i in ids
-                ],
+                "image": image.image,
+                "top_k": [{"label": s.label, "class_id": s.class_id, "score": s.score} for s in image.top_k],
             }
-        )
-    return results
+            for image in model.results
+        ],
+        "time_ms": {stage: round(model.seconds[stage] * 1000, 3) for stage in ("queue", "run", "postprocess")},
+        "batch_sizes": model.batch_sizes,
+    }
+    if model.profile_ms is not None:
+        encoded["profile_ms"] = model.profile_ms
+    return encoded
 
 
 @bp.get("/models")
 def models() -> ResponseReturnValue:
+    registry = get_registry(current_app)
+    states = registry.model_states()
     described = []
-    for handle in sorted(get_registry(current_app).handles(), key=lambda h: h.name):
-        servable = handle.servable
-        spec = servable.manifest.input
-        described.append(
-            {
-                "name": servable.name,
-                "version": servable.version,
-                "input": {"height": spec.height, "width": spec.width, "channels": spec.channels},
-                "classes": servable.num_classes,
-                "output": servable.manifest.output.kind,
-                "batch_size": servable.manifest.batch_size,
-                "batching": handle.batcher is not None,
-                "state": handle.state,
-            }
-        )
+    for entry in registry.entries():
+        default = entry.default()
+        model: dict[str, Any] = {"name": entry.name, "version": default.version if default else None}
+        if default is not None:
+            servable = default.servable
+            spec = servable.manifest.input
+            model.update(
+                input={"height": spec.height, "width": spec.width, "channels": spec.channels},
+                classes=servable.num_classes,
+                output=servable.manifest.output.kind,
+                batch_size=servable.manifest.batch_size,
+                batching=default.batching,
+                device=servable.device,
+            )
+        model["state"] = states[entry.name]
+        model["versions"] = [
+            {"version": v, "state": status.state, **({"reason": status.reason} if status.reason else {})}
+            for v, status in entry.versions.items()
+        ]
+        model["labels"] = entry.labels
+        if entry.error:
+            model["error"] = entry.error
+        described.append(model)
     return jsonify(models=described)
 
 
@@ -218,7 +159,7 @@ def healthz() -> ResponseReturnValue:
 @bp.get("/readyz")
 def readyz() -> ResponseReturnValue:
     registry = get_registry(current_app)
-    states = {handle.name: handle.state for handle in registry.handles()}
+    states = registry.model_states()
     if registry.ready():
         return jsonify(status="ready", models=states)
     return jsonify(status="not ready", models=states), 503

@@ -72,8 +72,8 @@ def gated_app(graphs_dir, tmp_path):
         gate.wait(timeout=30)
         return handle.servable.predict(items)
 
-    old = handle.batcher
-    handle.batcher = Batcher(gated_predict, name="digits8/gated", max_batch_size=1, batch_timeout_s=0, max_queue=2)
+    old = handle.runner
+    handle.runner = Batcher(gated_predict, name="digits8/gated", max_batch_size=1, batch_timeout_s=0, max_queue=2)
     old.close()
     yield app, gate, started
     gate.set()
@@ -95,7 +95,7 @@ def test_full_queue_answers_503_with_retry_after(gated_app, digits):
         queued_request = pool.submit(post, 2)  # fills the queue (2 images)
         app_registry = app.extensions["models"]
         for _ in range(200):
-            if app_registry.get("digits8").batcher.queue_depth() == 2:
+            if app_registry.get("digits8").queue_depth() == 2:
                 break
             threading.Event().wait(0.01)
         refused = post(1)
@@ -112,8 +112,8 @@ def test_request_past_its_deadline_answers_504(graphs_dir, digits):
     app = create_app({"GRAPHS_DIR": str(graphs_dir), "REQUEST_TIMEOUT_S": 0.3})
     handle = app.extensions["models"].get("digits8")
     gate = threading.Event()
-    old = handle.batcher
-    handle.batcher = Batcher(lambda items: (gate.wait(30), handle.servable.predict(items))[1],
+    old = handle.runner
+    handle.runner = Batcher(lambda items: (gate.wait(30), handle.servable.predict(items))[1],
                              name="digits8/slow", max_batch_size=4, batch_timeout_s=0)
     old.close()
     try:

