@@ -6,11 +6,12 @@
 
 from __future__ import annotations
 
-from typing import Any, Mapping
-
-from flask import Flask
+from typing import TYPE_CHECKING, Any, Mapping
 
 from app.config import Settings
+
+if TYPE_CHECKING:  # Flask is imported by create_app, so the core (app.inference) imports without it
+    from flask import Flask
 
 
 def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
@@ -19,6 +20,8 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
     from app.memory import limit_malloc_arenas
 
     limit_malloc_arenas()  # before TensorFlow and the request threads allocate
+    from flask import Flask
+
     from app import admin, errors, registry, views  # TensorFlow loads here, not on `import app`
     from app.inference import InferenceCore
     from app.metrics import Metrics

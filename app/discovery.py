@@ -162,7 +162,8 @@ def load_policy(path: Path, *, available: list[int] | None = None) -> VersionPol
 
 def parse_policy(data: Any, path: Path | str = POLICY_FILE, *, available: list[int] | None = None) -> VersionPolicy:
     """Validate a decoded ``versions.json``. With ``available`` (versions on disk), labels
-    must name a version that the policy serves."""
+    must name one of them. (Whether that version ends up served is only known after loading:
+    the registry warns when a label points at a version it does not serve.)"""
     if not isinstance(data, dict):
         raise PolicyError(path, None, "must be a JSON object")
     known = {"policy", "num_versions", "versions", "labels", "device", "gpu_memory_mb"}
@@ -204,11 +205,10 @@ def parse_policy(data: Any, path: Path | str = POLICY_FILE, *, available: list[i
     result = VersionPolicy(policy=policy, num_versions=num_versions, versions=versions, labels=labels,
                            device=device, gpu_memory_mb=gpu_memory_mb)
     if available is not None:
-        served = result.select(available)
         for name, version in labels.items():
-            if version not in served:
-                shown = ", ".join(map(str, served)) or "none"
-                raise PolicyError(path, f"labels.{name}", f"version {version} is not served (served: {shown})")
+            if version not in available:
+                shown = ", ".join(map(str, sorted(available))) or "none"
+                raise PolicyError(path, f"labels.{name}", f"version {version} is not on disk (versions: {shown})")
     return result
 
 

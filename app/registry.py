@@ -448,61 +448,75 @@ class ModelRegistry:
             return report
 
     def _reconcile_model(self, name: str, source: ModelSource | None, report: ReloadReport, *, strict: bool) -> None:
+        """Load what the policy wants, switch, unload what it no longer wants (one model).
+
+        A refused version does not count towards the policy: with "latest 2" and versions
+        1, 2 serving, a broken 3 leaves 1 and 2 serving. A refused version is retried once
+        its files change (so polling does not log the same failure forever).
+        """
         entry = self._models.get(name, ModelEntry(name=name))
         on_disk = source.versions if source is not None else {}
-        aspired = source.aspired() if source is not None else []
+        policy = source.policy if source is not None else None
         self._last_errors.pop(name, None)
-        # 1. load what is wanted and not loaded (a failed version is retried once its files change)
+        failed: dict[int, VersionStatus] = {
+            v: status for v, status in entry.versions.items()
+            if status.state == FAILED and v in on_disk and status.fingerprint == fingerprint(on_disk[v])
+        }
         loaded: dict[int, ModelHandle] = {}
-        failed: dict[int, VersionStatus] = {}
-        for version in aspired:
-            status = entry.versions.get(version)
-            marks = fingerprint(on_disk[version])
-            if status is not None and status.state in (AVAILABLE, UNLOADING):
-                continue
-            if status is not None and status.state == FAILED and status.fingerprint == marks:
-                failed[version] = status
-                continue
-            assert source is not None
-            self._publish(name, lambda e, v=version: _with_version(e, VersionStatus(v, LOADING)))
-            try:
-                handle = self._make_handle(self._load(source.spec(version), self._options, _placement(source)))
-            except ModelLoadError as exc:
-                if strict:
+        current = entry.available()
+        while True:  # each round either loads or refuses at least one version, or ends
+            aspired = policy.select([v for v in on_disk if v not in failed]) if policy is not None else []
+            todo = [v for v in aspired if v not in loaded and v not in current
+                    and entry.versions.get(v, VersionStatus(v, LOADING)).state != UNLOADING]
+            if not todo:
+                break
+            for version in todo:
+                assert source is not None
+                marks = fingerprint(on_disk[version])
+                self._publish(name, lambda e, v=version: _with_version(e, VersionStatus(v, LOADING)))
+                try:
+                    handle = self._make_handle(self._load(source.spec(version), self._options, _placement(source)))
+                except ModelLoadError as exc:
+                    if strict:
+                        raise
+                    log.error("refused model %s version %d: %s", name, version, exc)
+                    failed[version] = VersionStatus(version, FAILED, reason=str(exc), fingerprint=marks)
+                    self._publish(name, lambda e, st=failed[version]: _with_version(e, st))
+                    report.refused.append({"model": name, "version": version, "reason": str(exc)})
+                    continue
+                except BaseException:
+                    self._publish(name, lambda e, v=version: _without_version(e, v))
                     raise
-                log.error("refused model %s version %d: %s", name, version, exc)
-                failed[version] = VersionStatus(version, FAILED, reason=str(exc), fingerprint=marks)
-                report.refused.append({"model": name, "version": version, "reason": str(exc)})
-                continue
-            except BaseException:
-                self._publish(name, lambda e, v=version: _without_version(e, v))
-                raise
-            loaded[version] = handle
-            report.loaded.append({"model": name, "version": version})
-        # 2. switch: one new snapshot for this model
-        current = self._models.get(name, ModelEntry(name=name))
-        keep = {v: h for v, h in current.available().items() if v in aspired and v in on_disk}
-        serving = {**keep, **loaded}
-        if not serving and aspired:
-            # availability first: no wanted version loaded, so the newest one that still
-            # serves (and is still on disk) keeps serving until a wanted one loads
-            fallback = [v for v in current.available() if v in on_disk]
+                loaded[version] = handle
+                report.loaded.append({"model": name, "version": version})
+        # switch: one new snapshot for this model
+        current = self._models.get(name, ModelEntry(name=name)).available()
+        serving = {v: h for v, h in current.items() if v in aspired and v in on_disk}
+        serving.update(loaded)
+        if not serving and policy is not None and policy.select(list(on_disk)):
+            # availability first: nothing the policy wants could be loaded, so the newest
+            # version that serves (and is still on disk) keeps serving
+            fallback = [v for v in current if v in on_disk]
             if fallback:
-                serving = {fallback[-1]: current.available()[fallback[-1]]}
-        retired = [h for v, h in current.available().items() if v not in serving]
-        versions: dict[int, VersionStatus] = {}
-        for version, status in current.versions.items():
-            if status.state == UNLOADING:
-                versions[version] = status  # still draining from an earlier reload
-        for version, handle in serving.items():
-            versions[version] = VersionStatus(version, AVAILABLE, handle=handle)
-        versions.update(failed)
-        for handle in retired:
-            versions[handle.version] = VersionStatus(handle.version, UNLOADING, handle=handle)
-        labels = dict(source.policy.labels) if source is not None else {}
-        new_entry = ModelEntry(name=name, versions=dict(sorted(versions.items())), labels=labels)
-        self._publish(name, lambda _e: new_entry if new_entry.versions else None)
-        # 3. unload what was switched away from, once its last request is answered
+                serving = {fallback[-1]: current[fallback[-1]]}
+        retired = [h for v, h in current.items() if v not in serving]
+        wanted = set(policy.select(list(on_disk))) if policy is not None else set()
+        labels = dict(policy.labels) if policy is not None else {}
+
+        def switch(now: ModelEntry) -> ModelEntry:
+            # versions still draining from an earlier reload stay listed until they are closed
+            versions = {v: status for v, status in now.versions.items() if status.state == UNLOADING}
+            versions.update({v: status for v, status in failed.items() if v in wanted})
+            versions.update({v: VersionStatus(v, AVAILABLE, handle=h) for v, h in serving.items()})
+            versions.update({h.version: VersionStatus(h.version, UNLOADING, handle=h) for h in retired})
+            return ModelEntry(name=name, versions=dict(sorted(versions.items())), labels=labels)
+
+        self._publish(name, switch)
+        for label, version in labels.items():
+            if version not in serving:
+                self._warn(name, f"label '{label}' points at version {version}, which is not served "
+                                 f"(served: {', '.join(map(str, sorted(serving))) or 'none'})")
+        # unload what was switched away from, once its last request is answered
         for handle in retired:
             handle.retire()
             report.unloaded.append({"model": name, "version": handle.version})
@@ -538,6 +552,13 @@ class ModelRegistry:
         if self._last_errors.get(model) != reason:  # one line per new problem, not one per poll
             self._last_errors[model] = reason
             log.error("refused %s: %s", "every model" if model == "*" else f"model {model}", reason)
+
+    def _warn(self, model: str, message: str) -> None:
+        """Log a warning once per distinct message, not once per poll."""
+        key = f"warning:{model}:{message}"
+        if key not in self._last_errors:
+            self._last_errors[key] = message
+            log.warning("model %s: %s", model, message)
 
     def _make_handle(self, servable: Servable) -> ModelHandle:
         on_batch = None

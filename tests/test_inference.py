@@ -1,0 +1,150 @@
+"""The inference core on its own: a registry, real digit graphs, no Flask and no HTTP."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pytest
+
+from app.batching import DirectRunner
+from app.config import Settings
+from app.inference import EncodedImage, InferenceCore, UndecodableUploads
+from app.registry import BadModelSelection, ModelNotFound, ModelRegistry, VersionNotFound
+from tests.digits import png_bytes, write_model
+
+
+@pytest.fixture(scope="module")
+def core(tmp_path_factory, digit_weights):
+    root = tmp_path_factory.mktemp("core-graphs")
+    write_model(root, "digits8", digit_weights, size=8, version=1)
+    write_model(root, "digits8", digit_weights, size=8, version=2)
+    write_model(root, "digits16", digit_weights, size=16)
+    (root / "digits8" / "versions.json").write_text('{"policy": "all", "labels": {"stable": 1, "canary": 2}}')
+    seen: list[tuple[str, int, int, dict[str, float]]] = []
+    registry = ModelRegistry(Settings(graphs_dir=str(root)))
+    registry.load_all()
+    yield InferenceCore(registry, on_model=lambda *args: seen.append(args)), seen
+    registry.close()
+
+
+def images(digits, count: int) -> list[EncodedImage]:
+    return [EncodedImage(f"{i}.png", png_bytes(digits.test_images[i])) for i in range(count)]
+
+
+def test_the_core_does_not_import_flask():
+    """Follow the module-level imports of app.inference through the app package (statically:
+    a fresh interpreter would spend ~12 s starting TensorFlow) and meet no Flask on the way."""
+    import ast
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    seen: set[str] = set()
+    outside: set[str] = set()
+    todo = ["app.inference", "app"]
+    while todo:
+        module = todo.pop()
+        if module in seen:
+            continue
+        seen.add(module)
+        path = root / (module.replace(".", "/") + ".py")
+        if not path.exists():
+            path = root / module.replace(".", "/") / "__init__.py"
+        for node in ast.parse(path.read_text()).body:  # module level: what `import` runs
+            if isinstance(node, ast.Import):
+                names = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.module:
+                names = [node.module] + [f"{node.module}.{alias.name}" for alias in node.names]
+            else:
+                continue
+            for name in names:
+                if name.startswith("app."):
+                    if (root / (name.replace(".", "/") + ".py")).exists():
+                        todo.append(name)
+                elif name != "app":
+                    outside.add(name.split(".")[0])
+    assert {"app.registry", "app.servable", "app.batching"} <= seen
+    assert not outside & {"flask", "werkzeug", "waitress"}, sorted(outside)
+
+
+def test_classify_returns_rows_versions_and_timings_per_model(core, digits):
+    inference, seen = core
+    seen.clear()
+    result = inference.classify(images(digits, 20), models="digits8,digits16", top_k=2,
+                                deadline=time.monotonic() + 10)
+    assert result.images == 20
+    assert [(m.name, m.version) for m in result.models] == [("digits8", 2), ("digits16", 1)]
+    for model in result.models:
+        assert [r.image for r in model.results] == [f"{i}.png" for i in range(20)]
+        predicted = [r.top_k[0].class_id for r in model.results]
+        assert np.mean(np.array(predicted) == digits.test_y[:20]) >= 0.9
+        assert all(len(r.top_k) == 2 and r.top_k[0].score >= r.top_k[1].score for r in model.results)
+        assert set(model.seconds) == {"queue", "run", "postprocess", "total"}
+        assert model.batch_sizes and model.profile_ms is None
+    assert [(name, version, n) for name, version, n, _ in seen] == [("digits8", 2, 20), ("digits16", 1, 20)]
+
+
+def test_version_and_label_selection(core, digits):
+    inference, _ = core
+    one = images(digits, 1)
+    assert inference.classify(one, models="digits8").models[0].version == 2  # highest by default
+    assert inference.classify(one, models="digits8", version=1).models[0].version == 1
+    assert inference.classify(one, models="digits8", version_label="stable").models[0].version == 1
+    assert inference.classify(one, models="digits8", version_label="canary").models[0].version == 2
+    with pytest.raises(VersionNotFound, match=r"no version 7 .*served: 1, 2|version 7 is not served.*1, 2"):
+        inference.classify(one, models="digits8", version=7)
+    with pytest.raises(VersionNotFound, match=r"no version label 'beta'.*stable, canary|labels: canary, stable"):
+        inference.classify(one, models="digits8", version_label="beta")
+
+
+@pytest.mark.parametrize("selector", [",", " , ", "digits8,", ",digits8", "digits8,,digits16", " "])
+def test_empty_model_selection_is_refused(core, digits, selector):
+    with pytest.raises(BadModelSelection, match="empty name"):
+        core[0].classify(images(digits, 1), models=selector)
+
+
+def test_client_strings_in_errors_are_shortened(core, digits):
+    inference, _ = core
+    with pytest.raises(ModelNotFound) as info:
+        inference.classify(images(digits, 1), models="x" * 5000)
+    assert "x" * 63 + "…" in str(info.value) and "x" * 64 not in str(info.value)
+    with pytest.raises(VersionNotFound) as info:
+        inference.classify(images(digits, 1), models="digits8", version_label="y" * 5000)
+    assert "y" * 63 + "…" in str(info.value) and len(str(info.value)) < 300
+
+
+def test_bad_uploads_are_named(core, digits):
+    good = png_bytes(digits.test_images[0])
+    batch = [EncodedImage("good.png", good), EncodedImage("cut.png", good[:40]), EncodedImage("good2.png", good)]
+    with pytest.raises(UndecodableUploads) as info:
+        core[0].classify(batch, models="digits16")
+    assert info.value.names == ["cut.png"] and "'cut.png'" in str(info.value)
+
+
+def test_profile_and_borrowed_handles_are_released(core, digits):
+    inference, _ = core
+    with inference.select("digits16") as selected:
+        (handle,) = selected.handles
+        assert handle.in_flight == 1
+        result = selected.classify(images(digits, 2), top_k=1, profile=True)
+    assert handle.in_flight == 0
+    assert set(result.models[0].profile_ms) == {"decode_resize", "normalize_model", "single_run"}
+
+
+def test_direct_runner_has_the_batchers_submit():
+    batches: list[tuple[int, float, float]] = []
+    clock = iter([10.0, 10.5]).__next__
+    runner = DirectRunner(lambda items: [x * 2 if x else ValueError("zero") for x in items], name="t",
+                          clock=clock, on_batch=lambda *args: batches.append(args))
+    futures = runner.submit([1, 0, 3])
+    assert futures[0].result().value == 2 and futures[2].result().value == 6
+    assert futures[0].result().batch_size == 3 and futures[0].result().run_seconds == 0.5
+    with pytest.raises(ValueError):
+        futures[1].result()
+    assert batches == [(3, 0.0, 0.5)]
+    late = DirectRunner(lambda items: items, name="late", clock=lambda: 5.0).submit([1], deadline=4.0)
+    with pytest.raises(Exception, match="deadline"):
+        late[0].result()
+    runner.close()
+    with pytest.raises(Exception, match="closed"):
+        runner.submit([1])
