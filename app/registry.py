@@ -37,7 +37,7 @@ import os
 import threading
 import time
 from collections.abc import Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import CancelledError, Future, ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from typing import Any, Callable, Sequence
 
@@ -172,6 +172,11 @@ class ModelEntry:
     error: str | None = None  # the model folder or its versions.json is wrong (last reload)
 
     def available(self) -> dict[int, ModelHandle]:
+        """Versions that take requests, ascending (computed once per snapshot: the hot path reads it)."""
+        return self._available
+
+    @functools.cached_property
+    def _available(self) -> dict[int, ModelHandle]:
         return {v: s.handle for v, s in sorted(self.versions.items()) if s.state == AVAILABLE and s.handle}
 
     def default(self) -> ModelHandle | None:
@@ -197,11 +202,9 @@ class ModelRegistry:
         settings: Settings,
         *,
         on_batch: BatchObserver | None = None,
-        loader: Callable[..., Servable] = load_servable,
     ) -> None:
         self._settings = settings
         self._on_batch = on_batch
-        self._load = loader
         self._lock = threading.Lock()  # guards replacing the snapshot
         self._reload_lock = threading.Lock()  # one reconcile at a time
         self._models: dict[str, ModelEntry] = {}  # replaced, never mutated: lock-free reads
@@ -249,6 +252,8 @@ class ModelRegistry:
                     report = self.reload()
                     if report.loaded or report.unloaded:
                         log.info("poll: %s", report.to_json())
+                except (NoModels, CancelledError):  # closing
+                    return
                 except Exception:
                     log.exception("poll: reload failed")
 
@@ -456,13 +461,27 @@ class ModelRegistry:
         """
         entry = self._models.get(name, ModelEntry(name=name))
         on_disk = source.versions if source is not None else {}
-        policy = source.policy if source is not None else None
         self._last_errors.pop(name, None)
         failed: dict[int, VersionStatus] = {
             v: status for v, status in entry.versions.items()
             if status.state == FAILED and v in on_disk and status.fingerprint == fingerprint(on_disk[v])
         }
         loaded: dict[int, ModelHandle] = {}
+        try:
+            aspired = self._load_wanted(name, source, entry, failed, loaded, report, strict=strict)
+        except BaseException:
+            for handle in loaded.values():  # start-up stops: close what this model had loaded
+                handle.close()
+            raise
+        self._switch(name, source, aspired, on_disk, failed, loaded, report)
+
+    def _load_wanted(
+        self, name: str, source: ModelSource | None, entry: ModelEntry, failed: dict[int, VersionStatus],
+        loaded: dict[int, ModelHandle], report: ReloadReport, *, strict: bool,
+    ) -> list[int]:
+        """Load the versions the policy wants that are not loaded; return what it wants."""
+        on_disk = source.versions if source is not None else {}
+        policy = source.policy if source is not None else None
         current = entry.available()
         while True:  # each round either loads or refuses at least one version, or ends
             aspired = policy.select([v for v in on_disk if v not in failed]) if policy is not None else []
@@ -475,7 +494,7 @@ class ModelRegistry:
                 marks = fingerprint(on_disk[version])
                 self._publish(name, lambda e, v=version: _with_version(e, VersionStatus(v, LOADING)))
                 try:
-                    handle = self._make_handle(self._load(source.spec(version), self._options, _placement(source)))
+                    handle = self._make_handle(load_servable(source.spec(version), self._options, _placement(source)))
                 except ModelLoadError as exc:
                     if strict:
                         raise
@@ -489,7 +508,14 @@ class ModelRegistry:
                     raise
                 loaded[version] = handle
                 report.loaded.append({"model": name, "version": version})
-        # switch: one new snapshot for this model
+        return aspired
+
+    def _switch(
+        self, name: str, source: ModelSource | None, aspired: list[int], on_disk: dict[int, Any],
+        failed: dict[int, VersionStatus], loaded: dict[int, ModelHandle], report: ReloadReport,
+    ) -> None:
+        """Publish the model's new snapshot, then retire what it no longer serves."""
+        policy = source.policy if source is not None else None
         current = self._models.get(name, ModelEntry(name=name)).available()
         serving = {v: h for v, h in current.items() if v in aspired and v in on_disk}
         serving.update(loaded)
@@ -511,7 +537,10 @@ class ModelRegistry:
             versions.update({h.version: VersionStatus(h.version, UNLOADING, handle=h) for h in retired})
             return ModelEntry(name=name, versions=dict(sorted(versions.items())), labels=labels)
 
-        self._publish(name, switch)
+        if not self._publish(name, switch):  # closed while loading: nobody will serve these
+            for handle in loaded.values():
+                handle.close()
+            return
         for label, version in labels.items():
             if version not in serving:
                 self._warn(name, f"label '{label}' points at version {version}, which is not served "
@@ -524,6 +553,7 @@ class ModelRegistry:
 
     def _unload_when_idle(self, handle: ModelHandle) -> None:
         def unload() -> None:
+            self._lower_priority()  # freeing a session's memory is background work too
             handle.wait_idle()
             handle.close()
             log.info("unloaded model %s version %d", handle.name, handle.version)
@@ -533,11 +563,11 @@ class ModelRegistry:
         self._unloaders = [t for t in self._unloaders if t.is_alive()] + [thread]
         thread.start()
 
-    def _publish(self, name: str, change: Callable[[ModelEntry], ModelEntry | None]) -> None:
-        """Replace one model's entry in a new snapshot (atomically for readers)."""
+    def _publish(self, name: str, change: Callable[[ModelEntry], ModelEntry | None]) -> bool:
+        """Replace one model's entry in a new snapshot (atomically for readers); False once closed."""
         with self._lock:
-            if self._closing.is_set() and self._models == {}:
-                return
+            if self._closing.is_set():
+                return False
             models = dict(self._models)
             updated = change(models.get(name, ModelEntry(name=name)))
             if updated is None or (not updated.versions and updated.error is None):
@@ -545,6 +575,7 @@ class ModelRegistry:
             else:
                 models[name] = updated
             self._models = models
+            return True
 
     def _refuse(self, report: ReloadReport, model: str, version: int | None, reason: str) -> None:
         report.refused.append({"model": model, **({"version": version} if version is not None else {}),

@@ -18,6 +18,7 @@ import pytest
 
 from app.batching import (
     Batcher,
+    DirectRunner,
     BatcherClosed,
     BatchingError,
     Completed,
@@ -400,3 +401,23 @@ def test_several_workers_run_batches_concurrently(make: Any) -> None:
 def test_bad_settings_are_refused(kwargs: dict[str, Any]) -> None:
     with pytest.raises(ValueError):
         Batcher(lambda items: items, name="bad", **kwargs)
+
+
+def test_direct_runner_has_the_batchers_submit():
+    """Batching off: the same submit, futures and observer, the work done in the caller's thread."""
+    batches: list[tuple[int, float, float]] = []
+    clock = iter([10.0, 10.5]).__next__
+    runner = DirectRunner(lambda items: [x * 2 if x else ValueError("zero") for x in items], name="t",
+                          clock=clock, on_batch=lambda *args: batches.append(args))
+    futures = runner.submit([1, 0, 3])
+    assert futures[0].result().value == 2 and futures[2].result().value == 6
+    assert futures[0].result().batch_size == 3 and futures[0].result().run_seconds == 0.5
+    with pytest.raises(ValueError):
+        futures[1].result()
+    assert batches == [(3, 0.0, 0.5)]
+    late = DirectRunner(lambda items: items, name="late", clock=lambda: 5.0).submit([1], deadline=4.0)
+    with pytest.raises(DeadlineExceeded):
+        late[0].result()
+    runner.close()
+    with pytest.raises(BatcherClosed):
+        runner.submit([1])

@@ -7,7 +7,6 @@ import time
 import numpy as np
 import pytest
 
-from app.batching import DirectRunner
 from app.config import Settings
 from app.inference import EncodedImage, InferenceCore, UndecodableUploads
 from app.registry import BadModelSelection, ModelNotFound, ModelRegistry, VersionNotFound
@@ -129,22 +128,3 @@ def test_profile_and_borrowed_handles_are_released(core, digits):
         result = selected.classify(images(digits, 2), top_k=1, profile=True)
     assert handle.in_flight == 0
     assert set(result.models[0].profile_ms) == {"decode_resize", "normalize_model", "single_run"}
-
-
-def test_direct_runner_has_the_batchers_submit():
-    batches: list[tuple[int, float, float]] = []
-    clock = iter([10.0, 10.5]).__next__
-    runner = DirectRunner(lambda items: [x * 2 if x else ValueError("zero") for x in items], name="t",
-                          clock=clock, on_batch=lambda *args: batches.append(args))
-    futures = runner.submit([1, 0, 3])
-    assert futures[0].result().value == 2 and futures[2].result().value == 6
-    assert futures[0].result().batch_size == 3 and futures[0].result().run_seconds == 0.5
-    with pytest.raises(ValueError):
-        futures[1].result()
-    assert batches == [(3, 0.0, 0.5)]
-    late = DirectRunner(lambda items: items, name="late", clock=lambda: 5.0).submit([1], deadline=4.0)
-    with pytest.raises(Exception, match="deadline"):
-        late[0].result()
-    runner.close()
-    with pytest.raises(Exception, match="closed"):
-        runner.submit([1])
