@@ -25,6 +25,7 @@ from app.config import Settings
 from app.discovery import discover
 from app.memory import configure_gpus
 from app.servable import Item, Row, Servable, SessionOptions, load_servable
+from app.text import clip
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +38,10 @@ class ModelNotFound(LookupError):
 
 class NoModels(LookupError):
     pass
+
+
+class BadModelSelection(ValueError):
+    """``model=`` names no model at all (e.g. ``model=,``)."""
 
 
 @dataclass
@@ -154,7 +159,7 @@ class ModelRegistry:
         handle = self._handles.get(name)
         if handle is None:
             known = ", ".join(sorted(self._handles)) or "none"
-            raise ModelNotFound(f"unknown model '{name}' (served: {known})")
+            raise ModelNotFound(f"unknown model '{clip(name)}' (served: {clip(known, 200)})")
         return handle
 
     def resolve(self, selector: str | None) -> list[ModelHandle]:
@@ -166,6 +171,8 @@ class ModelRegistry:
         if not selector or selector == "all":
             return [handles[name] for name in sorted(handles)]
         names = list(dict.fromkeys(part.strip() for part in selector.split(",") if part.strip()))
+        if not names:
+            raise BadModelSelection(f"model={clip(selector)!r} names no model; give one or more names, or 'all'")
         return [self.get(name) for name in names]
 
     def ready(self) -> bool:

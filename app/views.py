@@ -19,13 +19,16 @@ import numpy as np
 from flask import Blueprint, Response, current_app, g, jsonify, request
 from flask.typing import ResponseReturnValue
 
+from app import memory
 from app.batching import Completed, DeadlineExceeded
 from app.config import Settings
 from app.errors import BadRequest, InvalidImage
 from app.metrics import CONTENT_TYPE, Metrics
 from app.registry import ModelHandle, get_registry
 from app.servable import Item, Row, UndecodableImage
-from app.uploads import Upload, read_uploads
+from app.images import PIXEL_BUDGET, Upload
+from app.text import clip
+from app.uploads import read_uploads
 
 bp = Blueprint("api", __name__)
 request_log = logging.getLogger("graphserve.request")
@@ -51,7 +54,7 @@ def _top_k(settings: Settings) -> int:
     except ValueError:
         value = 0
     if not 1 <= value <= settings.max_top_k:
-        raise BadRequest(f"top_k must be an integer from 1 to {settings.max_top_k}, got {raw!r}", code="bad_top_k")
+        raise BadRequest(f"top_k must be an integer from 1 to {settings.max_top_k}, got {clip(raw)!r}", code="bad_top_k")
     return value
 
 
@@ -68,16 +71,20 @@ def classify() -> ResponseReturnValue:
     g.images = len(uploads)
 
     deadline = time.monotonic() + settings.request_timeout_s
-    pending = [(handle, handle.submit(items, deadline=deadline)) for handle, items in _inputs(handles, uploads)]
     models: dict[str, Any] = {}
     metrics: Metrics = current_app.extensions["metrics"]
     timing = [("checks", checked - started)]
-    for handle, futures in pending:
-        result, seconds = _collect(handle, futures, uploads, top_k, deadline)
-        seconds["total"] = time.perf_counter() - started
-        metrics.observe_model(handle.name, handle.servable.version, len(uploads), seconds)
-        timing += [(f"{handle.name}.{stage}", value) for stage, value in seconds.items()]
-        models[handle.name] = result
+    pixels = sum(upload.pixels for upload in uploads)
+    with current_app.extensions[PIXEL_BUDGET].hold(pixels, deadline=deadline):
+        pending = [(handle, handle.submit(items, deadline=deadline)) for handle, items in _inputs(handles, uploads)]
+        for handle, futures in pending:
+            result, seconds = _collect(handle, futures, uploads, top_k, deadline)
+            seconds["total"] = time.perf_counter() - started
+            metrics.observe_model(handle.name, handle.servable.version, len(uploads), seconds)
+            timing += [(f"{handle.name}.{stage}", value) for stage, value in seconds.items()]
+            models[handle.name] = result
+    if pixels >= memory.TRIM_AFTER_PIXELS:
+        memory.release_free_memory()
     if profile:
         for handle in handles:
             split = models[handle.name]["profile_ms"] = _profile(handle, uploads)
@@ -219,6 +226,9 @@ def healthz() -> ResponseReturnValue:
 def readyz() -> ResponseReturnValue:
     registry = get_registry(current_app)
     states = {handle.name: handle.state for handle in registry.handles()}
+    draining = current_app.extensions.get("draining")  # a threading.Event set by app/server.py on SIGTERM
+    if draining is not None and draining.is_set():
+        return jsonify(status="draining", models=states), 503
     if registry.ready():
         return jsonify(status="ready", models=states)
     return jsonify(status="not ready", models=states), 503
