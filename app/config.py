@@ -32,6 +32,8 @@ class Settings:
     max_body_bytes: int = 32 * 1024 * 1024
     max_image_bytes: int = 16 * 1024 * 1024
     max_image_pixels: int = 40_000_000  # width x height from the header; beyond: 413, never decoded
+    max_request_pixels: int = 64_000_000  # sum over a request's uploads, checked before any decode
+    max_inflight_pixels: int = 128_000_000  # being decoded by all requests at once; beyond: wait
     max_images_per_request: int = 64
     intra_op_threads: int = 0  # 0: TensorFlow's default (number of cores)
     inter_op_threads: int = 0
@@ -46,6 +48,11 @@ class Settings:
     log_requests: str = "INFO"  # level of the one-line-per-request log; "OFF" to silence
 
     def __post_init__(self) -> None:
+        if not self.max_image_pixels <= self.max_request_pixels <= self.max_inflight_pixels:
+            raise ConfigError(
+                "settings must satisfy max_image_pixels <= max_request_pixels <= max_inflight_pixels, got "
+                f"{self.max_image_pixels}, {self.max_request_pixels}, {self.max_inflight_pixels}"
+            )
         _level("log_level", self.log_level)
         if not self.poll_interval_s >= 0:
             raise ConfigError(f"setting 'poll_interval_s' must be >= 0 (0: off), got {self.poll_interval_s!r}")

@@ -13,10 +13,11 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from flask import Flask, jsonify
+from flask import Flask, jsonify, request
 from flask.typing import ResponseReturnValue
 from werkzeug.exceptions import HTTPException
 
+from app import images
 from app.batching import BatcherClosed, DeadlineExceeded, QueueFull
 from app.registry import BadModelSelection, ModelNotFound, ModelUnavailable, NoModels, VersionNotFound
 from app.servable import ModelRunError, UndecodableImage
@@ -46,11 +47,6 @@ class InvalidImage(ApiError):
     code = "invalid_image"
 
 
-class PayloadTooLarge(ApiError):
-    status_code = 413
-    code = "payload_too_large"
-
-
 class UnsupportedMediaType(ApiError):
     status_code = 415
     code = "unsupported_media_type"
@@ -69,6 +65,14 @@ _DOMAIN: dict[type[BaseException], tuple[int, str, dict[str, str]]] = {
     ModelUnavailable: (503, "model_unavailable", {"Retry-After": "1"}),
     NoModels: (503, "no_models", {}),
     UndecodableImage: (400, "invalid_image", {}),
+    images.EmptyImage: (400, "empty_image", {}),
+    images.NotAnImage: (400, "invalid_image", {}),
+    images.CorruptImage: (400, "invalid_image", {}),
+    images.UnsupportedFormat: (415, "unsupported_image_format", {}),
+    images.ImageTooLarge: (413, "image_too_large", {}),
+    images.TooManyImages: (413, "too_many_images", {}),
+    images.RequestTooLarge: (413, "request_too_large", {}),
+    images.DecodeBusy: (503, "overloaded", {"Retry-After": "1"}),
     QueueFull: (503, "overloaded", {"Retry-After": "1"}),
     DeadlineExceeded: (504, "deadline_exceeded", {}),
     BatcherClosed: (503, "unavailable", {"Retry-After": "1"}),
@@ -94,13 +98,24 @@ def init_app(app: Flask) -> None:
         status = exc.code or 500
         message = exc.description or exc.name
         if status == 413:
-            code, message = "payload_too_large", "request body is larger than the configured limit (max_body_bytes)"
+            code, message = _too_large()
         return error_response(status, code, message)
 
     @app.errorhandler(Exception)
     def _unexpected(exc: Exception) -> ResponseReturnValue:
         log.exception("unhandled error")
         return error_response(500, "internal", "internal server error")
+
+
+def _too_large() -> tuple[str, str]:
+    """Werkzeug raises the same 413 for a long body and for a form with too many parts."""
+    limit = request.max_content_length
+    if request.content_length is None or limit is None or request.content_length <= limit:
+        return "too_many_parts", (
+            f"the form has more than {request.max_form_parts} parts or a text field over "
+            f"{request.max_form_memory_size} bytes; send at most max_images_per_request files in field 'image'"
+        )
+    return "payload_too_large", f"request body is {request.content_length} bytes; the limit is {limit} (max_body_bytes)"
 
 
 def _domain_handler(status: int, code: str, headers: dict[str, str]) -> Any:

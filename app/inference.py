@@ -46,7 +46,7 @@ import numpy as np
 from app.batching import Completed, DeadlineExceeded
 from app.registry import ModelHandle, ModelRegistry
 from app.servable import Item, Row, UndecodableImage
-from app.text import shorten
+from app.text import clip
 
 STAGES = ("queue", "run", "postprocess", "total")
 
@@ -58,7 +58,7 @@ class UndecodableUploads(UndecodableImage):
     """One or more uploads could not be decoded; ``names`` says which."""
 
     def __init__(self, names: list[str], cause: BaseException) -> None:
-        shown = ", ".join(f"'{shorten(name)}'" for name in names)
+        shown = ", ".join(f"'{clip(name)}'" for name in names)
         super().__init__(f"upload {shown} could not be decoded ({cause}); it may be truncated or corrupt")
         self.names = names
 

@@ -36,9 +36,31 @@ def limit_malloc_arenas(count: int = 2) -> bool:
     if "MALLOC_ARENA_MAX" in os.environ or not sys.platform.startswith("linux"):
         return False
     try:
-        return bool(ctypes.CDLL("libc.so.6").mallopt(M_ARENA_MAX, count))
+        return bool(_libc().mallopt(M_ARENA_MAX, count))
     except (OSError, AttributeError):  # not glibc (e.g. musl): nothing to tune
         return False
+
+
+TRIM_AFTER_PIXELS = 4_000_000  # a request that decoded this many pixels hands its freed memory back
+
+
+def release_free_memory() -> bool:
+    """Give freed heap memory back to the OS (glibc ``malloc_trim``); return whether it ran.
+
+    Decoding a big image frees tens to hundreds of MB that glibc keeps for reuse in its
+    arenas, so RSS stays at the peak of the biggest request ever seen. Called after big
+    requests only: a trim walks the free lists (measured in the README's limits section).
+    """
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        return bool(_libc().malloc_trim(0))
+    except (OSError, AttributeError):  # not glibc
+        return False
+
+
+def _libc() -> ctypes.CDLL:
+    return ctypes.CDLL("libc.so.6")
 
 
 def rss_bytes() -> int:

@@ -46,7 +46,7 @@ from app.config import Settings
 from app.discovery import DiscoveryError, ModelSource, fingerprint, scan
 from app.memory import configure_gpus
 from app.servable import Item, ModelLoadError, Placement, Row, Servable, SessionOptions, load_servable
-from app.text import shorten
+from app.text import clip
 
 log = logging.getLogger(__name__)
 
@@ -70,8 +70,8 @@ class NoModels(LookupError):
     pass
 
 
-class BadModelSelection(LookupError):
-    pass
+class BadModelSelection(ValueError):
+    """``model=`` names no model (``model=,``) or has an empty name (``model=a,``)."""
 
 
 # (model, version, batch size, longest queue wait s, run s): every runner's observer, model bound
@@ -335,26 +335,28 @@ class ModelRegistry:
                 raise NoModels("no model has an available version")
         else:
             names = [part.strip() for part in selector.split(",")]
+            if not any(names):
+                raise BadModelSelection(f"model={clip(selector)!r} names no model; give one or more names, or 'all'")
             if not all(names):
                 raise BadModelSelection(
-                    f"model selection '{shorten(selector)}' has an empty name; "
-                    "use model=<name>, model=<name>,<name> or model=all"
+                    f"model={clip(selector)!r} has an empty name; give names separated by single commas, or 'all'"
                 )
             names = list(dict.fromkeys(names))
         return [self._pick(models, name, version, version_label) for name in names]
 
     def _pick(self, models: dict[str, ModelEntry], name: str, version: int | None, label: str | None) -> ModelHandle:
         entry = models.get(name)
-        if entry is None:
-            known = ", ".join(sorted(models)) or "none"
-            raise ModelNotFound(f"unknown model '{shorten(name)}' (served: {known})")
+        if entry is None or all(status.state == UNLOADING for status in entry.versions.values()):
+            # unknown, or removed and only draining: not served any more
+            known = ", ".join(sorted(n for n, e in models.items() if e.available())) or "none"
+            raise ModelNotFound(f"unknown model '{clip(name)}' (served: {clip(known, 200)})")
         available = entry.available()
         served = ", ".join(map(str, available)) or "none"
         if label is not None:
             if label not in entry.labels:
                 labels = ", ".join(sorted(entry.labels)) or "none"
                 raise VersionNotFound(
-                    f"model '{name}' has no version label '{shorten(label)}' (labels: {labels}; versions served: {served})"
+                    f"model '{name}' has no version label '{clip(label)}' (labels: {labels}; versions served: {served})"
                 )
             version = entry.labels[label]
         if version is not None:
@@ -363,7 +365,7 @@ class ModelRegistry:
                 state = f" (it is {status.state})" if status is not None else ""
                 via = f"label '{label}' points at " if label is not None else ""
                 raise VersionNotFound(
-                    f"model '{name}': {via}version {shorten(version)} is not served{state}; versions served: {served}"
+                    f"model '{name}': {via}version {clip(str(version))} is not served{state}; versions served: {served}"
                 )
             return available[version]
         handle = entry.default()

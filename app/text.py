@@ -1,12 +1,17 @@
-"""Small text helpers shared by the core and the front doors."""
+"""Client text shown back in error messages, cut to a sane length.
+
+A request can name a model, a file or a content type with 100 KB of text; echoing it in
+full would make every error answer (and log line) as big as the attack. Every message that
+repeats client input passes it through ``clip`` first.
+"""
 
 from __future__ import annotations
 
-ECHO_LIMIT = 64  # longest client-supplied string repeated back in an error message
+SHOWN_CHARS = 64
 
 
-def shorten(value: object, limit: int = ECHO_LIMIT) -> str:
-    """``value`` as text, cut to ``limit`` characters with an ellipsis: a client string
-    echoed in an error message can never make the answer (or the log) arbitrarily long."""
-    text = str(value)
-    return text if len(text) <= limit else text[: limit - 1] + "…"
+def clip(text: str, limit: int = SHOWN_CHARS) -> str:
+    """``text`` itself when short, else its start and how much was left out."""
+    if len(text) <= limit:
+        return text
+    return f"{text[:limit]}…(+{len(text) - limit} chars)"

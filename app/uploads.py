@@ -3,38 +3,24 @@
 Three forms are accepted: multipart/form-data (field ``image``, one or more files), a raw
 body with ``Content-Type: image/*``, and JSON ``{"instances": [{"b64": "..."}]}``.
 
-Each upload's header is read with Pillow (no pixel decoding), so an unknown format, an
-empty file, or a decompression bomb (a small file claiming billions of pixels) is refused
-cheaply with a 4xx that names the upload. Truncated or corrupt pixel data is only found by
-the real decode in the graph; the servable reports it per image.
+This module only takes the request apart; ``images.check_images`` checks every upload
+(header, limits, the request's pixel budget, strict JPEG, first frames) for all protocols.
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
-import io
-import warnings
-from dataclasses import dataclass
+import json
 
 from flask import Request
-from PIL import Image, UnidentifiedImageError
 
 from app.config import Settings
-from app.errors import BadRequest, InvalidImage, PayloadTooLarge, UnsupportedMediaType
+from app.errors import BadRequest, InvalidImage, UnsupportedMediaType
+from app.images import Upload, check_images
+from app.text import clip
 
-# What tf.io.decode_image reads (checked in tests): Pillow format name -> shown name.
-SUPPORTED_FORMATS = {"JPEG": "jpeg", "PNG": "png", "GIF": "gif", "BMP": "bmp", "WEBP": "webp"}
 FIELD = "image"
-
-
-@dataclass(frozen=True, slots=True)
-class Upload:
-    name: str  # how the client knows it: file name, "body", or "instances[i]"
-    data: bytes
-    format: str
-    width: int
-    height: int
 
 
 def read_uploads(request: Request, settings: Settings) -> list[Upload]:
@@ -47,68 +33,34 @@ def read_uploads(request: Request, settings: Settings) -> list[Upload]:
     elif mimetype == "application/json":
         raw = _from_json(request)
     else:
-        shown = mimetype or "none"
+        shown = clip(mimetype) or "none"
         raise UnsupportedMediaType(
             f"unsupported Content-Type '{shown}': send multipart/form-data with field 'image', "
             "a raw image/* body, or application/json {\"instances\": [{\"b64\": ...}]}"
         )
     if not raw:
         raise BadRequest("no image in the request", code="no_image")
-    if len(raw) > settings.max_images_per_request:
-        raise PayloadTooLarge(
-            f"{len(raw)} images in one request; the limit is {settings.max_images_per_request}",
-            code="too_many_images",
-        )
-    return [check_image(name, data, settings) for name, data in raw]
-
-
-def check_image(name: str, data: bytes, settings: Settings) -> Upload:
-    """Read the image header only; refuse what TF would choke on or what is too big."""
-    if not data:
-        raise InvalidImage(f"upload '{name}' is empty", code="empty_image")
-    if len(data) > settings.max_image_bytes:
-        raise PayloadTooLarge(
-            f"upload '{name}' is {len(data)} bytes; the limit is {settings.max_image_bytes}", code="image_too_large"
-        )
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            with Image.open(io.BytesIO(data)) as image:
-                image_format, (width, height) = image.format or "", image.size
-    except Image.DecompressionBombError:
-        raise PayloadTooLarge(f"upload '{name}' has too many pixels", code="image_too_large") from None
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError):
-        raise InvalidImage(f"upload '{name}' is not a recognised image") from None
-    if image_format not in SUPPORTED_FORMATS:
-        raise UnsupportedMediaType(
-            f"upload '{name}' is {image_format or 'an unknown format'}; supported: "
-            + ", ".join(SUPPORTED_FORMATS.values()),
-            code="unsupported_image_format",
-        )
-    if width * height > settings.max_image_pixels:
-        raise PayloadTooLarge(
-            f"upload '{name}' is {width}x{height} pixels; the limit is {settings.max_image_pixels} pixels",
-            code="image_too_large",
-        )
-    if width == 0 or height == 0:
-        raise InvalidImage(f"upload '{name}' has no pixels ({width}x{height})")
-    return Upload(name=name, data=data, format=SUPPORTED_FORMATS[image_format], width=width, height=height)
+    return check_images(raw, settings)
 
 
 def _from_multipart(request: Request) -> list[tuple[str, bytes]]:
     files = request.files.getlist(FIELD)
     if not files:
         others = sorted(set(request.files) | set(request.form))
-        hint = f" (found fields: {', '.join(others)})" if others else ""
+        hint = f" (found fields: {clip(', '.join(others))})" if others else ""
         raise BadRequest(f"no file in form field '{FIELD}'{hint}", code="no_image")
     return [(f.filename or f"{FIELD}[{i}]", f.read()) for i, f in enumerate(files)]
 
 
 def _from_json(request: Request) -> list[tuple[str, bytes]]:
-    body = request.get_json(silent=True)
+    shape = 'JSON body must be {"instances": [{"b64": "<base64 image>"}, ...]}'
+    try:
+        body = json.loads(request.get_data(cache=False))
+    except (ValueError, RecursionError):  # RecursionError: nesting deeper than Python's stack allows
+        raise BadRequest(f"body is not valid JSON; {shape}") from None
     instances = body.get("instances") if isinstance(body, dict) else None
     if not isinstance(instances, list):
-        raise BadRequest('JSON body must be {"instances": [{"b64": "<base64 image>"}, ...]}')
+        raise BadRequest(shape)
     raw = []
     for i, instance in enumerate(instances):
         name = f"instances[{i}]"

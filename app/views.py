@@ -16,12 +16,14 @@ from typing import Any
 from flask import Blueprint, Response, current_app, g, jsonify, request
 from flask.typing import ResponseReturnValue
 
+from app import memory
 from app.config import Settings
 from app.errors import BadRequest
+from app.images import PIXEL_BUDGET
 from app.inference import InferenceCore, ModelResult
 from app.metrics import CONTENT_TYPE
 from app.registry import get_registry
-from app.text import shorten
+from app.text import clip
 from app.uploads import read_uploads
 
 bp = Blueprint("api", __name__)
@@ -49,9 +51,7 @@ def _top_k(settings: Settings) -> int:
     except ValueError:
         value = 0
     if not 1 <= value <= settings.max_top_k:
-        raise BadRequest(
-            f"top_k must be an integer from 1 to {settings.max_top_k}, got '{shorten(raw)}'", code="bad_top_k"
-        )
+        raise BadRequest(f"top_k must be an integer from 1 to {settings.max_top_k}, got {clip(raw)!r}", code="bad_top_k")
     return value
 
 
@@ -69,7 +69,11 @@ def classify() -> ResponseReturnValue:
         checked = time.perf_counter()
         g.images = len(uploads)
         deadline = time.monotonic() + settings.request_timeout_s
-        result = selected.classify(uploads, top_k=top_k, deadline=deadline, profile=profile, started=started)
+        pixels = sum(upload.pixels for upload in uploads)
+        with current_app.extensions[PIXEL_BUDGET].hold(pixels, deadline=deadline):
+            result = selected.classify(uploads, top_k=top_k, deadline=deadline, profile=profile, started=started)
+    if pixels >= memory.TRIM_AFTER_PIXELS:
+        memory.release_free_memory()
 
     timing = [("checks", checked - started)]
     models: dict[str, Any] = {}
@@ -98,7 +102,7 @@ def _version() -> tuple[int | None, str | None]:
     if raw is None:
         return None, label
     if not (raw.isascii() and raw.isdigit()):
-        raise BadRequest(f"version must be a non-negative integer, got '{shorten(raw)}'", code="bad_version")
+        raise BadRequest(f"version must be a non-negative integer, got {clip(raw)!r}", code="bad_version")
     return int(raw), None
 
 
@@ -160,6 +164,9 @@ def healthz() -> ResponseReturnValue:
 def readyz() -> ResponseReturnValue:
     registry = get_registry(current_app)
     states = registry.model_states()
+    draining = current_app.extensions.get("draining")  # a threading.Event set by app/server.py on SIGTERM
+    if draining is not None and draining.is_set():
+        return jsonify(status="draining", models=states), 503
     if registry.ready():
         return jsonify(status="ready", models=states)
     return jsonify(status="not ready", models=states), 503
