@@ -543,6 +543,11 @@ class ModelRegistry:
             for handle in loaded.values():
                 handle.close()
             return
+        if policy is not None and policy.policy == "specific":
+            missing = [v for v in policy.versions if v not in on_disk]
+            if missing:
+                self._warn(name, f"versions.json asks for version(s) {', '.join(map(str, missing))}, "
+                                 f"not on disk (versions: {', '.join(map(str, on_disk)) or 'none'})")
         for label, version in labels.items():
             if version not in serving:
                 self._warn(name, f"label '{label}' points at version {version}, which is not served "

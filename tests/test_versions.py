@@ -117,6 +117,14 @@ def test_hidden_temporary_and_incomplete_folders_are_ignored(tmp_path, digit_wei
     assert [(s.name, list(s.versions)) for s in sources] == [("d", [1])] and errors == []
 
 
+def test_specific_versions_missing_on_disk_are_warned_about(versioned, make_app, digits, caplog):
+    policy(versioned, "d", {"policy": "specific", "versions": [1, 7]})
+    with caplog.at_level(logging.WARNING, logger="app.registry"):
+        client = make_app(versioned).test_client()
+    assert any("version(s) 7, not on disk (versions: 1, 2)" in r.getMessage() for r in caplog.records)
+    assert post(client, digits, "?model=d").get_json()["models"]["d"]["version"] == 1
+
+
 def test_a_bad_policy_stops_start_up_with_file_and_field(versioned, make_app):
     policy(versioned, "d", {"policy": "latest", "num_versions": 2, "labels": {"stable": 9}})
     with pytest.raises(PolicyError, match=r"d/versions\.json: field 'labels\.stable': version 9 is not on disk"):
