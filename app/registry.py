@@ -93,7 +93,7 @@ class ModelHandle:
         self._refs = 0
         self._retired = False
         self._idle = threading.Condition(threading.Lock())
-        self.closed = False
+        self._closed = threading.Event()
 
     @property
     def name(self) -> str:
@@ -142,12 +142,19 @@ class ModelHandle:
         with self._idle:
             return self._idle.wait_for(lambda: self._refs == 0, timeout)
 
+    @property
+    def closed(self) -> bool:
+        return self._closed.is_set()
+
+    def wait_closed(self, timeout: float | None = None) -> bool:
+        return self._closed.wait(timeout)
+
     def close(self) -> None:
         """Stop the runner (queued items, if any, fail), then close the session."""
         self.retire()
         self.runner.close()
         self.servable.close()
-        self.closed = True
+        self._closed.set()
 
     def __repr__(self) -> str:
         return f"<ModelHandle {self.name}/{self.version} {self.state} refs={self._refs}>"
@@ -485,10 +492,18 @@ class ModelRegistry:
         on_disk = source.versions if source is not None else {}
         policy = source.policy if source is not None else None
         current = entry.available()
+        if policy is not None:
+            # a version wanted again while it still drains from an earlier reload: let its last
+            # requests finish (they have deadlines) and its session close, then load it afresh
+            wanted = set(policy.select(list(on_disk)))
+            for v, status in entry.versions.items():
+                if status.state == UNLOADING and status.handle is not None and v in wanted:
+                    if not status.handle.wait_closed(self._settings.request_timeout_s + 5):
+                        self._warn(name, f"version {v} is still draining; it is loaded again by a later reload")
+        draining = {v for v, st in entry.versions.items() if st.state == UNLOADING and st.handle and not st.handle.closed}
         while True:  # each round either loads or refuses at least one version, or ends
             aspired = policy.select([v for v in on_disk if v not in failed]) if policy is not None else []
-            todo = [v for v in aspired if v not in loaded and v not in current
-                    and entry.versions.get(v, VersionStatus(v, LOADING)).state != UNLOADING]
+            todo = [v for v in aspired if v not in loaded and v not in current and v not in draining]
             if not todo:
                 break
             for version in todo:

@@ -295,6 +295,21 @@ def test_an_unloaded_version_is_closed_only_after_its_last_request(versioned, ma
     assert [v["version"] for v in client.get("/models").get_json()["models"][0]["versions"]] == [2]
 
 
+def test_a_version_wanted_again_while_draining_is_loaded_afresh(versioned, make_app, digits):
+    import threading
+
+    registry = make_app(versioned).extensions["models"]
+    (held,) = registry.acquire("d", version=1)
+    policy(versioned, "d", {"policy": "latest", "num_versions": 1})
+    assert registry.reload().unloaded == [{"model": "d", "version": 1}]
+    policy(versioned, "d", {"policy": "latest", "num_versions": 2})  # changed back before 1 has drained
+    threading.Timer(0.3, held.release).start()
+    report = registry.reload()  # waits for 1's last request and its close, then loads it again
+    assert report.loaded == [{"model": "d", "version": 1}] and held.closed
+    assert registry.get("d", 1) is not held and registry.get("d", 1).servable.run(
+        [png_bytes(digits.test_images[0])]).shape == (1, 10)
+
+
 def test_close_drains_in_flight_requests_before_closing_sessions(versioned, make_app):
     registry = make_app(versioned).extensions["models"]
     (held,) = registry.acquire("other")
