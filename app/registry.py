@@ -495,7 +495,7 @@ class ModelRegistry:
         if policy is not None:
             # a version wanted again while it still drains from an earlier reload: let its last
             # requests finish (they have deadlines) and its session close, then load it afresh
-            wanted = set(policy.select(list(on_disk)))
+            wanted = set(policy.select([v for v in on_disk if v not in failed]))
             for v, status in entry.versions.items():
                 if status.state == UNLOADING and status.handle is not None and v in wanted:
                     if not status.handle.wait_closed(self._settings.request_timeout_s + 5):

@@ -248,12 +248,15 @@ def test_reload_adds_refuses_and_removes_versions(versioned, make_app, digit_wei
     assert (again["loaded"], again["unloaded"], again["refused"]) == ([], [], [])
     assert len([r for r in caplog.records if "refused model d version 3" in r.getMessage()]) == 1
     # a good version 4: loaded, answers; the policy keeps two working versions, so 1 goes
+    (held,) = app.extensions["models"].acquire("d", version=1)  # a request still on 1 while it is unloaded
     publish(versioned, "d", 4, digit_weights)
     report = reload()
     assert report["loaded"] == [{"model": "d", "version": 4}] and report["unloaded"] == [{"model": "d", "version": 1}]
     assert served() == 4
-    # removing version 4 rolls back to 2 (and 1, which the policy wants again)
+    # removing version 4 rolls back to 2 and 1, which the policy wants again: 1 is still
+    # draining, so the reload waits for its last request and loads it afresh
     shutil.rmtree(versioned / "d" / "4")
+    __import__("threading").Timer(0.3, held.release).start()
     report = reload()
     assert report["unloaded"] == [{"model": "d", "version": 4}] and report["loaded"] == [{"model": "d", "version": 1}]
     assert served() == 2
