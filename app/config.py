@@ -46,6 +46,13 @@ class Settings:
     loader_nice: int = 10  # reloads load and warm up on a thread this much nicer than request threads (Linux)
     log_level: str = "INFO"
     log_requests: str = "INFO"  # level of the one-line-per-request log; "OFF" to silence
+    # Connections and shutdown (app/server.py; the figures behind them are in the README).
+    connection_limit: int = 4_000  # open connections at once (~3 KiB each); lowered to what RLIMIT_NOFILE holds
+    read_header_timeout_s: float = 10.0  # a request's headers must arrive within this, else 408 and close
+    read_timeout_s: float = 60.0  # ... and the whole request, body included (32 MiB at ~0.6 MB/s)
+    idle_timeout_s: float = 75.0  # a keep-alive connection idle this long between requests is closed
+    max_header_bytes: int = 64 * 1024  # request line + headers; beyond: 431
+    shutdown_grace_s: float = 25.0  # SIGTERM/SIGINT: time to finish what is in flight (k8s kills at 30 s)
 
     def __post_init__(self) -> None:
         if not self.max_image_pixels <= self.max_request_pixels <= self.max_inflight_pixels:
@@ -58,6 +65,11 @@ class Settings:
             raise ConfigError(f"setting 'poll_interval_s' must be >= 0 (0: off), got {self.poll_interval_s!r}")
         if not 0 <= self.loader_nice <= 19:
             raise ConfigError(f"setting 'loader_nice' must be 0 (off) to 19, got {self.loader_nice!r}")
+        for name in ("connection_limit", "read_header_timeout_s", "read_timeout_s", "idle_timeout_s", "max_header_bytes"):
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"setting '{name}' must be greater than 0, got {getattr(self, name)!r}")
+        if self.shutdown_grace_s < 0:
+            raise ConfigError(f"setting 'shutdown_grace_s' must be 0 or more, got {self.shutdown_grace_s!r}")
         if self.log_requests.upper() != "OFF":
             _level("log_requests", self.log_requests)
 

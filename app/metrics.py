@@ -61,6 +61,11 @@ class Metrics:
         self.errors = Counter(
             "graphserve_errors_total", "Error answers by error code.", ["code"], registry=self.registry
         )
+        self.http_cut_off = Counter(
+            "graphserve_http_cut_off_total",
+            "Connections cut off for not sending their request in time (silent: nothing sent; headers; body).",
+            ["reason"], registry=self.registry,
+        )
         self.registry.register(_MemoryCollector(self))
         self._windows: dict[tuple[str, int], deque[float]] = {}  # per (model, version): never mixed
         self._window_lock = threading.Lock()

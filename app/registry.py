@@ -336,7 +336,7 @@ class ModelRegistry:
             raise BadModelSelection("give version or version_label, not both")
         if selector is None or selector == "":
             selector = self._settings.default_model or "all"
-        if selector == "all":
+        if selector.strip() == "all":
             names = [name for name, entry in sorted(models.items()) if entry.available()]
             if not names:
                 raise NoModels("no model has an available version")

@@ -46,7 +46,7 @@ def read_uploads(request: Request, settings: Settings) -> list[Upload]:
 def _from_multipart(request: Request) -> list[tuple[str, bytes]]:
     files = request.files.getlist(FIELD)
     if not files:
-        others = sorted(set(request.files) | set(request.form))
+        others = sorted({name or "(no name)" for name in (*request.files, *request.form)})
         hint = f" (found fields: {clip(', '.join(others))})" if others else ""
         raise BadRequest(f"no file in form field '{FIELD}'{hint}", code="no_image")
     return [(f.filename or f"{FIELD}[{i}]", f.read()) for i, f in enumerate(files)]

@@ -101,8 +101,9 @@ def _version() -> tuple[int | None, str | None]:
         raise BadRequest("give version or version_label, not both", code="bad_version")
     if raw is None:
         return None, label
-    if not (raw.isascii() and raw.isdigit()):
-        raise BadRequest(f"version must be a non-negative integer, got {clip(raw)!r}", code="bad_version")
+    if not (raw.isascii() and raw.isdigit()) or len(raw) > 18:
+        raise BadRequest(f"version must be a non-negative integer of at most 18 digits, got {clip(raw)!r}",
+                         code="bad_version")
     return int(raw), None
 
 

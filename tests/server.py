@@ -1,22 +1,34 @@
-"""Run the app under a real waitress server on 127.0.0.1 and a free port, for a test's lifetime."""
+"""Run the app under the service's own server (``app/server.py``) on 127.0.0.1 and a free port."""
 
 from __future__ import annotations
 
 import contextlib
 import threading
 from collections.abc import Iterator
+from typing import Any
 
-import waitress
 from flask import Flask
+
+from app.server import GraphServer, build_server
 
 
 @contextlib.contextmanager
-def running(app: Flask, threads: int = 16) -> Iterator[str]:
-    server = waitress.create_server(app, host="127.0.0.1", port=0, threads=threads)
-    thread = threading.Thread(target=server.run, name="waitress-test", daemon=True)
+def serving(app: Flask, **overrides: Any) -> Iterator[GraphServer]:
+    """The running server (``server.port``; ``server.shutdown()`` drains it); settings may be overridden."""
+    settings = app.extensions["settings"].replace(overrides)
+    server = build_server(app, settings, host="127.0.0.1", port=0)
+    thread = threading.Thread(target=server.run, kwargs={"close_models": False}, name="graphserve-test", daemon=True)
     thread.start()
     try:
-        yield f"http://127.0.0.1:{server.effective_port}"
+        yield server
     finally:
-        server.close()
-        thread.join(timeout=5)
+        server.shutdown("test finished")
+        server.shutdown("test finished")  # a second call: do not wait out a grace period
+        thread.join(timeout=10)
+        app.extensions["draining"].clear()
+
+
+@contextlib.contextmanager
+def running(app: Flask, threads: int = 16, **overrides: Any) -> Iterator[str]:
+    with serving(app, threads=threads, **overrides) as server:
+        yield f"http://127.0.0.1:{server.port}"

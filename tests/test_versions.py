@@ -147,6 +147,9 @@ def test_version_and_label_selection_and_404s(versioned, make_app, digits):
     status, code, message = error(post(client, digits, "?model=d&version_label=beta"))
     assert (status, code) == (404, "version_not_found") and "'beta'" in message and "canary, stable" in message
     assert error(post(client, digits, "?model=d&version=x"))[:2] == (400, "bad_version")
+    assert error(post(client, digits, "?model=d&version=" + "9" * 5000))[:2] == (400, "bad_version")
+    assert version("?model=%20d%20&version_label=stable") == 1  # spaces around a name are ignored
+    assert post(client, digits, "?model=all%20").status_code == 200
     assert error(post(client, digits, "?model=d&version=1&version_label=stable"))[:2] == (400, "bad_version")
     # a version applies to every model named: 'other' has no version 2
     assert error(post(client, digits, "?model=d,other&version=2"))[:2] == (404, "version_not_found")
