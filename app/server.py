@@ -531,7 +531,9 @@ class GraphServer:
         if models is None:
             return
         started = time.monotonic()
-        closer = threading.Thread(target=models.close, name="close-models", daemon=True)
+        # The HTTP drain has already waited for every request; a request the grace period cut
+        # short may still hold its version, so the registry's own drain gets 2 s of the 3.
+        closer = threading.Thread(target=models.close, kwargs={"timeout": 2.0}, name="close-models", daemon=True)
         closer.start()
         closer.join(timeout=3.0)
         if closer.is_alive():
