@@ -23,7 +23,6 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
     from flask import Flask
 
     from app import admin, errors, registry, views  # TensorFlow loads here, not on `import app`
-    from app.images import PIXEL_BUDGET, PixelBudget
     from app.inference import InferenceCore
     from app.metrics import Metrics
 
@@ -31,7 +30,6 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
     app = Flask(__name__)
     app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
     app.config["MAX_FORM_PARTS"] = settings.max_images_per_request + 16  # files plus a few fields
-    app.extensions[PIXEL_BUDGET] = PixelBudget(settings.max_inflight_pixels)
     app.json.sort_keys = False  # type: ignore[attr-defined]  # keep models in the order asked
     app.extensions["settings"] = settings
     errors.init_app(app)
@@ -39,7 +37,7 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
     app.extensions["metrics"] = metrics
     models = registry.init_app(app, settings, on_batch=metrics.observe_batch)
     metrics.watch(models)
-    app.extensions[views.INFERENCE] = InferenceCore(models, on_model=metrics.observe_model)
+    app.extensions[views.INFERENCE] = InferenceCore(models, settings=settings, on_model=metrics.observe_model)
     app.register_blueprint(views.bp)
     admin.init_app(app, settings)  # only when an admin token is set
     return app

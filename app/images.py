@@ -54,8 +54,6 @@ from app.config import Settings
 from app.text import clip
 
 # What the graph's tf.io.decode_image reads (checked in tests): Pillow format -> shown name.
-PIXEL_BUDGET = "pixel_budget"  # the app's PixelBudget, in app.extensions
-
 SUPPORTED_FORMATS = {"JPEG": "jpeg", "PNG": "png", "GIF": "gif", "BMP": "bmp", "WEBP": "webp"}
 
 

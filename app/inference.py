@@ -43,7 +43,10 @@ from typing import Callable, Protocol, Sequence
 
 import numpy as np
 
+from app import memory
 from app.batching import Completed, DeadlineExceeded
+from app.config import Settings
+from app.images import PixelBudget, check_images
 from app.registry import ModelHandle, ModelRegistry
 from app.servable import Item, Row, UndecodableImage
 from app.text import clip
@@ -99,6 +102,7 @@ class ModelResult:
     results: list[ImageResult]  # in upload order
     seconds: dict[str, float]  # queue, run, postprocess, total
     batch_sizes: list[int]
+    scores: np.ndarray  # [images, classes] float32, every class in class-id order (what TF Serving's predict returns)
     profile_ms: dict[str, float] | None = None  # only when asked: decode_resize, normalize_model, single_run
 
 
@@ -106,13 +110,18 @@ class ModelResult:
 class Classification:
     models: list[ModelResult]  # in the order asked
     images: int
+    checks_seconds: float = 0.0  # reading the uploads' headers and the limits (``classify_uploads``)
 
 
 class InferenceCore:
     """Classify images with the registry's models; see the module docstring."""
 
-    def __init__(self, registry: ModelRegistry, *, on_model: ModelObserver | None = None) -> None:
+    def __init__(
+        self, registry: ModelRegistry, *, settings: Settings | None = None, on_model: ModelObserver | None = None
+    ) -> None:
         self.registry = registry
+        self.settings = settings or Settings()
+        self.pixel_budget = PixelBudget(self.settings.max_inflight_pixels)
         self._on_model = on_model
 
     def select(
@@ -125,7 +134,7 @@ class InferenceCore:
         model's highest available version answers.
         """
         handles = self.registry.acquire(models, version=version, version_label=version_label)
-        return Selected(handles, self._on_model)
+        return Selected(handles, self._on_model, self)
 
     def classify(
         self,
@@ -146,9 +155,10 @@ class InferenceCore:
 class Selected:
     """Borrowed handles of the models a request asked for; released on ``__exit__``/``release``."""
 
-    def __init__(self, handles: list[ModelHandle], on_model: ModelObserver | None) -> None:
+    def __init__(self, handles: list[ModelHandle], on_model: ModelObserver | None, core: InferenceCore) -> None:
         self.handles = handles
         self._on_model = on_model
+        self._core = core
         self._released = False
 
     @property
@@ -168,6 +178,34 @@ class Selected:
             for handle in self.handles:
                 handle.release()
 
+    def classify_uploads(
+        self,
+        raw: Sequence[tuple[str, bytes]],
+        *,
+        top_k: int,
+        deadline: float | None = None,
+        profile: bool = False,
+        started: float | None = None,
+    ) -> Classification:
+        """What every front door calls with the ``(name, bytes)`` pairs it received: check them
+        (``images.check_images``: headers, limits, the request's pixel budget, strict JPEG, first
+        frames), wait for room in the process-wide pixel budget, then ``classify``.
+
+        ``deadline`` defaults to ``request_timeout_s`` from now. Raises ``images.ImageError``
+        subclasses for bad uploads and ``images.DecodeBusy`` when the budget stays full.
+        """
+        started = time.perf_counter() if started is None else started
+        settings = self._core.settings
+        uploads = check_images(raw, settings)
+        checks_seconds = time.perf_counter() - started
+        deadline = time.monotonic() + settings.request_timeout_s if deadline is None else deadline
+        pixels = sum(upload.pixels for upload in uploads)
+        with self._core.pixel_budget.hold(pixels, deadline=deadline):
+            result = self.classify(uploads, top_k=top_k, deadline=deadline, profile=profile, started=started)
+        if pixels >= memory.TRIM_AFTER_PIXELS:
+            memory.release_free_memory()
+        return Classification(models=result.models, images=result.images, checks_seconds=checks_seconds)
+
     def classify(
         self,
         images: Sequence[Image],
@@ -177,7 +215,9 @@ class Selected:
         profile: bool = False,
         started: float | None = None,
     ) -> Classification:
-        """Run every selected model on ``images``. ``deadline`` is a ``time.monotonic()`` time;
+        """Run every selected model on images already checked (``classify_uploads`` checks them).
+
+        Run every selected model on ``images``. ``deadline`` is a ``time.monotonic()`` time;
         ``started`` (a ``time.perf_counter()`` time, default now) is where ``total`` counts from."""
         if top_k < 1:
             raise ValueError(f"top_k must be >= 1, got {top_k}")
@@ -192,7 +232,7 @@ class Selected:
             results.append(result)
         if profile:
             results = [
-                ModelResult(r.name, r.version, r.results, r.seconds, r.batch_sizes, _profile(h, images))
+                ModelResult(r.name, r.version, r.results, r.seconds, r.batch_sizes, r.scores, _profile(h, images))
                 for h, r in zip(self.handles, results)
             ]
         return Classification(models=results, images=len(images))
@@ -251,6 +291,7 @@ def _collect(
         results=results,
         seconds=seconds,
         batch_sizes=sorted({c.batch_size for c in completed}),
+        scores=scores,
     )
 
 

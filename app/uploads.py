@@ -3,8 +3,9 @@
 Three forms are accepted: multipart/form-data (field ``image``, one or more files), a raw
 body with ``Content-Type: image/*``, and JSON ``{"instances": [{"b64": "..."}]}``.
 
-This module only takes the request apart; ``images.check_images`` checks every upload
-(header, limits, the request's pixel budget, strict JPEG, first frames) for all protocols.
+This module only takes the request apart; the inference core checks every upload
+(``images.check_images``: header, limits, pixel budget, strict JPEG, first frames) for all
+front doors alike.
 """
 
 from __future__ import annotations
@@ -15,16 +16,14 @@ import json
 
 from flask import Request
 
-from app.config import Settings
 from app.errors import BadRequest, InvalidImage, UnsupportedMediaType
-from app.images import Upload, check_images
 from app.text import clip
 
 FIELD = "image"
 
 
-def read_uploads(request: Request, settings: Settings) -> list[Upload]:
-    """All images of the request, checked, in upload order."""
+def read_uploads(request: Request) -> list[tuple[str, bytes]]:
+    """All images of the request as ``(name, bytes)``, in upload order (the core checks them)."""
     mimetype = request.mimetype or ""
     if mimetype == "multipart/form-data":
         raw = _from_multipart(request)
@@ -40,7 +39,7 @@ def read_uploads(request: Request, settings: Settings) -> list[Upload]:
         )
     if not raw:
         raise BadRequest("no image in the request", code="no_image")
-    return check_images(raw, settings)
+    return raw
 
 
 def _from_multipart(request: Request) -> list[tuple[str, bytes]]:

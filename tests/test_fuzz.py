@@ -82,9 +82,7 @@ def served_graphs(app) -> list[tuple[str, int, int]]:
 
 def pixels_held(app) -> int:
     """Pixels still held in the process-wide decode budget (0 when no request is running)."""
-    from app.images import PIXEL_BUDGET
-
-    return app.extensions[PIXEL_BUDGET].used
+    return app.extensions["inference"].pixel_budget.used
 
 
 # -- real images to damage -----------------------------------------------------------------------

@@ -8,9 +8,11 @@ import numpy as np
 import pytest
 
 from app.config import Settings
+from app.images import CorruptImage, NotAnImage, RequestTooLarge
 from app.inference import EncodedImage, InferenceCore, UndecodableUploads
 from app.registry import BadModelSelection, ModelNotFound, ModelRegistry, VersionNotFound
 from tests.digits import png_bytes, write_model
+from tests.helpers import encode
 
 
 @pytest.fixture(scope="module")
@@ -128,3 +130,26 @@ def test_profile_and_borrowed_handles_are_released(core, digits):
         result = selected.classify(images(digits, 2), top_k=1, profile=True)
     assert handle.in_flight == 0
     assert set(result.models[0].profile_ms) == {"decode_resize", "normalize_model", "single_run"}
+
+
+def test_classify_uploads_checks_what_every_front_door_receives(core, digits):
+    inference, _ = core
+    raw = [(f"{i}.png", png_bytes(digits.test_images[i])) for i in range(5)]
+    with inference.select("digits8") as selected:
+        result = selected.classify_uploads(raw, top_k=1)
+    (model,) = result.models
+    assert model.scores.shape == (5, 10) and model.scores.dtype == np.float32
+    assert [r.top_k[0].class_id for r in model.results] == list(np.argmax(model.scores, axis=1))
+    assert np.allclose(model.scores.sum(axis=1), 1.0, atol=1e-5)  # every class, in class-id order
+    assert result.checks_seconds > 0 and inference.pixel_budget.used == 0
+
+    with inference.select("digits8") as selected:
+        with pytest.raises(NotAnImage, match="'junk'"):
+            selected.classify_uploads([*raw, ("junk", b"not an image")], top_k=1)
+        jpeg = encode(digits.test_images[0], "JPEG")
+        with pytest.raises(CorruptImage, match="'cut.jpg'"):
+            selected.classify_uploads([("cut.jpg", jpeg[: len(jpeg) - 40] + b"\xff\xd9")], top_k=1)
+    small = InferenceCore(inference.registry, settings=Settings(max_image_pixels=64, max_request_pixels=100,
+                                                                 max_inflight_pixels=100))
+    with small.select("digits8") as selected, pytest.raises(RequestTooLarge, match="128 pixels"):
+        selected.classify_uploads(raw[:2], top_k=1)
