@@ -37,7 +37,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from app.manifest import GRAPH_FILE, LABELS_FILE, MANIFEST_FILE
+from app.manifest import GRAPH_FILE, LABELS_FILE, MANIFEST_FILE, FileFieldError
 from app.servable import ServableSpec
 
 MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
@@ -51,14 +51,8 @@ class DiscoveryError(ValueError):
     """The graphs directory or a model folder in it is not laid out as expected."""
 
 
-class PolicyError(DiscoveryError):
+class PolicyError(FileFieldError, DiscoveryError):
     """A ``versions.json`` is unreadable or has an unknown, missing or invalid field."""
-
-    def __init__(self, path: Path | str, field_name: str | None, message: str) -> None:
-        where = f"{path}: field '{field_name}'" if field_name else str(path)
-        super().__init__(f"{where}: {message}")
-        self.path = str(path)
-        self.field = field_name
 
 
 @dataclass(frozen=True)

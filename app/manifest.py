@@ -42,14 +42,18 @@ RESIZE_METHODS = ("bilinear", "nearest", "bicubic", "area")
 OUTPUT_KINDS = ("probabilities", "logits", "scores")
 
 
-class ManifestError(ValueError):
-    """A manifest is missing, unreadable, or has an unknown/missing/invalid field."""
+class FileFieldError(ValueError):
+    """A JSON file we read is wrong: the message names the file and, when known, the field."""
 
     def __init__(self, path: Path | str, field_name: str | None, message: str) -> None:
         where = f"{path}: field '{field_name}'" if field_name else str(path)
         super().__init__(f"{where}: {message}")
         self.path = str(path)
         self.field = field_name
+
+
+class ManifestError(FileFieldError):
+    """A manifest is missing, unreadable, or has an unknown/missing/invalid field."""
 
 
 @dataclass(frozen=True)
