@@ -39,5 +39,11 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
     metrics.watch(models)
     app.extensions[views.INFERENCE] = InferenceCore(models, settings=settings, on_model=metrics.observe_model)
     app.register_blueprint(views.bp)
+    from app.kserve import rest as kserve_rest
+
+    app.register_blueprint(kserve_rest.bp)  # KServe v2 REST: /v2/...
+    from app.tfserving import rest as tfserving_rest
+
+    app.register_blueprint(tfserving_rest.bp)  # TF Serving REST: /v1/models/...
     admin.init_app(app, settings)  # only when an admin token is set
     return app

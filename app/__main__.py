@@ -33,6 +33,8 @@ def parse_args(argv: list[str] | None = None) -> dict[str, object]:
     parser = argparse.ArgumentParser(prog="python -m app", description=__doc__.splitlines()[0])
     parser.add_argument("--host", help="address to listen on (default 127.0.0.1)")
     parser.add_argument("--port", type=int, help="port (default 8080)")
+    parser.add_argument("--grpc-port", type=int,
+                        help="gRPC port for TF Serving and KServe v2 clients (default 8500; 0: off)")
     parser.add_argument("--graphs-dir", help="folder of <model>/<version>/model.pb (default graphs)")
     parser.add_argument("--threads", type=int, help="waitress worker threads (default 32)")
     parser.add_argument("--default-model", help="model used when a request names none")
@@ -70,7 +72,11 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     from app.server import build_server
 
-    server = build_server(app, app.extensions["settings"])
+    try:
+        server = build_server(app, app.extensions["settings"])
+    except OSError as exc:  # a port is taken
+        logging.getLogger("graphserve").error("cannot start: %s", exc)
+        return 1
     server.install_signal_handlers()  # SIGTERM and SIGINT drain, then exit 0
     code = server.run()
     # Everything is closed and logged. Skip the interpreter's teardown: collecting and

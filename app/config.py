@@ -25,6 +25,8 @@ class Settings:
     graphs_dir: str = "graphs"
     host: str = "127.0.0.1"
     port: int = 8080
+    grpc_port: int = 8500  # gRPC (TF Serving's PredictionService/ModelService, KServe v2) on host:grpc_port; 0: off
+    grpc_max_message_bytes: int = 32 * 1024 * 1024  # largest gRPC request or response (grpcio's default: 4 MiB in)
     threads: int = 32  # about 2x a model's max_batch_size, so a full batch can queue while one runs
     default_model: str = ""  # empty: the only model if there is one, else every model
     default_top_k: int = 5
@@ -68,6 +70,10 @@ class Settings:
         for name in ("connection_limit", "read_header_timeout_s", "read_timeout_s", "idle_timeout_s", "max_header_bytes"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"setting '{name}' must be greater than 0, got {getattr(self, name)!r}")
+        if not 0 <= self.grpc_port <= 65535:
+            raise ConfigError(f"setting 'grpc_port' must be 0 (off) to 65535, got {self.grpc_port!r}")
+        if self.grpc_max_message_bytes <= 0:
+            raise ConfigError(f"setting 'grpc_max_message_bytes' must be greater than 0, got {self.grpc_max_message_bytes!r}")
         if self.shutdown_grace_s < 0:
             raise ConfigError(f"setting 'shutdown_grace_s' must be 0 or more, got {self.shutdown_grace_s!r}")
         if self.log_requests.upper() != "OFF":

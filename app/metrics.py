@@ -30,6 +30,13 @@ STAGES = ("queue", "run", "postprocess", "total")
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128)
 WINDOW = 2048  # recent requests per model kept for /stats percentiles
+# The protocol of an HTTP request, from its route's prefix; anything else is our own REST API.
+HTTP_PROTOCOLS = (("/v1/", "tfserving_rest"), ("/v2", "kserve_v2_rest"))
+OWN_PROTOCOL = "graphserve_rest"
+
+
+def http_protocol(endpoint: str) -> str:
+    return next((protocol for prefix, protocol in HTTP_PROTOCOLS if endpoint.startswith(prefix)), OWN_PROTOCOL)
 
 
 class Metrics:
@@ -56,6 +63,16 @@ class Metrics:
         )
         self.http_requests = Counter(
             "graphserve_http_requests_total", "HTTP requests by endpoint and status.", ["endpoint", "status"],
+            registry=self.registry,
+        )
+        self.requests = Counter(
+            "graphserve_requests_total",
+            "Requests by protocol (graphserve_rest, tfserving_rest, tfserving_grpc, kserve_v2_rest, kserve_v2_grpc) "
+            "and status (HTTP status; gRPC: the status code's name).",
+            ["protocol", "status"], registry=self.registry,
+        )
+        self.grpc_requests = Counter(
+            "graphserve_grpc_requests_total", "gRPC calls by method and status code.", ["method", "code"],
             registry=self.registry,
         )
         self.errors = Counter(
@@ -90,8 +107,20 @@ class Metrics:
 
     def observe_request(self, endpoint: str, status: int, models: Iterable[tuple[str, int]], error_code: str | None) -> None:
         self.http_requests.labels(endpoint, str(status)).inc()
+        self.requests.labels(http_protocol(endpoint), str(status)).inc()
         for model, version in models:
             self.model_requests.labels(model, str(version), str(status)).inc()
+        if error_code:
+            self.errors.labels(error_code).inc()
+
+    def observe_rpc(self, protocol: str, method: str, code: str, http_status: int,
+                    models: Iterable[tuple[str, int]], error_code: str | None) -> None:
+        """One gRPC call; its models count in ``graphserve_model_requests_total`` under the HTTP
+        status its protocol gives the code (200 for OK), so /stats adds up every protocol."""
+        self.grpc_requests.labels(method, code).inc()
+        self.requests.labels(protocol, code).inc()
+        for model, version in models:
+            self.model_requests.labels(model, str(version), str(http_status)).inc()
         if error_code:
             self.errors.labels(error_code).inc()
 

@@ -368,7 +368,11 @@ def connection_limit(settings: Settings) -> int:
 class GraphServer:
     """The server ``python -m app`` runs: listening sockets, worker threads, the loop and the drain."""
 
-    def __init__(self, app: Flask, settings: Settings, *, host: str | None = None, port: int | None = None) -> None:
+    def __init__(self, app: Flask, settings: Settings, *, host: str | None = None, port: int | None = None,
+                 grpc_port: int | None = None) -> None:
+        """``host``/``port`` override the settings' HTTP address. gRPC (``app/grpc_server.py``) listens
+        on ``grpc_port`` (0: off); None means ``settings.grpc_port``, unless ``port`` is given: a
+        caller that picks its HTTP port (the tests) gets no gRPC unless it picks that port too."""
         self.app = app
         self.settings = settings
         self.draining: threading.Event = app.extensions.setdefault("draining", threading.Event())
@@ -397,6 +401,12 @@ class GraphServer:
                    events=self.events, map=self.map, dispatcher=self.dispatcher, adj=self.adj, sockinfo=sockinfo)
             for sockinfo in self.adj.listen
         ]
+        if grpc_port is None:
+            grpc_port = settings.grpc_port if port is None else 0
+        from app.grpc_server import build_grpc_server
+
+        built = build_grpc_server(app, settings, host=self.adj.host, port=grpc_port)
+        self.grpc, self.grpc_port = built if built is not None else (None, 0)
         self._stop_requested = threading.Event()
         self._force = threading.Event()
         self.signal_name: str | None = None
@@ -446,6 +456,9 @@ class GraphServer:
         for server in self.servers:
             log.info("serving on http://%s:%d (connection_limit %d)", server.effective_host,
                      int(server.effective_port), self.limit)
+        if self.grpc is not None:
+            self.grpc.start()
+            log.info("serving gRPC on %s:%d", self.adj.host, self.grpc_port)
         timeout = sweep_interval(self.settings)
         try:
             while not self._stop_requested.is_set():
@@ -454,6 +467,8 @@ class GraphServer:
         finally:
             self.dispatcher.shutdown(cancel_pending=True, timeout=1)
             wasyncore.close_all(self.map)
+            if self.grpc is not None:
+                self.grpc.stop(None).wait(1.0)  # a no-op after the drain's stop; else cancels what is left
             if close_models:
                 self._close_models()
             self.finished.set()
@@ -464,6 +479,8 @@ class GraphServer:
         started = time.monotonic()
         deadline = started + settings.shutdown_grace_s
         queued = 0
+        # gRPC refuses new RPCs from now on; the ones in flight get the same grace period.
+        grpc_stopped = self.grpc.stop(settings.shutdown_grace_s) if self.grpc is not None else None
         for server in self.servers:
             queued += server.accept_queued()
             # Stop listening (new connections are refused from here on); not server.close(), which would
@@ -493,6 +510,10 @@ class GraphServer:
         left = 0
         if expired:
             left = self._answer_the_rest()
+        if grpc_stopped is not None:
+            wait = 0.0 if self._force.is_set() else max(0.0, deadline - time.monotonic())
+            if not grpc_stopped.wait(wait):
+                self.grpc.stop(0)  # grace is over: cancel the RPCs still running
         elapsed = time.monotonic() - started
         finished = self.events.finished_in_drain
         if expired:

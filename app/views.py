@@ -187,7 +187,8 @@ def _record(response: Response) -> Response:
     endpoint = request.url_rule.rule if request.url_rule is not None else "unmatched"
     error_code = None
     if response.status_code >= 400 and response.is_json:
-        error_code = (response.get_json(silent=True) or {}).get("error", {}).get("code")
+        error = (response.get_json(silent=True) or {}).get("error")
+        error_code = error.get("code") if isinstance(error, dict) else g.get("error_code")  # v2/TF Serving: a string
     models = g.get("models", ())
     current_app.extensions["metrics"].observe_request(endpoint, response.status_code, models, error_code)
     level = _settings().request_log_level

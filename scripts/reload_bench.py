@@ -59,7 +59,8 @@ def start(graphs_dir: Path, env_extra: dict[str, str]) -> tuple[subprocess.Popen
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "GRAPHSERVE_LOG_REQUESTS": "OFF",
            "GRAPHSERVE_ADMIN_TOKEN": TOKEN, **env_extra}
     process = subprocess.Popen(
-        [sys.executable, "-m", "app", "--host", "127.0.0.1", "--port", str(port), "--graphs-dir", str(graphs_dir)],
+        [sys.executable, "-m", "app", "--host", "127.0.0.1", "--port", str(port), "--graphs-dir", str(graphs_dir),
+         "--grpc-port", "0"],
         cwd=ROOT, env=env, stderr=subprocess.DEVNULL,
     )
     url = f"http://127.0.0.1:{port}"

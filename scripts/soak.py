@@ -178,7 +178,8 @@ def start_server(graphs_dir: str, extra: list[str], prepare=None) -> tuple[subpr
     port = free_port()
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "GRAPHSERVE_LOG_REQUESTS": "OFF"}
     process = subprocess.Popen(
-        [sys.executable, "-m", "app", "--host", "127.0.0.1", "--port", str(port), "--graphs-dir", graphs_dir, *extra],
+        [sys.executable, "-m", "app", "--host", "127.0.0.1", "--port", str(port), "--grpc-port", "0",
+         "--graphs-dir", graphs_dir, *extra],
         cwd=ROOT, env=env,
     )
     url = f"http://127.0.0.1:{port}"

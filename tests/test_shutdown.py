@@ -70,7 +70,8 @@ class Service:
         environ = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "GRAPHSERVE_LOG_REQUESTS": "OFF",
                    **{f"GRAPHSERVE_{k.upper()}": str(v) for k, v in env.items()}}
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "app", "--host", "127.0.0.1", "--port", "0", "--graphs-dir", str(graphs)],
+            [sys.executable, "-m", "app", "--host", "127.0.0.1", "--port", "0", "--grpc-port", "0", "--graphs-dir",
+             str(graphs)],
             cwd=ROOT, env=environ, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
         )
         self.lines: list[str] = []

@@ -1,0 +1,249 @@
+"""KServe v2 REST (Open Inference Protocol): a Flask blueprint that only translates.
+
+    GET  /v2                                     server metadata
+    GET  /v2/health/live | /v2/health/ready      200 (empty), or 400 when not ready (or draining)
+    GET  /v2/models/<m>[/versions/<v>]           model metadata
+    GET  /v2/models/<m>[/versions/<v>]/ready     200 (empty) when it takes requests, else 400
+    POST /v2/models/<m>[/versions/<v>]/infer     inference
+
+An infer body is JSON, optionally followed by the *binary tensor data extension*: the JSON's
+length in the ``Inference-Header-Content-Length`` header, each binary input's byte count in its
+``parameters.binary_data_size``; a BYTES element is a 4-byte little-endian length, then the
+bytes. That is what ``tritonclient.http`` sends by default. In plain JSON (``binary_data=False``)
+a BYTES element is a string; images are not text, so graphserve reads each string as the
+image's **base64** (standard or URL-safe). The body may be gzip or deflate compressed
+(``Content-Encoding``); it may grow to ``max_body_bytes`` once inflated.
+
+Outputs come back in JSON unless asked in binary: per output ``parameters.binary_data``, or for
+every output ``parameters.binary_data_output`` on the request. Errors are ``{"error": "..."}``
+with the status of ``app.kserve.ERRORS``.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import logging
+import zlib
+from typing import Any
+
+from flask import Blueprint, Response, current_app, g, jsonify, request
+from flask.typing import ResponseReturnValue
+from werkzeug.exceptions import HTTPException
+
+from app import kserve
+from app.kserve import OutputRequest, V2Error
+from app.text import clip
+
+log = logging.getLogger(__name__)
+
+bp = Blueprint("kserve_v2", __name__, url_prefix="/v2")
+HEADER_LENGTH = "Inference-Header-Content-Length"
+
+
+def _error(status: int, message: str) -> ResponseReturnValue:
+    return jsonify(error=message), status
+
+
+@bp.errorhandler(Exception)
+def _handle(exc: Exception) -> ResponseReturnValue:
+    if isinstance(exc, HTTPException):
+        g.error_code = (exc.name or "error").lower().replace(" ", "_")
+        return _error(exc.code or 500, exc.description or exc.name)
+    answer = kserve.error_answer(exc)
+    if answer is None:
+        log.exception("unhandled error")
+        g.error_code = "internal"
+        return _error(500, "internal server error")
+    if answer[0] == 500:
+        log.error("%s", exc)
+    g.error_code = answer[1].lower()  # graphserve_errors_total{code="not_found"}, ... (views._record), as TF Serving's
+    return _error(answer[0], str(exc))
+
+
+@bp.get("")
+def server_metadata() -> ResponseReturnValue:
+    return jsonify(kserve.server_metadata())
+
+
+@bp.get("/health/live")
+def live() -> ResponseReturnValue:
+    return "", 200  # as Triton: the status is the answer, the body is empty
+
+
+@bp.get("/health/ready")
+def ready() -> ResponseReturnValue:
+    if kserve.server_ready(current_app):
+        return "", 200
+    return _error(400, "the server is not ready (no model is available, or it is shutting down)")
+
+
+@bp.get("/models/<model>")
+@bp.get("/models/<model>/versions/<version>")
+def model_metadata(model: str, version: str | None = None) -> ResponseReturnValue:
+    return jsonify(kserve.model_metadata(current_app, model, version))
+
+
+@bp.get("/models/<model>/ready")
+@bp.get("/models/<model>/versions/<version>/ready")
+def model_ready(model: str, version: str | None = None) -> ResponseReturnValue:
+    """200 (empty) when ready; else 400 with the reason, as Triton (the protocol: 4xx is false)."""
+    try:
+        kserve.model_metadata(current_app, model, version)
+    except (LookupError, ValueError) as exc:
+        return _error(400, str(exc))
+    return "", 200
+
+
+@bp.post("/models/<model>/infer")
+@bp.post("/models/<model>/versions/<version>/infer")
+def infer(model: str, version: str | None = None) -> ResponseReturnValue:
+    header, binary = _split(_body())
+    inputs, outputs, binary_default = _parse(header, binary)
+
+    def remember(selected: Any) -> None:
+        g.models = selected.models
+        g.images = len(inputs)
+
+    result, tensors = kserve.infer(current_app, model, version, inputs, outputs, on_select=remember)
+    answer: dict[str, Any] = {"model_name": result.name, "model_version": str(result.version)}
+    if isinstance(header.get("id"), str):
+        answer["id"] = header["id"]
+    encoded, chunks = [], []
+    for tensor, output in zip(tensors, outputs or [OutputRequest()]):
+        entry: dict[str, Any] = {"name": tensor.name, "datatype": tensor.datatype, "shape": tensor.shape}
+        if output.binary if output.binary is not None else binary_default:
+            raw = tensor.raw()
+            entry["parameters"] = {"binary_data_size": len(raw)}
+            chunks.append(raw)
+        else:
+            entry["data"] = tensor.json_data()
+        encoded.append(entry)
+    answer["outputs"] = encoded
+    text = json.dumps(answer, separators=(",", ":")).encode()
+    if not chunks:
+        return Response(text, content_type="application/json")
+    response = Response(b"".join([text, *chunks]), content_type="application/octet-stream")
+    response.headers[HEADER_LENGTH] = str(len(text))
+    return response
+
+
+def _body() -> bytes:
+    """The request body, inflated when ``Content-Encoding`` says gzip or deflate."""
+    body = request.get_data(cache=False)
+    encoding = request.headers.get("Content-Encoding", "identity").strip().lower()
+    if encoding in ("", "identity"):
+        return body
+    limit = current_app.extensions["settings"].max_body_bytes
+    if encoding in ("gzip", "x-gzip"):
+        return _inflate(body, zlib.MAX_WBITS | 16, limit, encoding)
+    if encoding == "deflate":  # zlib-wrapped as the RFC says (and tritonclient sends); raw deflate too
+        try:
+            return _inflate(body, zlib.MAX_WBITS, limit, encoding)
+        except V2Error:
+            return _inflate(body, -zlib.MAX_WBITS, limit, encoding)
+    raise V2Error(f"Content-Encoding {clip(encoding)!r} is not supported; send gzip, deflate or identity", 415)
+
+
+def _inflate(body: bytes, wbits: int, limit: int, encoding: str) -> bytes:
+    inflater = zlib.decompressobj(wbits)
+    try:
+        data = inflater.decompress(body, limit + 1)
+    except zlib.error as exc:
+        raise V2Error(f"the body is not valid {encoding} ({exc})") from None
+    if len(data) > limit:
+        raise V2Error(f"the body inflates to more than {limit} bytes (max_body_bytes)", 413)
+    if not inflater.eof:
+        raise V2Error(f"the {encoding} body is cut short")
+    return data
+
+
+def _split(body: bytes) -> tuple[dict[str, Any], memoryview]:
+    """The JSON header and the binary data after it."""
+    raw_length = request.headers.get(HEADER_LENGTH)
+    length = len(body)
+    if raw_length is not None:
+        if not raw_length.strip().isdigit() or int(raw_length) > len(body):
+            raise V2Error(f"{HEADER_LENGTH} is {clip(raw_length)!r}; it must be the JSON header's byte count "
+                          f"(at most the body's {len(body)} bytes)")
+        length = int(raw_length)
+    try:
+        header = json.loads(bytes(body[:length]))
+    except (ValueError, UnicodeDecodeError) as exc:
+        hint = f" (binary data needs the {HEADER_LENGTH} header)" if raw_length is None else ""
+        raise V2Error(f"the request is not valid JSON: {clip(str(exc))}{hint}") from None
+    if not isinstance(header, dict):
+        raise V2Error("the request must be a JSON object with 'inputs'")
+    return header, memoryview(body)[length:]
+
+
+def _parse(header: dict[str, Any], binary: memoryview) -> tuple[list[bytes], list[OutputRequest], bool]:
+    inputs = header.get("inputs")
+    if not isinstance(inputs, list) or len(inputs) != 1 or not isinstance(inputs[0], dict):
+        raise V2Error(f"'inputs' must hold one tensor, '{kserve.INPUT}' (BYTES, shape [-1])")
+    tensor = inputs[0]
+    count = kserve.check_input(str(tensor.get("name")), str(tensor.get("datatype")), tensor.get("shape"))
+    parameters = _parameters(tensor, f"input '{kserve.INPUT}'")
+    size = parameters.get("binary_data_size")
+    what = f"input '{kserve.INPUT}'"
+    if size is not None:
+        if not isinstance(size, int) or isinstance(size, bool) or size < 0 or size != len(binary):
+            raise V2Error(f"{what}: binary_data_size is {clip(str(size))} but {len(binary)} bytes follow the JSON")
+        data = kserve.deserialize_bytes(bytes(binary), count, what)
+    else:
+        if len(binary):
+            raise V2Error(f"{len(binary)} bytes follow the JSON but no input gives a binary_data_size")
+        data = _json_bytes(tensor.get("data"), count, what)
+
+    request_parameters = _parameters(header, "the request")
+    binary_default = request_parameters.get("binary_data_output", False) is True
+    outputs = []
+    requested = header.get("outputs", [])
+    if not isinstance(requested, list):
+        raise V2Error("'outputs' must be a list")
+    for output in requested:
+        if not isinstance(output, dict):
+            raise V2Error("each output must be an object with a 'name'")
+        out_parameters = _parameters(output, f"output '{clip(str(output.get('name')))}'")
+        classification = out_parameters.get("classification", 0)
+        if not isinstance(classification, int) or isinstance(classification, bool):
+            raise V2Error(f"classification must be an integer, got {clip(str(classification))}")
+        flag = out_parameters.get("binary_data")
+        outputs.append(OutputRequest(str(output.get("name")), classification, flag if isinstance(flag, bool) else None))
+    return data, outputs, binary_default
+
+
+def _parameters(obj: dict[str, Any], what: str) -> dict[str, Any]:
+    parameters = obj.get("parameters", {})
+    if not isinstance(parameters, dict):
+        raise V2Error(f"{what}: 'parameters' must be an object")
+    return parameters
+
+
+def _json_bytes(data: Any, count: int, what: str) -> list[bytes]:
+    """BYTES elements in JSON: base64 strings (nested lists are flattened, as v2 allows)."""
+    flat: list[Any] = []
+
+    def walk(value: Any) -> None:
+        if isinstance(value, list):
+            for item in value:
+                walk(item)
+        else:
+            flat.append(value)
+
+    walk(data)
+    if data is None or len(flat) != count:
+        raise V2Error(f"{what}: the shape says {count} elements but 'data' holds {len(flat) if data else 0}")
+    images = []
+    for i, item in enumerate(flat):
+        if not isinstance(item, str):
+            raise V2Error(f"{what}: element {i} must be a string, the image's base64")
+        text = item.strip().replace("-", "+").replace("_", "/")
+        try:
+            images.append(base64.b64decode(text + "=" * (-len(text) % 4), validate=True))
+        except (binascii.Error, ValueError):
+            raise V2Error(f"{what}: element {i} is not valid base64 (in JSON a BYTES element is the image's "
+                          "base64; or send binary data, as tritonclient does by default)") from None
+    return images
+
