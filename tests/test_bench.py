@@ -1,5 +1,6 @@
-"""scripts/bench.py end to end on a tiny real model: in-process phases only (the HTTP phase
-needs a server process and wrk; it is exercised by running the bench, not in the suite)."""
+"""scripts/bench.py end to end on a tiny real model: the in-process phases, and the protocol
+phase against a real ``python -m app`` (about 1 s per protocol). The HTTP service phase is
+exercised by running the bench, not in the suite."""
 
 from __future__ import annotations
 
@@ -51,3 +52,30 @@ def test_raw_and_batcher_phases_measure_and_split_the_gap(bench, graphs_dir: Pat
     assert split["service_over_batcher"] is None  # no service phase ran
     assert "throughput" not in report["ratios"]
     assert "in-process batcher / raw best" in (out / "bench.md").read_text()
+
+
+def test_protocol_phase_answers_alike_on_every_protocol(
+    bench, graphs_dir: Path, digits, tmp_path: Path, monkeypatch
+) -> None:
+    pytest.importorskip("tritonclient.grpc")
+    pytest.importorskip("tritonclient.http")
+    monkeypatch.syspath_prepend(str(ROOT / "scripts"))  # the spawned client processes import `bench`
+    image = tmp_path / "digit.png"
+    image.write_bytes(png_bytes(digits.test_images[0]))
+    out = tmp_path / "out"
+    code = bench.main([
+        "--graphs-dir", str(graphs_dir), "--model", "digits8", "--image", str(image),
+        "--skip-raw", "--skip-service", "--protocols", "--protocol-concurrency", "2",
+        "--seconds", "1", "--warmup", "0.2", "--out", str(out),
+    ])
+    assert code == 0
+    report = json.loads((out / "bench.json").read_text())
+    answers = report["protocol_answers"]
+    assert list(answers) == list(bench.PROTOCOLS)
+    assert len({answer["class_id"] for answer in answers.values()}) == 1  # the same top-1 everywhere
+    points = report["points"]
+    assert [p["mode"] for p in points] == list(bench.PROTOCOLS)
+    assert all(p["phase"] == "protocol" and p["concurrency"] == 2 for p in points)
+    assert all(p["images_per_s"] > 0 and p["calls"] > 0 and p["errors"] == 0 for p in points)
+    table = (out / "bench.md").read_text()
+    assert all(label in table for label in bench.PROTOCOL_LABELS.values())
