@@ -624,6 +624,14 @@ def service_point(
         load = WrkRun(url + path, image_path, concurrency, window)
     else:
         load = ProcessRun(url, path, image, concurrency, window)
+    return measured_point(load, window, url, server_pid, "service", mode, concurrency, args)
+
+
+def measured_point(
+    load: LoadRun, window: tuple[float, float], url: str, server_pid: int, phase: str, mode: str,
+    concurrency: int, args: argparse.Namespace,
+) -> Point:
+    """Sample the server's CPU and metrics around the timed window of a running load; one point."""
     roles = {"measured": [server_pid], "client": load.pids}
     sleep_until(window[0])
     metrics_before, cpu_before = scrape_metrics(url), cpu_sample(roles)
@@ -632,7 +640,7 @@ def service_point(
     streams = load.finish()
     p50, p99, mean = latency_summary([ms for stream in streams for ms in stream.latencies_ms])
     point = Point(
-        phase="service",
+        phase=phase,
         mode=mode,
         concurrency=concurrency,
         images_per_s=round(throughput(streams, args.seconds), 2),
@@ -900,31 +908,7 @@ def protocol_point(
 ) -> Point:
     load = ProtocolRun(int(url.rsplit(":", 1)[1]), grpc_port, wire, concurrency)
     window = load.start(args.warmup, args.seconds)
-    roles = {"measured": [server_pid], "client": load.pids}
-    sleep_until(window[0])
-    metrics_before, cpu_before = scrape_metrics(url), cpu_sample(roles)
-    sleep_until(window[1])
-    cpu_after, metrics_after = cpu_sample(roles), scrape_metrics(url)
-    streams = load.finish()
-    p50, p99, mean = latency_summary([ms for stream in streams for ms in stream.latencies_ms])
-    point = Point(
-        phase="protocol",
-        mode=wire.protocol,
-        concurrency=concurrency,
-        images_per_s=round(throughput(streams, args.seconds), 2),
-        p50_ms=p50,
-        p99_ms=p99,
-        mean_ms=mean,
-        calls=sum(s.ok for s in streams),
-        errors=sum(s.failed for s in streams),
-        window_s=args.seconds,
-        cpu=cpu_cores(cpu_before, cpu_after),
-        server=server_split(metrics_before, metrics_after, cpu_after.at - cpu_before.at),
-    )
-    samples = [sample for stream in streams for sample in stream.samples]
-    if samples:
-        print(f"  errors at {point.setting}: {'; '.join(samples[:3])}", flush=True)
-    return point
+    return measured_point(load, window, url, server_pid, "protocol", wire.protocol, concurrency, args)
 
 
 def measure_protocols(
