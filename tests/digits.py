@@ -92,3 +92,13 @@ def write_model(root: Path, name: str, weights: tuple[np.ndarray, np.ndarray], *
     (directory / "model.json").write_text(json.dumps(manifest))
     (directory / "labels.txt").write_text("\n".join(LABELS) + "\n")
     return directory
+
+
+def write_two_versions(root: Path, name: str, weights: tuple[np.ndarray, np.ndarray]) -> Path:
+    """Model ``name`` with versions 1 (8x8 input) and 2 (16x16), both served, labelled
+    ``stable`` (1) and ``canary`` (2): the layout the version and label tests select from."""
+    write_model(root, name, weights, size=8, version=1)
+    write_model(root, name, weights, size=16, version=2)
+    policy = {"policy": "latest", "num_versions": 2, "labels": {"stable": 1, "canary": 2}}
+    (root / name / "versions.json").write_text(json.dumps(policy))
+    return root

@@ -5,7 +5,6 @@ from __future__ import annotations
 import grpc
 import numpy as np
 import pytest
-import requests
 
 tritongrpc = pytest.importorskip("tritonclient.grpc")
 from tritonclient.grpc import service_pb2, service_pb2_grpc  # noqa: E402
@@ -13,6 +12,7 @@ from tritonclient.utils import InferenceServerException  # noqa: E402
 
 from app.kserve.grpc import install  # noqa: E402
 from tests.digits import LABELS, png_bytes  # noqa: E402
+from tests.helpers import own_api_scores  # noqa: E402
 from tests.server import running  # noqa: E402
 
 
@@ -53,15 +53,7 @@ def expected(app, photos) -> dict[str, np.ndarray]:
     scores = {}
     with running(app, threads=2) as url:
         for model in ("digits8", "digits16"):
-            files = [("image", (f"{i}.png", data, "image/png")) for i, data in enumerate(photos)]
-            answer = requests.post(f"{url}/image_classification?model={model}&top_k=10", files=files, timeout=30)
-            rows = []
-            for result in answer.json()["models"][model]["results"]:
-                row = np.zeros(10, dtype=np.float32)
-                for entry in result["top_k"]:
-                    row[entry["class_id"]] = entry["score"]
-                rows.append(row)
-            scores[model] = np.stack(rows)
+            scores[model] = own_api_scores(url, model, photos)
     return scores
 
 

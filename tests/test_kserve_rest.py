@@ -15,6 +15,7 @@ tritonhttp = pytest.importorskip("tritonclient.http")
 from tritonclient.utils import InferenceServerException  # noqa: E402
 
 from tests.digits import LABELS, png_bytes  # noqa: E402
+from tests.helpers import own_api_scores  # noqa: E402
 from tests.server import running  # noqa: E402
 
 
@@ -41,15 +42,7 @@ def expected(url, photos) -> dict[str, np.ndarray]:
     """Every class's score per photo and model, from our own API (top_k = every class)."""
     scores = {}
     for model in ("digits8", "digits16"):
-        files = [("image", (f"{i}.png", data, "image/png")) for i, data in enumerate(photos)]
-        answer = requests.post(f"{url}/image_classification?model={model}&top_k=10", files=files, timeout=30).json()
-        rows = []
-        for result in answer["models"][model]["results"]:
-            row = np.zeros(10, dtype=np.float32)
-            for entry in result["top_k"]:
-                row[entry["class_id"]] = entry["score"]
-            rows.append(row)
-        scores[model] = np.stack(rows)
+        scores[model] = own_api_scores(url, model, photos)
     return scores
 
 

@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import json
 import threading
 
 import grpc
@@ -17,7 +16,8 @@ from tensorflow_serving.apis import (
 )
 
 from app.grpc_server import start_grpc_server
-from tests.digits import LABELS, png_bytes, write_model
+from tests.digits import LABELS, png_bytes, write_two_versions
+from tests.helpers import class_scores
 from tests.server import running, serving
 
 CLASSES = 10
@@ -46,10 +46,7 @@ def reference(app, model: str, photo: bytes, **params: str) -> np.ndarray:
     query = {"model": model, "top_k": CLASSES, **params}
     response = app.test_client().post("/image_classification", query_string=query, data=photo, content_type="image/png")
     assert response.status_code == 200, response.get_data(as_text=True)
-    scores = np.zeros(CLASSES, dtype=np.float32)
-    for score in response.get_json()["models"][model]["results"][0]["top_k"]:
-        scores[score["class_id"]] = score["score"]
-    return scores
+    return class_scores(response.get_json()["models"][model], CLASSES)[0]
 
 
 def predict_request(model: str, images: list[bytes], *, version: int | None = None, label: str = "",
@@ -149,11 +146,7 @@ def test_versions_labels_and_full_queue(tmp_path, digit_weights, digits, monkeyp
     from app import create_app
     from app.batching import DeadlineExceeded, QueueFull
 
-    root = tmp_path / "graphs"
-    write_model(root, "d", digit_weights, size=8, version=1)
-    write_model(root, "d", digit_weights, size=16, version=2)
-    (root / "d" / "versions.json").write_text(json.dumps(
-        {"policy": "latest", "num_versions": 2, "labels": {"stable": 1, "canary": 2}}))
+    root = write_two_versions(tmp_path / "graphs", "d", digit_weights)
     app = create_app({"GRAPHS_DIR": str(root)})
     photo = png_bytes(digits.test_images[0])
     server, port = start_grpc_server(app)

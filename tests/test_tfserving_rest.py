@@ -4,14 +4,13 @@ JSON bodies exactly as TF Serving's ``api_rest.md`` writes them."""
 from __future__ import annotations
 
 import base64
-import json
 
 import numpy as np
 import pytest
 import requests
 
-from tests.digits import LABELS, png_bytes, write_model
-from tests.helpers import encode
+from tests.digits import LABELS, png_bytes, write_two_versions
+from tests.helpers import class_scores, encode
 from tests.server import running
 
 CLASSES = 10
@@ -37,10 +36,7 @@ def reference(base: str, model: str, photo: bytes, **params: str) -> np.ndarray:
     response = requests.post(f"{base}/image_classification", params={"model": model, "top_k": CLASSES, **params},
                              data=photo, headers={"Content-Type": "image/png"}, timeout=10)
     assert response.status_code == 200, response.text
-    scores = np.zeros(CLASSES, dtype=np.float32)
-    for score in response.json()["models"][model]["results"][0]["top_k"]:
-        scores[score["class_id"]] = score["score"]
-    return scores
+    return class_scores(response.json()["models"][model], CLASSES)[0]
 
 
 def error(response: requests.Response) -> tuple[int, str]:
@@ -114,11 +110,7 @@ def test_classify(base, photos):
 def test_versions_and_labels(tmp_path, digit_weights, digits):
     from app import create_app
 
-    root = tmp_path / "graphs"
-    write_model(root, "d", digit_weights, size=8, version=1)
-    write_model(root, "d", digit_weights, size=16, version=2)
-    (root / "d" / "versions.json").write_text(json.dumps(
-        {"policy": "latest", "num_versions": 2, "labels": {"stable": 1, "canary": 2}}))
+    root = write_two_versions(tmp_path / "graphs", "d", digit_weights)
     app = create_app({"GRAPHS_DIR": str(root)})
     photo = png_bytes(digits.test_images[0])
     try:
