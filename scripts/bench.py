@@ -599,7 +599,11 @@ def client_process(
                     stream.error(f"HTTP {status}")
         connection.close()
 
-    threads = [threading.Thread(target=loop, args=(stream,)) for stream in streams]
+    run_and_report([threading.Thread(target=loop, args=(stream,)) for stream in streams], streams, results)
+
+
+def run_and_report(threads: list[threading.Thread], streams: list[Stream], results: Any) -> None:
+    """Run a client process's connection threads to the end and hand their streams back."""
     for thread in threads:
         thread.start()
     for thread in threads:
@@ -896,11 +900,7 @@ def protocol_client_process(
         threads = [threading.Thread(target=grpc_loop, args=pair) for pair in zip(streams, channels)]
     else:
         threads = [threading.Thread(target=http_loop, args=(stream,)) for stream in streams]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    results.put([asdict(stream) for stream in streams])
+    run_and_report(threads, streams, results)
 
 
 def protocol_point(
