@@ -19,6 +19,10 @@ The knobs, with TensorFlow Serving's names for them:
                     raises ``QueueFull`` instead of letting a backlog grow (HTTP 503).
 ``workers``         (``num_batch_threads``)    concurrent ``predict`` calls; TensorFlow
                     releases the GIL, so two can help even on a small CPU.
+``allowed_batch_sizes`` (the same)           pad each batch up to the next of these sizes
+                    (repeating its last item; the padding rows' results are dropped), so a
+                    model compiled per input shape (XLA) sees only these shapes. The largest
+                    must equal ``max_batch_size``. None: batches run as they form.
 
 Keep the number of client (request) threads at about twice ``max_batch_size``.
 
@@ -125,9 +129,19 @@ class Batcher(Generic[T, R]):
         workers: int = 1,
         clock: Callable[[], float] = time.monotonic,
         on_batch: BatchObserver | None = None,
+        allowed_batch_sizes: Sequence[int] | None = None,
     ) -> None:
         if max_batch_size < 1 or max_queue < 1 or workers < 1:
             raise ValueError("max_batch_size, max_queue and workers must be >= 1")
+        if allowed_batch_sizes is not None:
+            allowed = list(allowed_batch_sizes)
+            if not allowed or allowed[0] < 1 or any(a >= b for a, b in zip(allowed, allowed[1:])):
+                raise ValueError(f"allowed_batch_sizes must be increasing sizes >= 1, got {allowed!r}")
+            if allowed[-1] != max_batch_size:
+                raise ValueError(
+                    f"the largest allowed batch size ({allowed[-1]}) must equal max_batch_size ({max_batch_size})"
+                )
+        self.allowed_batch_sizes = None if allowed_batch_sizes is None else tuple(allowed_batch_sizes)
         if not batch_timeout_s >= 0:
             raise ValueError(f"batch_timeout_s must be >= 0, got {batch_timeout_s!r}")
         self.name = name
@@ -251,13 +265,17 @@ class Batcher(Generic[T, R]):
         clock = self._clock
         start = clock()
         results: Sequence[R | BaseException]
+        values = [item.value for item in batch]
+        padded = _padded_size_of(n, self.allowed_batch_sizes)
+        values += [values[-1]] * (padded - n)  # padding rows: the last item again
         try:
-            results = self._predict([item.value for item in batch])
-            if len(results) != n:
+            results = self._predict(values)
+            if len(results) != padded:
                 raise BatchingError(
                     f"batcher {self.name}: predict returned {len(results)} results "
-                    f"for a batch of {n}"
+                    f"for a batch of {padded}"
                 )
+            results = results[:n]  # the padding rows' results are dropped
         except BaseException as exc:  # noqa: BLE001 - fanned out to the batch's futures
             results = [exc] * n
         run_seconds = clock() - start
@@ -272,6 +290,13 @@ class Batcher(Generic[T, R]):
                 self._on_batch(n, start - batch[0].enqueued, run_seconds)
             except Exception:
                 log.exception("batcher %s: on_batch hook failed", self.name)
+
+
+def _padded_size_of(n: int, allowed: tuple[int, ...] | None) -> int:
+    """The smallest allowed batch size >= ``n`` (``n`` itself when any size is allowed)."""
+    if allowed is None:
+        return n
+    return next((size for size in allowed if size >= n), n)
 
 
 def _fail(items: list[_Item[T, R]], error: type[BatchingError], message: str) -> None:

@@ -11,16 +11,21 @@ Example (every field but ``input``/``output`` optional)::
       "input":  {"tensor": "input_1:0", "height": 160, "width": 160, "channels": 3},
       "output": {"tensor": "dense/Softmax:0", "kind": "probabilities"},
       "preprocessing": {"resize": "bilinear", "antialias": true,
-                        "scale": "[-1,1]", "central_crop": 0.875, "flatten": false},
+                        "scale": "[-1,1]", "central_crop": 0.875, "flatten": false,
+                        "scaled_decode": true, "exif_orientation": true},
       "batch_size": null,
       "batching": {"max_batch_size": 16, "batch_timeout_ms": 0, "max_queue": 256,
-                   "workers": 2},
+                   "workers": 2, "allowed_batch_sizes": null},
+      "optimize": {"fold": true, "remapper": true, "xla": false},
       "info": {"anything": "free-form, kept for humans, ignored by the service"}
     }
 
-Scale presets (pixel values ``x`` start in 0..255):
-  ``"[-1,1]"`` x/127.5-1 · ``"[0,1]"`` x/255 · ``"raw"`` x · ``"(x-128)/128"`` ·
-  ``"mean_std"`` (x-mean)/std per channel, ``mean``/``std`` given in 0..255 units.
+Scale presets and resize methods are listed, once, in ``app.recipes`` (pixel values start
+in 0..255; ``"mean_std"`` takes ``mean``/``std`` in 0..255 units). ``antialias`` applies to
+the TF2 methods only, ``align_corners``/``half_pixel_centers`` to the ``tf1_*`` ones only.
+``scaled_decode`` (default: on for antialiased resizes) decodes a JPEG at 1/2, 1/4 or 1/8
+scale when that still leaves at least the model's size; ``exif_orientation`` (default on)
+turns a JPEG upright by its EXIF Orientation tag before the crop and resize.
 Output kinds: ``"probabilities"`` used as they are; ``"logits"`` softmax applied in the
 graph; ``"scores"`` ranked as they are (e.g. a ReLU last layer).
 """
@@ -33,12 +38,12 @@ from dataclasses import dataclass, field, asdict
 from pathlib import Path
 from typing import Any
 
+from app.recipes import RESIZE_METHODS, RESIZES, SCALE_PRESETS
+
 MANIFEST_FILE = "model.json"
 GRAPH_FILE = "model.pb"
 LABELS_FILE = "labels.txt"
 
-SCALE_PRESETS = ("[-1,1]", "[0,1]", "raw", "(x-128)/128", "mean_std")
-RESIZE_METHODS = ("bilinear", "nearest", "bicubic", "area")
 OUTPUT_KINDS = ("probabilities", "logits", "scores")
 
 
@@ -79,6 +84,10 @@ class Preprocessing:
     std: tuple[float, ...] | None = None
     central_crop: float | None = None
     flatten: bool = False
+    align_corners: bool = False  # tf1_* only, as the TF1 op took it
+    half_pixel_centers: bool = False  # tf1_* only
+    scaled_decode: bool | None = None  # None: on for antialiased resizes (``recipes.scaled_decode``)
+    exif_orientation: bool = True
 
 
 @dataclass(frozen=True)
@@ -89,6 +98,18 @@ class BatchingSpec:
     batch_timeout_ms: float = 0.0  # on CPU, 0 is usually best: a batch forms from what queued meanwhile
     max_queue: int = 256
     workers: int = 2  # two sess.runs at once: TF releases the GIL, one runs while the other forms
+    # Pad each batch up to the next of these sizes (largest == max_batch_size), so a graph
+    # compiled per shape (XLA) sees a few shapes only. None: run batches as they form.
+    allowed_batch_sizes: tuple[int, ...] | None = None
+
+
+@dataclass(frozen=True)
+class OptimizeSpec:
+    """How the graph is optimized once, at load (see ``app.optimize``); defaults: what won."""
+
+    fold: bool = True  # fold constants, identities and batch norms into conv/matmul weights
+    remapper: bool = True  # grappler's op fusions (oneDNN's included)
+    xla: bool = False  # XLA JIT on the model's ops
 
 
 @dataclass(frozen=True)
@@ -98,21 +119,35 @@ class Manifest:
     preprocessing: Preprocessing = field(default_factory=Preprocessing)
     batch_size: int | None = None
     batching: BatchingSpec = field(default_factory=BatchingSpec)
+    optimize: OptimizeSpec = field(default_factory=OptimizeSpec)
     info: dict[str, Any] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
         """The manifest as the dict that ``model.json`` holds (round-trips ``parse``)."""
         data = asdict(self)
         pre = data["preprocessing"]
-        for key in ("mean", "std", "central_crop"):
+        for key in ("mean", "std", "central_crop", "scaled_decode"):
             if pre[key] is None:
                 del pre[key]
             elif isinstance(pre[key], tuple):
                 pre[key] = list(pre[key])
+        recipe = RESIZES[self.preprocessing.resize]
+        if not recipe.uses_antialias_field:
+            del pre["antialias"]
+        if not recipe.uses_corner_flags:
+            del pre["align_corners"], pre["half_pixel_centers"]
+        if pre["exif_orientation"]:
+            del pre["exif_orientation"]  # the default: older readers need not know the field
         if not data["info"]:
             del data["info"]
         if self.batching == BatchingSpec():
             del data["batching"]  # let models follow the service's defaults as they improve
+        elif self.batching.allowed_batch_sizes is None:
+            del data["batching"]["allowed_batch_sizes"]
+        else:
+            data["batching"]["allowed_batch_sizes"] = list(self.batching.allowed_batch_sizes)
+        if self.optimize == OptimizeSpec():
+            del data["optimize"]
         return data
 
 
@@ -123,6 +158,7 @@ def parse(data: Any, path: Path | str = MANIFEST_FILE) -> Manifest:
     output_obj = top.object("output", required=True)
     pre_obj = top.object("preprocessing", required=False)
     batching_obj = top.object("batching", required=False)
+    optimize_obj = top.object("optimize", required=False)
     batch_size = top.integer("batch_size", required=False, minimum=1)
     info = top.raw("info", {})
     if not isinstance(info, dict):
@@ -160,14 +196,38 @@ def parse(data: Any, path: Path | str = MANIFEST_FILE) -> Manifest:
         crop = pre_obj.number("central_crop")
         if crop is not None and not 0 < crop <= 1:
             raise ManifestError(path, "preprocessing.central_crop", f"must be in (0, 1], got {crop}")
+        resize = pre_obj.choice("resize", RESIZE_METHODS, default="bilinear")
+        recipe = RESIZES[resize]
+        if not recipe.uses_antialias_field and pre_obj.raw("antialias") is not None:
+            raise ManifestError(
+                path, "preprocessing.antialias",
+                f"applies to bilinear, bicubic, area and nearest; '{resize}' is "
+                + ("never antialiased" if recipe.family == "tf1" else "antialiased as Pillow is"),
+            )
+        align_corners = pre_obj.boolean("align_corners", default=False)
+        half_pixel = pre_obj.boolean("half_pixel_centers", default=False)
+        if (align_corners or half_pixel) and not recipe.uses_corner_flags:
+            field_name = "align_corners" if align_corners else "half_pixel_centers"
+            raise ManifestError(path, f"preprocessing.{field_name}", f"applies to the tf1_* resizes only, not '{resize}'")
+        if align_corners and half_pixel:
+            raise ManifestError(
+                path, "preprocessing.half_pixel_centers", "cannot be true together with align_corners (TF1 refused it too)"
+            )
+        scaled = pre_obj.raw("scaled_decode")
+        if scaled is not None and not isinstance(scaled, bool):
+            raise ManifestError(path, "preprocessing.scaled_decode", f"must be true or false, got {scaled!r}")
         preprocessing = Preprocessing(
-            resize=pre_obj.choice("resize", RESIZE_METHODS, default="bilinear"),
+            resize=resize,
             antialias=pre_obj.boolean("antialias", default=True),
             scale=scale,
             mean=mean,
             std=std,
             central_crop=crop,
             flatten=pre_obj.boolean("flatten", default=False),
+            align_corners=align_corners,
+            half_pixel_centers=half_pixel,
+            scaled_decode=scaled,
+            exif_orientation=pre_obj.boolean("exif_orientation", default=True),
         )
         pre_obj.reject_unknown()
 
@@ -176,13 +236,37 @@ def parse(data: Any, path: Path | str = MANIFEST_FILE) -> Manifest:
         timeout = batching_obj.number("batch_timeout_ms")
         if timeout is not None and timeout < 0:
             raise ManifestError(path, "batching.batch_timeout_ms", "must be >= 0")
+        allowed = batching_obj.raw("allowed_batch_sizes")
+        if allowed is not None:
+            if (
+                not isinstance(allowed, list) or not allowed
+                or not all(isinstance(n, int) and not isinstance(n, bool) and n >= 1 for n in allowed)
+                or any(a >= b for a, b in zip(allowed, allowed[1:]))
+            ):
+                raise ManifestError(path, "batching.allowed_batch_sizes",
+                                    f"must be a non-empty increasing list of integers >= 1, got {allowed!r}")
+            allowed = tuple(allowed)
+        max_batch = batching_obj.integer("max_batch_size", minimum=1)
+        if allowed is not None and max_batch is not None and max_batch != allowed[-1]:
+            raise ManifestError(path, "batching.max_batch_size",
+                                f"must equal the largest allowed batch size ({allowed[-1]}), got {max_batch}")
         batching = BatchingSpec(
-            max_batch_size=batching_obj.integer("max_batch_size", minimum=1) or BatchingSpec.max_batch_size,
+            max_batch_size=max_batch or (allowed[-1] if allowed else BatchingSpec.max_batch_size),
             batch_timeout_ms=BatchingSpec.batch_timeout_ms if timeout is None else timeout,
             max_queue=batching_obj.integer("max_queue", minimum=1) or BatchingSpec.max_queue,
             workers=batching_obj.integer("workers", minimum=1) or BatchingSpec.workers,
+            allowed_batch_sizes=allowed,
         )
         batching_obj.reject_unknown()
+
+    optimize = OptimizeSpec()
+    if optimize_obj is not None:
+        optimize = OptimizeSpec(
+            fold=optimize_obj.boolean("fold", default=OptimizeSpec.fold),
+            remapper=optimize_obj.boolean("remapper", default=OptimizeSpec.remapper),
+            xla=optimize_obj.boolean("xla", default=OptimizeSpec.xla),
+        )
+        optimize_obj.reject_unknown()
 
     return Manifest(
         input=input_spec,
@@ -190,6 +274,7 @@ def parse(data: Any, path: Path | str = MANIFEST_FILE) -> Manifest:
         preprocessing=preprocessing,
         batch_size=batch_size,
         batching=batching,
+        optimize=optimize,
         info=dict(info),
     )
 

@@ -631,6 +631,7 @@ class ModelRegistry:
                 max_queue=knobs.max_queue,
                 workers=knobs.workers,
                 on_batch=on_batch,
+                allowed_batch_sizes=knobs.allowed_batch_sizes,
             )
         return ModelHandle(servable, runner)
 

@@ -37,6 +37,8 @@ from PIL import Image
 
 from app import manifest as manifest_lib
 from app import memory
+from app import optimize as optimize_lib
+from app.exif import jpeg_orientation
 from app.manifest import Manifest
 from app.preprocessing import build_preprocessing, geometry_key
 
@@ -166,6 +168,7 @@ class Servable:
         graph: tf.Graph,
         session: tf.compat.v1.Session,
         encoded: tf.Tensor,
+        orientation: tf.Tensor,
         pixels: tf.Tensor,
         scores: tf.Tensor,
         stats: LoadStats,
@@ -180,9 +183,9 @@ class Servable:
         self.stats = stats
         # Pre-built TF callables: one sess.run each, without Session.run's per-call parsing
         # of feeds and fetches (measured: 290 -> 180 us per call on a tiny model).
-        self.classify_encoded = _session_callable(session, encoded, scores, object)
-        self._classify_pixels = _session_callable(session, pixels, scores, np.float32)
-        self._decode = _session_callable(session, encoded, pixels, object)
+        self._classify_encoded = _session_callable(session, [encoded, orientation], scores)
+        self._classify_pixels = _session_callable(session, [pixels], scores)
+        self._decode = _session_callable(session, [encoded, orientation], pixels)
         self.num_classes = 0
         self.geometry = geometry_key(manifest)
         self.node_count = self.current_node_count()
@@ -214,13 +217,18 @@ class Servable:
         if decoded:
             pixels = np.stack([items[i] for i in decoded])  # type: ignore[arg-type]
             try:
-                scores = self._run_chunks(self._classify_pixels, pixels)
+                scores = self._run_chunks(self._classify_pixels, [pixels])
                 for j, i in enumerate(decoded):
                     rows[i] = scores[j]
             except tf.errors.OpError as exc:
                 for i in decoded:
                     rows[i] = ModelRunError(f"model '{self.name}' failed: {exc.message}")
         return rows
+
+    def classify_encoded(self, images: Sequence[bytes]) -> np.ndarray:
+        """Scores [n, classes] in one ``sess.run``, without per-item error handling: the raw
+        ceiling that ``scripts/bench.py`` measures the service against."""
+        return self._classify_encoded(_encoded_feeds(images))
 
     def run(self, images: Sequence[bytes]) -> np.ndarray:
         """Scores as one array [n, classes]; raises the first per-item error. For tools and tests."""
@@ -233,7 +241,7 @@ class Servable:
     def preprocess(self, images: Sequence[bytes]) -> np.ndarray:
         """Decoded, resized pixels [n, H, W, C] (float32, 0..255): shareable by equal geometries."""
         try:
-            return self._run_chunks(self._decode, list(images))
+            return self._run_chunks(self._decode, _encoded_feeds(images))
         except tf.errors.InvalidArgumentError as exc:
             raise UndecodableImage(_decode_message(exc)) from None
 
@@ -246,7 +254,7 @@ class Servable:
 
     def _predict_encoded(self, images: list[bytes], positions: list[int], rows: list[Row]) -> None:
         try:
-            scores = self._run_chunks(self.classify_encoded, images)
+            scores = self._run_chunks(self._classify_encoded, _encoded_feeds(images))
             for j, i in enumerate(positions):
                 rows[i] = scores[j]
             return
@@ -262,33 +270,42 @@ class Servable:
         for image, i in zip(images, positions):
             self._predict_encoded([image], [i], rows)
 
-    def _run_chunks(self, run: Callable[[object], np.ndarray], batch: Sequence[object]) -> np.ndarray:
-        """``run`` the batch, in chunks of the graph's fixed batch size when it has one."""
+    def _run_chunks(self, run: Callable[[list[np.ndarray]], np.ndarray], feeds: list[np.ndarray]) -> np.ndarray:
+        """``run`` the batch (``feeds``: one array per placeholder, rows aligned), in chunks
+        of the graph's fixed batch size when it has one."""
         fixed = self.manifest.batch_size
         if not fixed:
-            return run(batch)
+            return run(feeds)
+        rows = len(feeds[0])
         outputs = []
-        for start in range(0, len(batch), fixed):
-            chunk = list(batch[start : start + fixed])
-            real = len(chunk)
-            chunk += [chunk[-1]] * (fixed - real)  # pad a short chunk to the graph's fixed size
-            outputs.append(run(chunk)[:real])
+        for start in range(0, rows, fixed):
+            real = min(fixed, rows - start)
+            take = np.minimum(np.arange(start, start + fixed), start + real - 1)  # pad with the chunk's last row
+            outputs.append(run([feed[take] for feed in feeds])[:real])
         return np.concatenate(outputs)
 
 
+def _encoded_feeds(images: Sequence[bytes]) -> list[np.ndarray]:
+    """The feeds for encoded images: the bytes, and each JPEG's EXIF orientation (~5 us each)."""
+    return [
+        np.asarray(images, dtype=object),
+        np.fromiter((jpeg_orientation(image) for image in images), dtype=np.int32, count=len(images)),
+    ]
+
+
 def _session_callable(
-    session: tf.compat.v1.Session, feed: tf.Tensor, fetch: tf.Tensor, dtype: type
-) -> Callable[[Sequence[object]], np.ndarray]:
-    """A function running ``fetch`` from a batch fed to ``feed`` in one ``sess.run``.
+    session: tf.compat.v1.Session, feeds: list[tf.Tensor], fetch: tf.Tensor
+) -> Callable[[list[np.ndarray]], np.ndarray]:
+    """A function running ``fetch`` from arrays fed to ``feeds`` (in order) in one ``sess.run``.
 
     Uses ``Session._make_callable_from_options`` (TF's callable API, the one Keras 2 uses):
     ``make_callable`` with a feed list silently falls back to ``Session.run``.
     """
-    options = config_pb2.CallableOptions(feed=[feed.name], fetch=[fetch.name])
+    options = config_pb2.CallableOptions(feed=[feed.name for feed in feeds], fetch=[fetch.name])
     run = session._make_callable_from_options(options)
 
-    def call(batch: Sequence[object]) -> np.ndarray:
-        return run(np.asarray(batch, dtype=dtype))[0]
+    def call(arrays: list[np.ndarray]) -> np.ndarray:
+        return run(*arrays)[0]
 
     return call
 
@@ -316,16 +333,17 @@ def load_servable(
     _find_node(spec, graph_def, manifest.output.tensor, "output.tensor")
     input_dtype = tf.dtypes.as_dtype(input_node.attr["dtype"].type) if "dtype" in input_node.attr else tf.float32
     _check_input_shape(spec, manifest, input_node)
+    graph_def = optimize_lib.optimize_graph(  # fold BN/constants/identities: manifest "optimize.fold"
+        graph_def, manifest.optimize, keep=[input_node.name, manifest.output.tensor]
+    )
 
     graph = tf.Graph()
     with graph.as_default(), graph.device(device):
         pre = build_preprocessing(manifest, input_dtype=input_dtype)
         try:
-            (output,) = tf.import_graph_def(
-                graph_def,
-                input_map={manifest.input.tensor: pre.model_input},
-                return_elements=[manifest.output.tensor],
-                name="model",
+            output = optimize_lib.import_model(  # one XLA cluster when manifest "optimize.xla"
+                graph_def, input_tensor=manifest.input.tensor, model_input=pre.model_input,
+                output_tensor=manifest.output.tensor, xla=manifest.optimize.xla,
             )
         except (ValueError, tf.errors.OpError) as exc:
             raise ModelLoadError(spec.name, spec.graph_path, f"cannot import graph: {exc}") from None
@@ -346,15 +364,17 @@ def load_servable(
         rss_before=rss_before,
         gpu_bytes_before=gpu_before,
     )
-    session = tf.compat.v1.Session(graph=graph, config=options.config_proto())
+    config = optimize_lib.session_config(options.config_proto(), manifest.optimize)
+    session = tf.compat.v1.Session(graph=graph, config=config)
     servable = Servable(
         spec=spec, manifest=manifest, labels=labels, graph=graph, session=session,
-        encoded=pre.encoded, pixels=pre.pixels, scores=scores, stats=stats, device=device,
+        encoded=pre.encoded, orientation=pre.orientation, pixels=pre.pixels, scores=scores, stats=stats, device=device,
     )
     stats.load_seconds = time.perf_counter() - started
     stats.rss_after_load = memory.rss_bytes()
     try:
         _warm_up(servable)
+        optimize_lib.compile_batch_sizes(servable.predict, manifest)  # XLA: each allowed size, now
     except BaseException:
         servable.close()
         raise

@@ -18,8 +18,9 @@ Hierarchy::
     ├── GraphError               the graph cannot be frozen into something servable:
     │                            an unfed placeholder, an unsupported variable use,
     │                            a result that does not import, not an image model
-    ├── VerificationError        the frozen graph's outputs differ from the source's
-    │                            (carries ``.verification``)
+    ├── VerificationError        the frozen graph's outputs differ from the source's,
+    │                            or our preprocessing from the user's reference
+    │                            (carries ``.verification``: a Verification or ReferenceCheck)
     └── ExportError              the destination is taken (an existing version) or
                                  the manifest/labels would be invalid
 """
@@ -29,6 +30,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
+    from freeze.reference import ReferenceCheck
     from freeze.verification import Verification
 
 
@@ -53,9 +55,9 @@ class GraphError(FreezeError):
 
 
 class VerificationError(FreezeError):
-    """The frozen graph does not compute what the source computes."""
+    """The frozen graph does not compute what the source computes (or what the reference does)."""
 
-    def __init__(self, message: str, verification: Verification) -> None:
+    def __init__(self, message: str, verification: Verification | ReferenceCheck) -> None:
         super().__init__(message)
         self.verification = verification
 

@@ -48,7 +48,11 @@ class ImageOptions:
     mean: tuple[float, ...] | None = None
     std: tuple[float, ...] | None = None
     resize: str = "bilinear"
-    antialias: bool = True
+    antialias: bool | None = None  # TF2 resizes only; None: the manifest's default (on)
+    align_corners: bool = False  # tf1_* resizes only
+    half_pixel_centers: bool = False  # tf1_* resizes only
+    scaled_decode: bool | None = None  # None: the recipe's default (``app.recipes.scaled_decode``)
+    exif_orientation: bool = True
     central_crop: float | None = None
     output_kind: str | None = None
 
@@ -155,12 +159,15 @@ def build_manifest(
     if labels is not None and classes is not None and len(labels) != classes:
         raise ExportError(f"{len(labels)} labels given, but output '{out.name}' has {classes} classes")
     batch_size = inp.shape[0] if inp.shape else None
-    preprocessing: dict[str, Any] = {
-        "resize": image.resize,
+    preprocessing: dict[str, Any] = {"resize": image.resize, "scale": image.scale, "flatten": flatten}
+    optional = {
         "antialias": image.antialias,
-        "scale": image.scale,
-        "flatten": flatten,
+        "align_corners": image.align_corners or None,
+        "half_pixel_centers": image.half_pixel_centers or None,
+        "scaled_decode": image.scaled_decode,
+        "exif_orientation": None if image.exif_orientation else False,
     }
+    preprocessing.update({key: value for key, value in optional.items() if value is not None})
     if image.mean is not None:
         preprocessing["mean"] = list(image.mean)
     if image.std is not None:

@@ -1,8 +1,9 @@
-"""Images as a model's input, in NumPy: for verifying on real photos and checking demos.
+"""Images as a model's input, for verifying a frozen model on real photos.
 
-The service does its preprocessing with TF ops inside the served graph; this is the same
-recipe (read from the manifest) done with Pillow and NumPy, close enough to feed a source
-model and its frozen graph the same realistic input. It is not used on the request path.
+A sample image goes through the service's own preprocessing graph (``app.preprocessing``,
+built from the manifest in a throwaway graph), so what the freeze tool verifies is exactly
+what the service will feed the model: same decoder, EXIF orientation, scaled decode,
+crop and resize. Scaling uses the same recipe table (``app.recipes``) on NumPy arrays.
 
 Example::
 
@@ -11,43 +12,44 @@ Example::
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
+import tensorflow as tf
 
+from app import exif, recipes
 from app.manifest import Manifest
+from app.preprocessing import build_preprocessing
 from freeze.errors import SourceError
 
-_RESAMPLE = {
-    "bilinear": Image.Resampling.BILINEAR,
-    "nearest": Image.Resampling.NEAREST,
-    "bicubic": Image.Resampling.BICUBIC,
-    "area": Image.Resampling.BOX,
-}
+
+def load_images(paths: Sequence[str | Path], manifest: Manifest) -> np.ndarray:
+    """Float32 pixels ``[N, H, W, C]`` in 0..255, as the service's graph makes them from these files."""
+    encoded = []
+    for path in paths:
+        try:
+            encoded.append(Path(path).read_bytes())
+        except OSError as exc:
+            raise SourceError(f"cannot read sample image {path}: {exc.strerror or exc}") from None
+    return pixels_of(encoded, manifest, names=[str(p) for p in paths])
 
 
-def load_image(path: str | Path, manifest: Manifest) -> np.ndarray:
-    """Read ``path`` as the model sees it: uint8 ``[H, W, C]`` (crop, resize, colour mode)."""
-    try:
-        with Image.open(path) as image:
-            image = ImageOps.exif_transpose(image)
-            return prepare_image(image, manifest)
-    except (OSError, UnidentifiedImageError) as exc:
-        raise SourceError(f"cannot read sample image {path}: {exc}") from None
-
-
-def prepare_image(image: Image.Image, manifest: Manifest) -> np.ndarray:
-    """Central-crop, resize and convert a PIL image to uint8 ``[H, W, C]``."""
-    spec, pre = manifest.input, manifest.preprocessing
-    image = image.convert("L" if spec.channels == 1 else "RGB")
-    if pre.central_crop:
-        width, height = image.size
-        crop_w, crop_h = round(width * pre.central_crop), round(height * pre.central_crop)
-        left, top = (width - crop_w) // 2, (height - crop_h) // 2
-        image = image.crop((left, top, left + crop_w, top + crop_h))
-    image = image.resize((spec.width, spec.height), _RESAMPLE[pre.resize])
-    return np.asarray(image, dtype=np.uint8).reshape(spec.height, spec.width, spec.channels)
+def pixels_of(encoded: Sequence[bytes], manifest: Manifest, *, names: Sequence[str] | None = None) -> np.ndarray:
+    """Run the service's preprocessing graph for ``manifest`` on encoded images, one at a time."""
+    graph = tf.Graph()
+    with graph.as_default():
+        pre = build_preprocessing(manifest, input_dtype=tf.float32)
+    pixels = []
+    with tf.compat.v1.Session(graph=graph) as session:
+        for i, data in enumerate(encoded):
+            feed = {pre.encoded: [data], pre.orientation: [exif.jpeg_orientation(data)]}
+            try:
+                pixels.append(session.run(pre.pixels, feed)[0])
+            except tf.errors.InvalidArgumentError:
+                name = names[i] if names else f"#{i}"
+                raise SourceError(f"cannot decode sample image {name}: not a JPEG, PNG, GIF, BMP or WebP file") from None
+    return np.stack(pixels)
 
 
 def random_images(count: int, manifest: Manifest, *, seed: int = 0) -> np.ndarray:
@@ -58,17 +60,9 @@ def random_images(count: int, manifest: Manifest, *, seed: int = 0) -> np.ndarra
 
 
 def to_model_input(pixels: np.ndarray, manifest: Manifest) -> np.ndarray:
-    """Scale uint8 ``[N, H, W, C]`` pixels as the manifest says (and flatten if asked)."""
+    """Scale ``[N, H, W, C]`` pixels in 0..255 as the manifest says (and flatten if asked)."""
     pre = manifest.preprocessing
-    x = pixels.astype(np.float32)
-    if pre.scale == "[-1,1]":
-        x = x / 127.5 - 1.0
-    elif pre.scale == "[0,1]":
-        x = x / 255.0
-    elif pre.scale == "(x-128)/128":
-        x = (x - 128.0) / 128.0
-    elif pre.scale == "mean_std":
-        x = (x - np.asarray(pre.mean, np.float32)) / np.asarray(pre.std, np.float32)
+    x = recipes.scale_pixels(pixels.astype(np.float32), pre, constant=lambda v: np.asarray(v, np.float32))
     if pre.flatten:
         x = x.reshape(len(x), -1)
     return x

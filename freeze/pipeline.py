@@ -29,6 +29,7 @@ from freeze import images
 from freeze.errors import ExportError, GraphError
 from freeze.export import ImageOptions, build_manifest, check_destination, write_model
 from freeze.graph import TensorInfo
+from freeze.reference import ReferenceCheck, check_reference
 from freeze.sources import FrozenGraph, Inspection, load_source
 from freeze.verification import DEFAULT_TOLERANCE, Verification, random_feeds, verify
 
@@ -47,6 +48,7 @@ class FreezeResult:
     manifest: Manifest | None
     path: Path | None
     seconds: float
+    reference: ReferenceCheck | None = None  # with ``reference_preprocess``
 
     @property
     def size_bytes(self) -> int:
@@ -66,6 +68,9 @@ class FreezeResult:
             flat = ", flattened" if pre.flatten else ""
             lines.append(f"  image:  {spec.height}x{spec.width}x{spec.channels}, scale {pre.scale}{flat}{batch}")
         lines.append(f"  verified: {self.verification.describe()}")
+        if self.reference is not None:
+            lines.append(f"  reference: {self.reference.describe()}")
+            lines += [f"    {line}" for line in self.reference.lines()]
         lines += [f"  note: {note}" for note in self.frozen.notes]
         if self.path is not None:
             lines.append(f"  wrote {self.path}")
@@ -112,13 +117,16 @@ def freeze_model(
     overwrite: bool = False,
     output_pb: str | Path | None = None,
     info: Mapping[str, Any] | None = None,
+    reference_preprocess: str | Callable[[str], Any] | None = None,
 ) -> FreezeResult:
     """Freeze ``source``, verify it, and write it (see the module docstring).
 
     With ``graphs_dir`` and ``name`` it writes a servable version folder (the model must be
     an image classifier; ``image`` fills in what the graph does not say). With
     ``output_pb`` it writes only the GraphDef, for any model. With neither it writes
-    nothing: freeze and verify only.
+    nothing: freeze and verify only. ``reference_preprocess`` ("module:function" or a
+    callable: image path → model input array) checks our preprocessing against the user's
+    on ``samples`` (``freeze.reference``).
     """
     start = time.perf_counter()
     if (graphs_dir is None) != (name is None):
@@ -126,6 +134,8 @@ def freeze_model(
     to_service = name is not None
     if samples and image is None and not to_service:
         raise GraphError("--sample images need an image model: give --name (or the image size)")
+    if reference_preprocess is not None and not samples:
+        raise GraphError("--reference-preprocess needs real images to compare on: give --sample IMAGE")
     if graphs_dir is not None and name is not None:  # refuse a taken destination before the work
         check_destination(graphs_dir, name, version, overwrite=overwrite)
     if output_pb is not None and Path(output_pb).exists() and not overwrite:
@@ -138,8 +148,18 @@ def freeze_model(
         batches, described = _verification_batches(frozen, manifest, samples, input_shape)
         verification = verify(source=src, frozen=frozen, feeds=batches, tolerance=tolerance, described_as=described)
         details, source_text = src.details, src.describe()
+    reference = None
+    if reference_preprocess is not None:
+        if manifest is None:
+            raise GraphError("--reference-preprocess needs an image model: give --name (or the image size)")
+        reference = check_reference(
+            reference=reference_preprocess, frozen=frozen, manifest=manifest, samples=samples, tolerance=tolerance
+        )
     if manifest is not None:
-        manifest = dataclasses.replace(manifest, info=_info(details, frozen, verification, info))
+        extra = dict(info or {})
+        if reference is not None:
+            extra["reference_check"] = reference.to_json()
+        manifest = dataclasses.replace(manifest, info=_info(details, frozen, verification, extra))
     path = None
     if graphs_dir is not None and name is not None:
         assert manifest is not None  # built above for every servable model
@@ -163,6 +183,7 @@ def freeze_model(
         manifest=manifest,
         path=path,
         seconds=time.perf_counter() - start,
+        reference=reference,
     )
 
 
@@ -177,7 +198,7 @@ def _verification_batches(
         shapes = {frozen.inputs[0].name: list(input_shape)} if input_shape else None
         return [random_feeds(frozen.inputs, shapes=shapes)], ""
     if samples:
-        pixels = np.stack([images.load_image(p, manifest) for p in samples])
+        pixels = images.load_images(samples, manifest)
         described = f"{len(samples)} sample image(s)"
     else:
         pixels = images.random_images(RANDOM_IMAGES, manifest)

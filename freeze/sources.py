@@ -605,7 +605,7 @@ def _load_checkpoint(path: Path, graph_fn: str | Callable[[], Any] | None) -> Se
 
 
 def _call_graph_fn(graph_fn: str | Callable[[], Any]) -> Any:
-    function = _import_function(graph_fn) if isinstance(graph_fn, str) else graph_fn
+    function = import_function(graph_fn, flag="--graph-fn") if isinstance(graph_fn, str) else graph_fn
     try:
         return function()
     except FreezeError:
@@ -615,15 +615,16 @@ def _call_graph_fn(graph_fn: str | Callable[[], Any]) -> Any:
         raise SourceError(f"--graph-fn {graph_fn}: {type(exc).__name__}: {g.first_line(exc)}") from None
 
 
-def _import_function(spec: str) -> Callable[[], Any]:
+def import_function(spec: str, *, flag: str) -> Callable[..., Any]:
+    """The function named by ``package.module:function`` or ``path/file.py:function`` (user code)."""
     module_name, sep, attr = spec.rpartition(":")
     if not sep or not module_name or not attr:
-        raise SourceError(f"--graph-fn '{spec}' must look like package.module:function or path/file.py:function")
+        raise SourceError(f"{flag} '{spec}' must look like package.module:function or path/file.py:function")
     try:
         if module_name.endswith(".py"):
             file = Path(module_name)
             if not file.is_file():
-                raise SourceError(f"--graph-fn {spec}: {file} does not exist")
+                raise SourceError(f"{flag} {spec}: {file} does not exist")
             spec_obj = importlib.util.spec_from_file_location(file.stem, file)
             assert spec_obj is not None and spec_obj.loader is not None
             module = importlib.util.module_from_spec(spec_obj)
@@ -635,11 +636,11 @@ def _import_function(spec: str) -> Callable[[], Any]:
     except SourceError:
         raise
     except Exception as exc:  # noqa: BLE001 - importing user code can raise anything
-        raise SourceError(f"--graph-fn {spec}: cannot import {module_name}: {type(exc).__name__}: {exc}") from None
+        raise SourceError(f"{flag} {spec}: cannot import {module_name}: {type(exc).__name__}: {exc}") from None
     function = getattr(module, attr, None)
     if not callable(function):
         names = [n for n in dir(module) if callable(getattr(module, n)) and not n.startswith("_")]
-        raise SourceError(f"--graph-fn {spec}: {module_name} has no function '{attr}'{g.did_you_mean(attr, names)}")
+        raise SourceError(f"{flag} {spec}: {module_name} has no function '{attr}'{g.did_you_mean(attr, names)}")
     return function
 
 

@@ -20,9 +20,6 @@ REPO = Path(__file__).resolve().parents[2]
 TESTDATA = Path(__file__).parents[2] / ".." / "shared" / "testdata"
 CHECKPOINTS = TESTDATA / "checkpoints"
 
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
-
 
 @pytest.fixture(scope="session")
 def checkpoints() -> Path:
