@@ -1,4 +1,4 @@
-"""scripts/make_demo_graphs.py: reading labels out of the packages safely, idempotence, and
+"""app/demo_models.py (scripts/make_demo_graphs.py, graphserve demo-models): reading labels out of the packages safely, idempotence, and
 (slow) building the three real demo models and checking them on real photos."""
 
 from __future__ import annotations
@@ -10,9 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.freeze.conftest import load_script
-
-demo = load_script("make_demo_graphs")
+from app import demo_models as demo
 
 
 def test_fer_labels_come_from_its_source() -> None:
