@@ -27,7 +27,7 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
     from app.metrics import Metrics
 
     settings = Settings.from_env().replace(test_config or {})
-    app = Flask(__name__)
+    app = Flask(__name__, static_folder=None)  # app/static is served by app/page.py only
     app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
     app.config["MAX_FORM_PARTS"] = settings.max_images_per_request + 16  # files plus a few fields
     app.json.sort_keys = False  # type: ignore[attr-defined]  # keep models in the order asked
@@ -39,6 +39,9 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
     metrics.watch(models)
     app.extensions[views.INFERENCE] = InferenceCore(models, settings=settings, on_model=metrics.observe_model)
     app.register_blueprint(views.bp)
+    from app import page
+
+    app.register_blueprint(page.bp)  # GET /: the web page (app/static), over the public API
     from app.kserve import rest as kserve_rest
 
     app.register_blueprint(kserve_rest.bp)  # KServe v2 REST: /v2/...
