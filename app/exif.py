@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import struct
 
+import numpy as np
+
 UPRIGHT = 1
 _ORIENTATION_TAG = 0x0112
 _SOS, _EOI, _APP1 = 0xDA, 0xD9, 0xE1
@@ -65,3 +67,11 @@ def _orientation_in_tiff(tiff: bytes) -> int:
             (value,) = struct.unpack_from(order + "H", tiff, entry + 8)
             return value if 1 <= value <= 8 else UPRIGHT
     return UPRIGHT
+
+
+def upright(pixels: np.ndarray, orientation: int) -> np.ndarray:
+    """Undo an orientation on a ``[h, w, c]`` array, as ``app.preprocessing.upright`` does in the graph."""
+    if orientation in (5, 6, 7, 8):
+        pixels = pixels.transpose(1, 0, 2)
+    flips = {2: (1,), 3: (0, 1), 4: (0,), 6: (1,), 7: (0, 1), 8: (0,)}.get(orientation, ())
+    return np.flip(pixels, flips) if flips else pixels

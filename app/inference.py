@@ -34,6 +34,7 @@ Exceptions: from the registry ``ModelNotFound``, ``VersionNotFound``, ``ModelUna
 
 from __future__ import annotations
 
+import math
 import time
 from collections import defaultdict
 from concurrent.futures import Future
@@ -47,6 +48,7 @@ from app import memory
 from app.batching import Completed, DeadlineExceeded
 from app.config import Settings
 from app.images import PixelBudget, check_images
+from app.recipes import scaled_decode
 from app.registry import ModelHandle, ModelRegistry
 from app.servable import Item, Row, UndecodableImage
 from app.text import clip
@@ -196,7 +198,7 @@ class Selected:
         """
         started = time.perf_counter() if started is None else started
         settings = self._core.settings
-        uploads = check_images(raw, settings)
+        uploads = check_images(raw, settings, jpeg_min_size=self._jpeg_min_size())
         checks_seconds = time.perf_counter() - started
         deadline = time.monotonic() + settings.request_timeout_s if deadline is None else deadline
         pixels = sum(upload.pixels for upload in uploads)
@@ -205,6 +207,19 @@ class Selected:
         if pixels >= memory.TRIM_AFTER_PIXELS:
             memory.release_free_memory()
         return Classification(models=result.models, images=result.images, checks_seconds=checks_seconds)
+
+    def _jpeg_min_size(self) -> tuple[int, int] | None:
+        """The (height, width) a JPEG must keep for every selected model, when all of them allow a
+        scaled decode; None when one wants the full image (the graph then decodes it itself)."""
+        sizes = []
+        for handle in self.handles:
+            manifest = handle.servable.manifest
+            pre = manifest.preprocessing
+            if not scaled_decode(pre):
+                return None
+            crop = pre.central_crop or 1.0
+            sizes.append((math.ceil(manifest.input.height / crop), math.ceil(manifest.input.width / crop)))
+        return (max(h for h, _ in sizes), max(w for _, w in sizes)) if sizes else None
 
     def classify(
         self,

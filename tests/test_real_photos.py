@@ -332,3 +332,62 @@ def test_manifest_refuses_recipe_fields_that_do_not_apply(pre, field):
 def test_manifest_round_trips_recipe_fields(pre):
     first = manifest(**pre)
     assert parse(first.to_json()) == first
+
+
+# -- the request path: one strict decode at the scale the models need --------------------
+
+
+@pytest.mark.parametrize("orientation", range(1, 9))
+def test_numpy_upright_equals_the_graphs(orientation):
+    """The request path turns a decoded JPEG upright in NumPy; the graph-only path in TF: the same."""
+    from app.exif import upright as numpy_upright
+    from app.preprocessing import upright as graph_upright
+
+    pixels = np.random.default_rng(orientation).integers(0, 256, size=(5, 7, 3), dtype=np.uint8)
+    expected = graph_upright(tf.constant(pixels), tf.constant(orientation)).numpy()
+    assert np.array_equal(numpy_upright(pixels, orientation), expected)
+
+
+@pytest.mark.parametrize("width", [1, 2, 3, 4, 5, 161])
+def test_bmp_round_trips_through_tensorflow(width):
+    from app.images import bmp
+
+    bgr = np.random.default_rng(width).integers(0, 256, size=(3, width, 3), dtype=np.uint8)
+    decoded = tf.io.decode_bmp(bmp(bgr), channels=3).numpy()
+    assert np.array_equal(decoded, bgr[..., ::-1])
+
+
+def test_a_phone_photo_is_decoded_once_and_scores_as_the_graph_decodes_it(phone_photo, digits, make_graphs_dir):
+    """Over HTTP a big JPEG for a model that allows scaled decode is decoded once, strictly, at
+    reduced scale by the upload check; the scores match the graph's own scaled decode."""
+    from app import create_app
+    from app.config import Settings
+    from app.images import check_images
+
+    stored = Image.fromarray(phone_photo).transpose(STORE[8])
+    encoded = jpeg(stored, 8, quality=90)
+    [upload] = check_images([("p.jpg", encoded)], Settings(), jpeg_min_size=(8, 8))
+    assert upload.data[:2] == b"BM" and (upload.width, upload.height) == (504, 378)  # 1/8, upright
+
+    app = create_app({"GRAPHS_DIR": str(make_graphs_dir())})
+    try:
+        answer = app.test_client().post(
+            "/image_classification?model=digits8&top_k=10", data=multipart((encoded, "p.jpg")),
+            content_type="multipart/form-data",
+        )
+        assert answer.status_code == 200, answer.get_json()
+        served = class_scores(answer.get_json()["models"]["digits8"])[0]
+        in_graph = app.extensions["models"].get("digits8").servable.run([encoded])[0]
+    finally:
+        app.extensions["models"].close()
+    assert np.abs(served - in_graph).max() < 0.02
+
+
+def test_a_damaged_phone_photo_is_refused_by_the_scaled_decode(phone_photo):
+    from app.config import Settings
+    from app.images import CorruptImage, check_images
+
+    encoded = bytearray(jpeg(phone_photo, quality=90))
+    encoded[len(encoded) // 2 : len(encoded) // 2 + 5000] = bytes(5000)  # zeroed entropy data
+    with pytest.raises(CorruptImage, match="damaged JPEG"):
+        check_images([("p.jpg", bytes(encoded))], Settings(), jpeg_min_size=(160, 160))
