@@ -1157,12 +1157,22 @@ def measure_peers(
             print(f"peer {name}: {url} (pid {pid}) answers {top['label']} ({top['score']:.3f})", flush=True)
             if reference is not None and top["label"] != reference:
                 raise SystemExit(f"peer {name} answers {top['label']}, the service {reference}: not the same model")
-            warm_up(url, PEER_PATH, image, image_path, max(args.concurrency), args)
-            for concurrency in args.concurrency:
-                point = service_point(url, PEER_PATH, image, image_path, name, concurrency, pid, args, phase="peer")
-                print_progress(point)
-                points.append(point)
+            points += warm_and_measure(url, PEER_PATH, image, image_path, name, args.concurrency, pid, args, "peer")
     return points, answers
+
+
+def warm_and_measure(
+    url: str, route: str, image: bytes, image_path: Path, name: str, levels: list[int], pid: int,
+    args: argparse.Namespace, phase: str,
+) -> list[Point]:
+    """Warm a server up at its highest concurrency, then measure one point per level."""
+    warm_up(url, route, image, image_path, max(levels), args)
+    points = []
+    for concurrency in levels:
+        point = service_point(url, route, image, image_path, name, concurrency, pid, args, phase=phase)
+        print_progress(point)
+        points.append(point)
+    return points
 
 
 def peer_tables(points: list[Point]) -> str:
@@ -1292,11 +1302,7 @@ def measure_phone(
             print(f"phone {target}: {url} (pid {pid}) answers {answers[target]['label']}", flush=True)
             if answers[target]["label"] != answers[next(iter(answers))]["label"]:
                 raise SystemExit(f"the phone-photo targets disagree on the top-1 label: {answers}")
-            warm_up(url, route, image, image_path, max(args.phone_concurrency), args)
-            for concurrency in args.phone_concurrency:
-                point = service_point(url, route, image, image_path, target, concurrency, pid, args, phase="phone")
-                print_progress(point)
-                points.append(point)
+            points += warm_and_measure(url, route, image, image_path, target, args.phone_concurrency, pid, args, "phone")
     return points, answers
 
 

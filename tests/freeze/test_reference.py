@@ -10,7 +10,6 @@ pass, and the served scores must equal the package's own.
 
 from __future__ import annotations
 
-import io
 import subprocess
 import sys
 import tarfile
