@@ -33,8 +33,9 @@ import numpy as np
 from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
+# Run as a script, this folder comes first on sys.path, and scripts/freeze.py would shadow the
+# freeze package: put the checkout first.
+sys.path.insert(0, str(ROOT))
 
 import freeze.console  # noqa: E402  (quiets TensorFlow's start-up before it is imported)
 

