@@ -1109,13 +1109,19 @@ def peer_serving(
 
 
 def stop_session(process: subprocess.Popen[bytes]) -> None:
-    """SIGTERM the server (LitServe then stops its workers), then SIGKILL whatever its session left."""
+    """SIGTERM the server (LitServe then stops its workers), then SIGKILL whatever its session
+    left, and wait until every process of its tree is gone (a killed child takes a moment)."""
+    try:
+        children = psutil.Process(process.pid).children(recursive=True)
+    except psutil.NoSuchProcess:
+        children = []
     process.terminate()
     with contextlib.suppress(subprocess.TimeoutExpired):
         process.wait(timeout=30)
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(process.pid, signal.SIGKILL)  # the session's id is the server's pid (start_new_session)
     process.wait()
+    psutil.wait_procs(children, timeout=10)
 
 
 def peer_top1(url: str, image: bytes) -> dict[str, Any]:

