@@ -49,6 +49,12 @@ def test_raw_and_batcher_phases_measure_and_split_the_gap(bench, graphs_dir: Pat
     assert split["service_over_batcher"] is None  # no service phase ran
     assert "throughput" not in report["ratios"]
     assert "in-process batcher / raw best" in (out / "bench.md").read_text()
+    # "raw" is the naive graph (no folding); the served graph is measured at raw's best setting
+    assert report["model_info"]["nodes"] >= report["model_info"]["served_nodes"]
+    [served] = [p for p in points if p["phase"] == "served"]
+    best = max(raw, key=lambda p: p["images_per_s"])
+    assert (served["batch"], served["threads"]) == (best["batch"], best["threads"]) and served["images_per_s"] > 0
+    assert report["ratios"]["graph"]["ratio"] == pytest.approx(served["images_per_s"] / best_raw, abs=1e-3)
 
 
 def test_protocol_phase_answers_alike_on_every_protocol(
