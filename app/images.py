@@ -49,7 +49,6 @@ Exceptions (all ``ImageError``; ``errors`` maps them to HTTP)::
 from __future__ import annotations
 
 import io
-import struct
 import threading
 import time
 import warnings
@@ -191,32 +190,19 @@ def _decode_jpeg_scaled(upload: Upload, min_size: tuple[int, int]) -> Upload:
     """Strict libjpeg decode at the smallest scale covering ``min_size`` once upright, as BMP."""
     orientation = jpeg_orientation(upload.data)
     height, width = min_size if orientation < 5 else min_size[::-1]  # 5–8 are stored turned
-    try:
-        pixels = simplejpeg.decode_jpeg(
-            upload.data, colorspace="BGR", min_height=height, min_width=width, strict=True
-        )
-    except (ValueError, RuntimeError) as exc:
-        raise CorruptImage(f"upload '{upload.name}' is a damaged JPEG ({clip(str(exc), 120)})") from None
-    pixels = upright(pixels, orientation)
-    return Upload(name=upload.name, data=bmp(pixels), format=upload.format, width=pixels.shape[1],
-                  height=pixels.shape[0])
-
-
-def bmp(bgr: np.ndarray) -> bytes:
-    """An uncompressed 24-bit BMP of a ``[h, w, 3]`` uint8 BGR array (what TF's BMP decoder reads)."""
-    height, width = bgr.shape[:2]
-    stride = (width * 3 + 3) & ~3  # rows are padded to 4 bytes
-    rows = np.zeros((height, stride), np.uint8)
-    rows[:, : width * 3] = bgr[::-1].reshape(height, width * 3)  # bottom-up, as BMP stores them
-    header = struct.pack("<2sIHHI", b"BM", 54 + rows.size, 0, 0, 54)
-    info = struct.pack("<IiiHHIIiiII", 40, width, height, 1, 24, 0, rows.size, 2835, 2835, 0, 0)
-    return header + info + rows.tobytes()
+    pixels = _strict_jpeg_decode(upload, colorspace="RGB", min_height=height, min_width=width)
+    return _as_bmp(upload, Image.fromarray(np.ascontiguousarray(upright(pixels, orientation))))
 
 
 def _check_jpeg(upload: Upload) -> None:
     """Decode at 1/8 scale with libjpeg's warnings as errors: corrupt or truncated data fails."""
+    _strict_jpeg_decode(upload, colorspace="GRAY", min_height=1, min_width=1)
+
+
+def _strict_jpeg_decode(upload: Upload, **options: object) -> np.ndarray:
+    """simplejpeg (libjpeg-turbo) with its warnings as errors: a damaged JPEG is a ``CorruptImage``."""
     try:
-        simplejpeg.decode_jpeg(upload.data, colorspace="GRAY", min_height=1, min_width=1, strict=True)
+        return simplejpeg.decode_jpeg(upload.data, strict=True, **options)
     except (ValueError, RuntimeError) as exc:
         raise CorruptImage(f"upload '{upload.name}' is a damaged JPEG ({clip(str(exc), 120)})") from None
 
@@ -230,10 +216,14 @@ def _first_frame(upload: Upload) -> Upload:
             frame = image.convert("RGB")  # loads frame 0 only
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
         raise CorruptImage(f"upload '{upload.name}' is a damaged {upload.format.upper()} ({clip(str(exc), 120)})") from None
+    return _as_bmp(upload, frame)
+
+
+def _as_bmp(upload: Upload, rgb: Image.Image) -> Upload:
+    """The upload's decoded pixels as an uncompressed BMP: the graph reads it back with a copy."""
     buffer = io.BytesIO()
-    frame.save(buffer, format="BMP")
-    return Upload(name=upload.name, data=buffer.getvalue(), format=upload.format, width=frame.width,
-                  height=frame.height)
+    rgb.save(buffer, format="BMP")
+    return Upload(name=upload.name, data=buffer.getvalue(), format=upload.format, width=rgb.width, height=rgb.height)
 
 
 class PixelBudget:

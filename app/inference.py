@@ -34,7 +34,6 @@ Exceptions: from the registry ``ModelNotFound``, ``VersionNotFound``, ``ModelUna
 
 from __future__ import annotations
 
-import math
 import time
 from collections import defaultdict
 from concurrent.futures import Future
@@ -48,7 +47,6 @@ from app import memory
 from app.batching import Completed, DeadlineExceeded
 from app.config import Settings
 from app.images import PixelBudget, check_images
-from app.recipes import scaled_decode
 from app.registry import ModelHandle, ModelRegistry
 from app.servable import Item, Row, UndecodableImage
 from app.text import clip
@@ -211,15 +209,10 @@ class Selected:
     def _jpeg_min_size(self) -> tuple[int, int] | None:
         """The (height, width) a JPEG must keep for every selected model, when all of them allow a
         scaled decode; None when one wants the full image (the graph then decodes it itself)."""
-        sizes = []
-        for handle in self.handles:
-            manifest = handle.servable.manifest
-            pre = manifest.preprocessing
-            if not scaled_decode(pre):
-                return None
-            crop = pre.central_crop or 1.0
-            sizes.append((math.ceil(manifest.input.height / crop), math.ceil(manifest.input.width / crop)))
-        return (max(h for h, _ in sizes), max(w for _, w in sizes)) if sizes else None
+        sizes = [handle.servable.jpeg_min_size for handle in self.handles]
+        if not sizes or None in sizes:
+            return None
+        return max(h for h, _ in sizes), max(w for _, w in sizes)  # type: ignore[misc]
 
     def classify(
         self,

@@ -102,8 +102,7 @@ def _decoder(manifest: Manifest) -> Callable[[tf.Tensor, tf.Tensor], tf.Tensor]:
     pre = manifest.preprocessing
     # Pillow decodes with libjpeg's accurate integer DCT; TensorFlow's default is the fast one.
     dct = "INTEGER_ACCURATE" if recipes.resize_recipe(pre.resize).family == "pillow" else ""
-    crop = pre.central_crop if pre.central_crop else 1.0
-    needed = tf.constant([manifest.input.height / crop, manifest.input.width / crop], tf.float32)
+    needed = tf.constant(recipes.decoded_size(manifest.input.height, manifest.input.width, pre), tf.float32)
     scaled = recipes.scaled_decode(pre)
 
     def jpeg(data: tf.Tensor, orientation: tf.Tensor) -> tf.Tensor:

@@ -26,6 +26,7 @@ Example::
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
 
@@ -110,6 +111,7 @@ class _Preprocessing(Protocol):
     scale: str
     mean: tuple[float, ...] | None
     std: tuple[float, ...] | None
+    central_crop: float | None
     scaled_decode: bool | None
 
 
@@ -132,6 +134,13 @@ def scaled_decode(pre: _Preprocessing) -> bool:
     if pre.scaled_decode is not None:
         return pre.scaled_decode
     return antialiased(pre) and RESIZES[pre.resize].family == "tf2"
+
+
+def decoded_size(height: int, width: int, pre: _Preprocessing) -> tuple[int, int]:
+    """The (height, width) a decoded image must keep so that, after the central crop, it
+    still covers the model's input: how small a scaled JPEG decode may go."""
+    crop = pre.central_crop or 1.0
+    return math.ceil(height / crop), math.ceil(width / crop)
 
 
 def scale_pixels(pixels: T, pre: _Preprocessing, *, constant: Any = None) -> T:

@@ -36,7 +36,7 @@ from tensorflow.core.protobuf import config_pb2
 from PIL import Image
 
 from app import manifest as manifest_lib
-from app import memory
+from app import memory, recipes
 from app import optimize as optimize_lib
 from app.exif import jpeg_orientation
 from app.manifest import Manifest
@@ -188,6 +188,11 @@ class Servable:
         self._decode = _session_callable(session, [encoded, orientation], pixels)
         self.num_classes = 0
         self.geometry = geometry_key(manifest)
+        # What a JPEG must keep for this model if the upload check decodes it (None: in full, in the graph).
+        pre = manifest.preprocessing
+        self.jpeg_min_size = (
+            recipes.decoded_size(manifest.input.height, manifest.input.width, pre) if recipes.scaled_decode(pre) else None
+        )
         self.node_count = self.current_node_count()
         self._closed = threading.Event()
 

@@ -348,15 +348,6 @@ def test_numpy_upright_equals_the_graphs(orientation):
     assert np.array_equal(numpy_upright(pixels, orientation), expected)
 
 
-@pytest.mark.parametrize("width", [1, 2, 3, 4, 5, 161])
-def test_bmp_round_trips_through_tensorflow(width):
-    from app.images import bmp
-
-    bgr = np.random.default_rng(width).integers(0, 256, size=(3, width, 3), dtype=np.uint8)
-    decoded = tf.io.decode_bmp(bmp(bgr), channels=3).numpy()
-    assert np.array_equal(decoded, bgr[..., ::-1])
-
-
 def test_a_phone_photo_is_decoded_once_and_scores_as_the_graph_decodes_it(phone_photo, digits, make_graphs_dir):
     """Over HTTP a big JPEG for a model that allows scaled decode is decoded once, strictly, at
     reduced scale by the upload check; the scores match the graph's own scaled decode."""
