@@ -61,12 +61,15 @@ class ResizeRecipe:
 
     ``kernel`` is, per family: the ``tf.image.resize`` method (TF2), the raw TF1 op
     (``tf1``), or ``tf.raw_ops.ScaleAndTranslate``'s kernel type, or "nearest" (Pillow).
+    ``pillow`` names the ``PIL.Image.Resampling`` filter that does the same resize (for TF2,
+    with antialias on); None where Pillow has none (TF1's pixel grids).
     """
 
     name: str
     family: str  # "tf2", "tf1" or "pillow"
     kernel: str
     summary: str
+    pillow: str | None = None
 
     @property
     def uses_antialias_field(self) -> bool:
@@ -80,18 +83,18 @@ class ResizeRecipe:
 RESIZES: dict[str, ResizeRecipe] = {
     r.name: r
     for r in (
-        ResizeRecipe("bilinear", "tf2", "bilinear", "tf.image.resize bilinear"),
-        ResizeRecipe("bicubic", "tf2", "bicubic", "tf.image.resize bicubic"),
-        ResizeRecipe("area", "tf2", "area", "tf.image.resize area"),
-        ResizeRecipe("nearest", "tf2", "nearest", "tf.image.resize nearest"),
+        ResizeRecipe("bilinear", "tf2", "bilinear", "tf.image.resize bilinear", "BILINEAR"),
+        ResizeRecipe("bicubic", "tf2", "bicubic", "tf.image.resize bicubic", "BICUBIC"),
+        ResizeRecipe("area", "tf2", "area", "tf.image.resize area", "BOX"),
+        ResizeRecipe("nearest", "tf2", "nearest", "tf.image.resize nearest", "NEAREST"),
         ResizeRecipe("tf1_bilinear", "tf1", "ResizeBilinear", "TF1 tf.image.resize_bilinear"),
         ResizeRecipe("tf1_bicubic", "tf1", "ResizeBicubic", "TF1 tf.image.resize_bicubic"),
         ResizeRecipe("tf1_nearest", "tf1", "ResizeNearestNeighbor", "TF1 tf.image.resize_nearest_neighbor"),
         ResizeRecipe("tf1_area", "tf1", "ResizeArea", "TF1 tf.image.resize_area"),
-        ResizeRecipe("pillow_nearest", "pillow", "nearest", "Pillow Image.NEAREST (keras load_img's default)"),
-        ResizeRecipe("pillow_bilinear", "pillow", "triangle", "Pillow Image.BILINEAR"),
-        ResizeRecipe("pillow_bicubic", "pillow", "keyscubic", "Pillow Image.BICUBIC (Image.resize's default)"),
-        ResizeRecipe("pillow_lanczos", "pillow", "lanczos3", "Pillow Image.LANCZOS"),
+        ResizeRecipe("pillow_nearest", "pillow", "nearest", "Pillow Image.NEAREST (keras load_img's default)", "NEAREST"),
+        ResizeRecipe("pillow_bilinear", "pillow", "triangle", "Pillow Image.BILINEAR", "BILINEAR"),
+        ResizeRecipe("pillow_bicubic", "pillow", "keyscubic", "Pillow Image.BICUBIC (Image.resize's default)", "BICUBIC"),
+        ResizeRecipe("pillow_lanczos", "pillow", "lanczos3", "Pillow Image.LANCZOS", "LANCZOS"),
     )
 }
 

@@ -9,13 +9,16 @@ answers agree and the benchmark compares serving stacks, not models.
 from __future__ import annotations
 
 import io
-import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from app import recipes
+from app.manifest import Preprocessing
+from app.manifest import load as load_manifest
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -35,35 +38,29 @@ class Recipe:
     height: int
     width: int
     resample: int  # a PIL.Image.Resampling value; Pillow's resize always antialiases
-    scale: str  # "[-1,1]", "[0,1]" or "raw"
+    preprocessing: Preprocessing  # the manifest's, for the scale (``recipes.scale_pixels``)
     labels: tuple[str, ...]
 
 
 def load_recipe(manifest_path: Path) -> Recipe:
+    """The manifest, validated as the service reads it, with the Pillow filter its resize recipe names."""
     from PIL import Image
 
-    manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
-    pre = manifest.get("preprocessing", {})
-    filters = {
-        "pillow_bicubic": Image.Resampling.BICUBIC, "pillow_bilinear": Image.Resampling.BILINEAR,
-        "pillow_lanczos": Image.Resampling.LANCZOS, "pillow_nearest": Image.Resampling.NEAREST,
-        # TF2's antialiased resizes are Pillow's filters; without antialias there is no equivalent
-        "bicubic": Image.Resampling.BICUBIC, "bilinear": Image.Resampling.BILINEAR, "area": Image.Resampling.BOX,
-        "nearest": Image.Resampling.NEAREST,
-    }
-    resize = pre.get("resize", "bilinear")
-    if resize not in filters:
-        raise ValueError(f"{manifest_path}: no Pillow filter for resize {resize!r}")
-    if resize in ("bicubic", "bilinear") and not pre.get("antialias", True):
+    manifest = load_manifest(manifest_path)
+    pre = manifest.preprocessing
+    recipe = recipes.resize_recipe(pre.resize)
+    if recipe.pillow is None:
+        raise ValueError(f"{manifest_path}: no Pillow filter for resize {pre.resize!r}")
+    if recipe.kernel != "nearest" and not recipes.antialiased(pre):
         # Pillow cannot resize without antialiasing; the peers are for antialiased models only
         raise ValueError(f"{manifest_path}: antialias false has no Pillow equivalent")
     labels_path = manifest_path.with_name("labels.txt")
     labels = tuple(labels_path.read_text(encoding="utf-8").splitlines()) if labels_path.exists() else ()
     return Recipe(
-        height=int(manifest["input"]["height"]),
-        width=int(manifest["input"]["width"]),
-        resample=filters[resize],
-        scale=pre.get("scale", "[0,1]"),
+        height=manifest.input.height,
+        width=manifest.input.width,
+        resample=Image.Resampling[recipe.pillow],
+        preprocessing=pre,
         labels=labels,
     )
 
@@ -78,11 +75,7 @@ def preprocess(data: bytes, recipe: Recipe) -> np.ndarray:
             pixels = np.asarray(image.resize((recipe.width, recipe.height), recipe.resample), dtype=np.float32)
     except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as exc:
         raise BadImage(f"cannot decode the image: {exc}") from None
-    if recipe.scale == "[-1,1]":
-        return pixels / 127.5 - 1.0
-    if recipe.scale == "[0,1]":
-        return pixels / 255.0
-    return pixels
+    return recipes.scale_pixels(pixels, recipe.preprocessing, constant=lambda v: np.asarray(v, np.float32))
 
 
 def load_model(model_h5: Path) -> Any:
