@@ -31,7 +31,7 @@ from freeze.export import ImageOptions, build_manifest, check_destination, write
 from freeze.graph import TensorInfo
 from freeze.reference import ReferenceCheck, check_reference
 from freeze.sources import FrozenGraph, Inspection, load_source
-from freeze.verification import DEFAULT_TOLERANCE, Verification, random_feeds, verify
+from freeze.verification import DEFAULT_TOLERANCE, Verification, random_feeds, verify, whole_batches
 
 log = logging.getLogger(__name__)
 
@@ -204,10 +204,7 @@ def _verification_batches(
         pixels = images.random_images(RANDOM_IMAGES, manifest)
         described = f"{RANDOM_IMAGES} random images"
     x = images.to_model_input(pixels, manifest)
-    step = manifest.batch_size or len(x)
-    rows = np.arange(-(-len(x) // step) * step) % len(x)  # whole batches, repeating images to fill
-    x = x[rows]
-    return [{manifest.input.tensor: x[i : i + step]} for i in range(0, len(x), step)], described
+    return [{manifest.input.tensor: batch} for batch in whole_batches(x, manifest.batch_size)], described
 
 
 def _info(

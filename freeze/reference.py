@@ -30,6 +30,7 @@ from freeze import graph as g
 from freeze.errors import SourceError, VerificationError
 from freeze.images import load_images, to_model_input
 from freeze.sources import FrozenGraph, import_function
+from freeze.verification import whole_batches
 
 log = logging.getLogger(__name__)
 
@@ -153,15 +154,7 @@ def _reference_input(function: Callable[[str], Any], path: str, shape: tuple[int
 
 
 def _run(session: tf.compat.v1.Session, manifest: Manifest, x: np.ndarray) -> np.ndarray:
-    """The frozen model's output for each row, fed one batch of the graph's size at a time."""
-    input_name = manifest.input.tensor
-    output_name = manifest.output.tensor
-    step = manifest.batch_size or len(x)
-    rows = []
-    for start in range(0, len(x), step):
-        chunk = x[start : start + step]
-        real = len(chunk)
-        if real < step:
-            chunk = np.concatenate([chunk, np.repeat(chunk[-1:], step - real, axis=0)])
-        rows.append(session.run(output_name, {input_name: chunk})[:real])
-    return np.concatenate(rows)
+    """The frozen model's output for each row, fed in batches of the graph's size."""
+    name = manifest.input.tensor
+    outputs = [session.run(manifest.output.tensor, {name: batch}) for batch in whole_batches(x, manifest.batch_size)]
+    return np.concatenate(outputs)[: len(x)]

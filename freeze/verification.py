@@ -106,6 +106,15 @@ def random_feeds(
     return feeds
 
 
+def whole_batches(x: np.ndarray, step: int | None) -> list[np.ndarray]:
+    """``x`` cut into batches of ``step`` rows (a graph's fixed batch size; None: one batch),
+    the last filled up by repeating rows from the start. Results past ``len(x)`` are padding."""
+    step = step or len(x)
+    rows = np.arange(-(-len(x) // step) * step) % len(x)
+    padded = x[rows]
+    return [padded[i : i + step] for i in range(0, len(padded), step)]
+
+
 def _max_abs_diff(a: np.ndarray, b: np.ndarray) -> float:
     if a.shape != b.shape:
         return float("inf")
