@@ -1268,21 +1268,27 @@ PHONE_LABELS = {
 
 
 def phone_photo(seed: int = 0, sigma: float = 6.0) -> bytes:
-    """A deterministic 4032x3024 JPEG as a phone writes it (q90, 4:2:0 chroma, about 2.7 MB).
-
-    skimage's chelsea upscaled (bicubic) with Gaussian sensor-like noise (``sigma`` in 0..255,
-    from a seeded generator): the noise is what makes it as large as a real photo (an
-    upscaled photo alone compresses to a fraction). 4:2:0 is what phone cameras write."""
+    """A deterministic 4032x3024 JPEG as a phone writes it (q90, 4:2:0 chroma, about 2.7 MB):
+    skimage's chelsea, ``enlarged``. 4:2:0 is what phone cameras write."""
     from PIL import Image
     from skimage import data
 
-    pixels = np.asarray(Image.fromarray(data.chelsea()).resize(PHONE_SIZE, Image.Resampling.BICUBIC), np.float32)
-    pixels += np.random.default_rng(seed).normal(0.0, sigma, pixels.shape).astype(np.float32)
     buffer = io.BytesIO()
-    Image.fromarray(np.clip(np.rint(pixels), 0, 255).astype(np.uint8)).save(
+    Image.fromarray(enlarged(data.chelsea(), PHONE_SIZE, seed=seed, sigma=sigma)).save(
         buffer, format="JPEG", quality=90, subsampling="4:2:0"
     )
     return buffer.getvalue()
+
+
+def enlarged(pixels: np.ndarray, size: tuple[int, int], *, seed: int, sigma: float) -> np.ndarray:
+    """``pixels`` (uint8 RGB) upscaled to ``size`` (width, height), bicubic, with seeded Gaussian
+    sensor-like noise of ``sigma`` grey levels: the noise is what makes a phone-size JPEG of it as
+    large as a real photo (an upscaled photo alone compresses to a fraction)."""
+    from PIL import Image
+
+    big = np.asarray(Image.fromarray(pixels).resize(size, Image.Resampling.BICUBIC), np.float32)
+    big = big + np.random.default_rng(seed).normal(0.0, sigma, big.shape).astype(np.float32)
+    return np.clip(np.rint(big), 0, 255).astype(np.uint8)
 
 
 def full_decode_copy(graphs_dir: Path, model: str, into: Path) -> Path | None:

@@ -27,6 +27,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from app.bench import enlarged
+
 PHONE_LONG_SIDE = 4032
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -54,9 +56,7 @@ def photos() -> dict[str, np.ndarray]:
 def phone_size(image: np.ndarray, seed: int) -> np.ndarray:
     height, width = image.shape[:2]
     scale = PHONE_LONG_SIDE / max(height, width)
-    big = Image.fromarray(image).resize((round(width * scale), round(height * scale)), Image.Resampling.BICUBIC)
-    noise = np.random.default_rng(seed).normal(0, 5, size=(big.height, big.width, 3))
-    return np.clip(np.asarray(big, np.float64) + noise, 0, 255).astype(np.uint8)
+    return enlarged(image, (round(width * scale), round(height * scale)), seed=seed, sigma=5.0)
 
 
 def jpeg(image: np.ndarray) -> bytes:

@@ -69,9 +69,9 @@ def cat() -> Image.Image:
 @pytest.fixture(scope="module")
 def phone_photo() -> np.ndarray:
     """A 4032 x 3024 photo with sensor-like noise (upscaled skimage coffee), as uint8 RGB."""
-    big = Image.fromarray(data.coffee()).resize((4032, 3024), Image.Resampling.BICUBIC)
-    noise = np.random.default_rng(0).normal(0, 5, size=(3024, 4032, 3))
-    return np.clip(np.asarray(big, np.float64) + noise, 0, 255).astype(np.uint8)
+    from app.bench import enlarged
+
+    return enlarged(data.coffee(), (4032, 3024), seed=0, sigma=5.0)
 
 
 # -- the EXIF reader -------------------------------------------------------------------
