@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import http.client
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -32,9 +31,8 @@ from pathlib import Path
 
 import numpy as np
 
-from soak import free_port, get_json, real_photos  # noqa: E402
+from soak import real_photos, start_server  # noqa: E402
 
-ROOT = Path(__file__).resolve().parents[1]
 TOKEN = "reload-bench"
 
 
@@ -54,27 +52,8 @@ def stage(graphs_dir: Path, serve: str, reload: str, into: Path) -> None:
 
 
 def start(graphs_dir: Path, env_extra: dict[str, str]) -> tuple[subprocess.Popen[bytes], str]:
-    port = free_port()
-    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "GRAPHSERVE_LOG_REQUESTS": "OFF",
-           "GRAPHSERVE_ADMIN_TOKEN": TOKEN, **env_extra}
-    process = subprocess.Popen(
-        [sys.executable, "-m", "app", "--host", "127.0.0.1", "--port", str(port), "--graphs-dir", str(graphs_dir),
-         "--grpc-port", "0"],
-        cwd=ROOT, env=env, stderr=subprocess.DEVNULL,
-    )
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 300
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise SystemExit(f"server exited with code {process.returncode}")
-        try:
-            if get_json(url, "/readyz")[0] == 200:
-                return process, url
-        except OSError:
-            pass
-        time.sleep(0.3)
-    process.terminate()
-    raise SystemExit("server not ready within 300 s")
+    return start_server(str(graphs_dir), [], env_extra={"GRAPHSERVE_ADMIN_TOKEN": TOKEN, **env_extra},
+                        stderr=subprocess.DEVNULL)
 
 
 class Clients:

@@ -173,14 +173,16 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def start_server(graphs_dir: str, extra: list[str], prepare=None) -> tuple[subprocess.Popen[bytes], str]:
+def start_server(
+    graphs_dir: str, extra: list[str], prepare=None, *, env_extra: dict[str, str] | None = None, stderr=None
+) -> tuple[subprocess.Popen[bytes], str]:
     """Start ``python -m app`` on a free port; run ``prepare()`` (if given) while it loads; wait until ready."""
     port = free_port()
-    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "GRAPHSERVE_LOG_REQUESTS": "OFF"}
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "GRAPHSERVE_LOG_REQUESTS": "OFF", **(env_extra or {})}
     process = subprocess.Popen(
         [sys.executable, "-m", "app", "--host", "127.0.0.1", "--port", str(port), "--grpc-port", "0",
          "--graphs-dir", graphs_dir, *extra],
-        cwd=ROOT, env=env,
+        cwd=ROOT, env=env, stderr=stderr,
     )
     url = f"http://127.0.0.1:{port}"
     if prepare is not None:
