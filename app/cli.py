@@ -21,9 +21,10 @@ import logging.config
 import os
 import sys
 from collections.abc import Callable
-from importlib import metadata
 
+from app import tensorflow_log
 from app.config import ConfigError, Settings
+from app.version import package_version
 
 SERVE_DESCRIPTION = "Serve the models in GRAPHS_DIR over HTTP (and gRPC) with waitress."
 # name -> (module:function taking argv and optionally prog, one-line help). Imported lazily.
@@ -36,13 +37,6 @@ COMMANDS: dict[str, tuple[str, str]] = {
 EXIT_USAGE = 2
 
 
-def version() -> str:
-    try:
-        return metadata.version("graphserve")
-    except metadata.PackageNotFoundError:  # a checkout that was never installed
-        return "unknown (not installed)"
-
-
 def build_parser() -> argparse.ArgumentParser:
     """The top-level parser: only for ``--help`` and ``--version``; each subcommand parses its own flags."""
     parser = argparse.ArgumentParser(
@@ -50,7 +44,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Serve TensorFlow image classifiers from frozen graphs.",
         epilog="`graphserve COMMAND --help` lists a command's flags.",
     )
-    parser.add_argument("--version", action="version", version=f"%(prog)s {version()}")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {package_version()}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, (_, summary) in COMMANDS.items():
         commands.add_parser(name, help=summary, add_help=False)
@@ -109,7 +103,7 @@ def serve_parser(prog: str = "graphserve serve") -> argparse.ArgumentParser:
     parser.add_argument("--no-batching", dest="batching", action="store_const", const=False,
                         help="run each request's sess.run in its own thread, no batch queue")
     parser.add_argument("--poll-interval-s", type=float,
-                        help="re-read graphs/ every N seconds and reload what changed (default 0: off)")
+                        help="re-read graphs/ every N seconds and reload what changed (default 5; 0: off)")
     parser.add_argument("--lenient-startup", dest="strict_startup", action="store_const", const=False,
                         help="a version that fails to load at start-up is refused (shown as failed) "
                              "instead of stopping start-up")
@@ -134,31 +128,45 @@ def serve(argv: list[str] | None = None, prog: str = "graphserve serve") -> int:
     except ConfigError as exc:
         print(f"graphserve: {exc}", file=sys.stderr)
         return EXIT_USAGE
+    verbose = settings.log_level.upper() == "DEBUG"
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's own C++ errors still show
+    if not verbose:
+        tensorflow_log.install()  # before TF is imported: its machine notices are dropped, errors kept
+    try:
+        return _serve(settings, overrides, verbose=verbose)
+    finally:
+        tensorflow_log.uninstall()
+
+
+def _serve(settings: Settings, overrides: dict[str, object], *, verbose: bool) -> int:
     configure_logging(settings.log_level)
     log = logging.getLogger("graphserve")
 
     from app.memory import limit_malloc_arenas
-    from freeze.console import start_tensorflow
 
     limit_malloc_arenas()  # before TensorFlow allocates (create_app repeats it, harmlessly)
-    log.info(start_tensorflow(verbose=settings.log_level.upper() == "DEBUG"))
+    from app.server import build_server, listen
+
+    try:
+        listeners = listen(settings)  # a taken port fails now, before TensorFlow and the models load
+    except OSError as exc:
+        log.error("cannot start: %s", exc.strerror or exc)
+        return 1
+    log.info(start_tensorflow(verbose=verbose))
 
     from app import create_app
-    from app.discovery import DiscoveryError
+    from app.discovery import DiscoveryError, GraphsDirMissing
     from app.servable import ModelLoadError
 
     try:
         app = create_app(overrides)
     except (DiscoveryError, ModelLoadError) as exc:
-        log.error("cannot start: %s", exc)
+        listeners.close()
+        lenient = "" if isinstance(exc, GraphsDirMissing) or not settings.strict_startup else (
+            " (--lenient-startup serves the other models and shows this one as failed in /models)")
+        log.error("cannot start: %s%s", exc, lenient)
         return 1
-    from app.server import build_server
-
-    try:
-        server = build_server(app, app.extensions["settings"])
-    except OSError as exc:  # a port is taken
-        log.error("cannot start: %s", exc)
-        return 1
+    server = build_server(app, app.extensions["settings"], listeners=listeners)
     server.install_signal_handlers()  # SIGTERM and SIGINT drain, then exit 0
     code = server.run()
     # Everything is closed and logged. Skip the interpreter's teardown: collecting and
@@ -167,8 +175,23 @@ def serve(argv: list[str] | None = None, prog: str = "graphserve serve") -> int:
     logging.shutdown()
     sys.stdout.flush()
     sys.stderr.flush()
+    tensorflow_log.uninstall()  # the child writes what TensorFlow left in the pipe
     os._exit(code)
 
+
+def start_tensorflow(*, verbose: bool) -> str:
+    """Import TF and look for GPUs; return the one line that says where models will run.
+
+    Without ``verbose``, absl's Python warnings are dropped; TensorFlow's C++ lines are
+    sorted by ``app.tensorflow_log`` (installed by ``serve`` before this runs).
+    """
+    if not verbose:
+        logging.getLogger("absl").setLevel(logging.ERROR)
+    import tensorflow as tf
+
+    gpus = tf.config.list_physical_devices("GPU")
+    names = [tf.config.experimental.get_device_details(g).get("device_name", g.name) for g in gpus]
+    return f"running on GPU: {', '.join(names)}" if names else "running on CPU (no GPU found)"
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -9,6 +9,10 @@ from pathlib import Path
 import pytest
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+from app.tensorflow_log import stderr_hidden  # noqa: E402
+
+with stderr_hidden():  # TensorFlow's import notices (oneDNN, CUDA) come before its log level is read
+    import tensorflow  # noqa: E402, F401
 
 from tests.digits import DigitData, digit_data, train_weights, write_model  # noqa: E402
 
