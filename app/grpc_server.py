@@ -2,7 +2,8 @@
 
 ``python -m app`` serves gRPC on ``settings.host:settings.grpc_port`` (``--grpc-port`` /
 ``GRAPHSERVE_GRPC_PORT``; default 8500, TF Serving's own gRPC port; 0: off) beside the HTTP
-server: ``app/server.py``'s ``GraphServer`` builds it with ``build_grpc_server``, starts it in
+server: ``app/server.py``'s ``listen`` binds it with ``listen_grpc`` before the models load,
+``GraphServer`` installs the services with ``install_services``, starts it in
 ``run()`` and stops it in the SIGTERM drain (``server.stop(grace)``: no new RPCs, the ones in
 flight get the grace period).
 
@@ -12,7 +13,7 @@ RESOURCE_EXHAUSTED. RPCs run on a thread pool of ``settings.threads`` workers, l
 
 How a protocol adds itself: write ``install(server, app)`` in its own module (it calls the
 wheel's ``add_*Servicer_to_server(servicer, server)`` with a servicer that holds ``app``), and
-add that function to ``SERVICES`` below. Nothing else here knows about any protocol::
+add its ``module:function`` to ``SERVICES`` below. Nothing else here knows about any protocol::
 
     def install(server: grpc.Server, app: Flask) -> None:
         prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(PredictionServicer(app), server)
@@ -23,33 +24,36 @@ Tests start one on an ephemeral port: ``server, port = start_grpc_server(app)``,
 
 from __future__ import annotations
 
+import importlib
 import logging
 from collections.abc import Callable
 from concurrent import futures
 
+from typing import TYPE_CHECKING
+
 import grpc
-from flask import Flask
 
 from app.config import Settings
-from app.kserve import grpc as kserve_grpc
-from app.tfserving import grpc as tfserving_grpc
+
+if TYPE_CHECKING:
+    from flask import Flask
 
 log = logging.getLogger("graphserve.grpc")
 
-Installer = Callable[[grpc.Server, Flask], None]
+Installer = Callable[[grpc.Server, "Flask"], None]
 
-# One entry per gRPC protocol; each adds its servicers to the server.
-SERVICES: list[Installer] = [
-    tfserving_grpc.install,  # tensorflow.serving.PredictionService, tensorflow.serving.ModelService
-    kserve_grpc.install,  # inference.GRPCInferenceService (KServe v2 / Open Inference Protocol)
+# One entry per gRPC protocol, "module:function"; each adds its servicers to the server. Imported
+# by install_services only: their protos import TensorFlow, and binding comes before that.
+SERVICES: list[str] = [
+    "app.tfserving.grpc:install",  # tensorflow.serving.PredictionService, tensorflow.serving.ModelService
+    "app.kserve.grpc:install",  # inference.GRPCInferenceService (KServe v2 / Open Inference Protocol)
 ]
 
 
-def create_grpc_server(app: Flask, settings: Settings | None = None) -> grpc.Server:
-    """A gRPC server with every service of ``SERVICES`` installed; not bound, not started."""
-    settings = settings or app.extensions["settings"]
+def new_grpc_server(settings: Settings) -> grpc.Server:
+    """A gRPC server with no services yet, not bound, not started."""
     limit = settings.grpc_max_message_bytes
-    server = grpc.server(
+    return grpc.server(
         futures.ThreadPoolExecutor(max_workers=settings.threads, thread_name_prefix="grpc"),
         options=[
             ("grpc.max_send_message_length", limit),
@@ -57,8 +61,20 @@ def create_grpc_server(app: Flask, settings: Settings | None = None) -> grpc.Ser
             ("grpc.so_reuseport", 0),  # a second server on a taken port fails instead of sharing it
         ],
     )
-    for install in SERVICES:
+
+
+def install_services(server: grpc.Server, app: Flask) -> None:
+    """Every service of ``SERVICES``, on a server that has not started (bound or not)."""
+    for entry in SERVICES:
+        module, _, function = entry.partition(":")
+        install: Installer = getattr(importlib.import_module(module), function)
         install(server, app)
+
+
+def create_grpc_server(app: Flask, settings: Settings | None = None) -> grpc.Server:
+    """A gRPC server with every service of ``SERVICES`` installed; not bound, not started."""
+    server = new_grpc_server(settings or app.extensions["settings"])
+    install_services(server, app)
     return server
 
 
@@ -74,16 +90,14 @@ def bind(server: grpc.Server, host: str, port: int) -> int:
     return bound
 
 
-def build_grpc_server(app: Flask, settings: Settings | None = None, *, host: str | None = None,
-                      port: int | None = None) -> tuple[grpc.Server, int] | None:
-    """The server bound to ``host:port`` (default ``settings.host:settings.grpc_port``) and that
-    port, not started; None when the port is 0 (gRPC off)."""
-    settings = settings or app.extensions["settings"]
-    port = settings.grpc_port if port is None else port
+def listen_grpc(settings: Settings, *, host: str, port: int) -> tuple[grpc.Server, int] | None:
+    """A server bound to ``host:port``, before any model loads (a taken port fails in
+    seconds), and the port bound; None when the port is 0 (gRPC off). ``install_services``
+    adds the services once the app exists."""
     if port == 0:
         return None
-    server = create_grpc_server(app, settings)
-    return server, bind(server, settings.host if host is None else host, port)
+    server = new_grpc_server(settings)
+    return server, bind(server, host, port)
 
 
 def start_grpc_server(app: Flask, settings: Settings | None = None, *, host: str = "127.0.0.1",

@@ -36,6 +36,7 @@ import json
 import logging
 import resource
 import signal
+import socket
 import threading
 import time
 from dataclasses import dataclass
@@ -365,14 +366,68 @@ def connection_limit(settings: Settings) -> int:
     return min(wanted, fits)
 
 
+@dataclass
+class Listeners:
+    """The HTTP sockets (bound, not yet listening: a connection is refused, not queued, until
+    the models are up) and the bound gRPC server, made before any model loads."""
+
+    host: str
+    http: list[socket.socket]
+    grpc: Any = None  # grpc.Server, bound, without services yet; None: gRPC off
+    grpc_port: int = 0
+
+    def close(self) -> None:
+        for sock in self.http:
+            sock.close()
+        if self.grpc is not None:
+            self.grpc.stop(None)
+
+
+def listen(settings: Settings, *, host: str | None = None, port: int | None = None,
+           grpc_port: int | None = None) -> Listeners:
+    """Bind ``host:port`` (HTTP) and ``host:grpc_port`` (gRPC; 0: off), so that a taken port
+    stops start-up in seconds, naming the address, instead of after every model has loaded.
+
+    ``host``/``port`` override the settings. ``grpc_port`` None means ``settings.grpc_port``,
+    unless ``port`` is given: a caller that picks its HTTP port (the tests) gets no gRPC
+    unless it picks that port too. Raises ``OSError`` with the address in its message.
+    """
+    if grpc_port is None:
+        grpc_port = settings.grpc_port if port is None else 0
+    host = settings.host if host is None else host
+    port = settings.port if port is None else port
+    http: list[socket.socket] = []
+    try:
+        for family, kind, proto, address in Adjustments(host=host, port=port).listen:
+            sock = socket.socket(family, kind, proto)
+            http.append(sock)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as waitress does
+            if family == socket.AF_INET6:
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            try:
+                sock.bind(address)
+            except OSError as exc:
+                shown = f"[{address[0]}]:{address[1]}" if family == socket.AF_INET6 else f"{address[0]}:{address[1]}"
+                raise OSError(exc.errno, f"cannot listen on http://{shown}: {exc.strerror or exc} "
+                                         "(another server there? choose another with --port)") from None
+        from app.grpc_server import listen_grpc
+
+        grpc_bound = listen_grpc(settings, host=host, port=grpc_port)
+    except BaseException:
+        for sock in http:
+            sock.close()
+        raise
+    grpc, bound = grpc_bound if grpc_bound is not None else (None, 0)
+    return Listeners(host=host, http=http, grpc=grpc, grpc_port=bound)
+
+
 class GraphServer:
     """The server ``python -m app`` runs: listening sockets, worker threads, the loop and the drain."""
 
-    def __init__(self, app: Flask, settings: Settings, *, host: str | None = None, port: int | None = None,
-                 grpc_port: int | None = None) -> None:
-        """``host``/``port`` override the settings' HTTP address. gRPC (``app/grpc_server.py``) listens
-        on ``grpc_port`` (0: off); None means ``settings.grpc_port``, unless ``port`` is given: a
-        caller that picks its HTTP port (the tests) gets no gRPC unless it picks that port too."""
+    def __init__(self, app: Flask, settings: Settings, *, listeners: Listeners | None = None,
+                 host: str | None = None, port: int | None = None, grpc_port: int | None = None) -> None:
+        """``listeners`` are the sockets ``listen`` bound before the models loaded; without them
+        they are bound here, with ``host``/``port``/``grpc_port`` as ``listen`` takes them."""
         self.app = app
         self.settings = settings
         self.draining: threading.Event = app.extensions.setdefault("draining", threading.Event())
@@ -380,9 +435,9 @@ class GraphServer:
         self.events = Events()
         self.map: dict[int, Any] = {}
         self.limit = connection_limit(settings)
+        listeners = listeners or listen(settings, host=host, port=port, grpc_port=grpc_port)
         self.adj = Adjustments(
-            host=settings.host if host is None else host,
-            port=settings.port if port is None else port,
+            sockets=listeners.http,
             threads=settings.threads,
             ident="graphserve",
             connection_limit=self.limit,
@@ -396,17 +451,19 @@ class GraphServer:
         )
         self.dispatcher = ThreadedTaskDispatcher()
         self.dispatcher.set_thread_count(settings.threads)
+        # waitress's own create_server passes pre-bound sockets (adj.sockets) exactly this way.
         self.servers = [
             Server(app, settings=settings, metrics=app.extensions["metrics"], draining=self.draining,
-                   events=self.events, map=self.map, dispatcher=self.dispatcher, adj=self.adj, sockinfo=sockinfo)
-            for sockinfo in self.adj.listen
+                   events=self.events, map=self.map, dispatcher=self.dispatcher, adj=self.adj, _sock=sock,
+                   bind_socket=False, sockinfo=(sock.family, sock.type, sock.proto, sock.getsockname()))
+            for sock in listeners.http
         ]
-        if grpc_port is None:
-            grpc_port = settings.grpc_port if port is None else 0
-        from app.grpc_server import build_grpc_server
+        self.host = listeners.host
+        self.grpc, self.grpc_port = listeners.grpc, listeners.grpc_port
+        if self.grpc is not None:
+            from app.grpc_server import install_services
 
-        built = build_grpc_server(app, settings, host=self.adj.host, port=grpc_port)
-        self.grpc, self.grpc_port = built if built is not None else (None, 0)
+            install_services(self.grpc, app)
         self._stop_requested = threading.Event()
         self._force = threading.Event()
         self.signal_name: str | None = None
@@ -458,7 +515,7 @@ class GraphServer:
                      int(server.effective_port), self.limit)
         if self.grpc is not None:
             self.grpc.start()
-            log.info("serving gRPC on %s:%d", self.adj.host, self.grpc_port)
+            log.info("serving gRPC on %s:%d", self.host, self.grpc_port)
         timeout = sweep_interval(self.settings)
         try:
             while not self._stop_requested.is_set():
@@ -564,4 +621,5 @@ class GraphServer:
 
 
 def build_server(app: Flask, settings: Settings | None = None, **kwargs: Any) -> GraphServer:
+    """The server for ``app``; ``listeners=listen(settings)`` when they were bound before loading."""
     return GraphServer(app, settings or app.extensions["settings"], **kwargs)
