@@ -1,5 +1,6 @@
 """Admin endpoints: ``POST /admin/reload``. They exist only when ``admin_token`` is set
-(``GRAPHSERVE_ADMIN_TOKEN``); without one every ``/admin/...`` path answers 404.
+(``GRAPHSERVE_ADMIN_TOKEN``); without one every ``/admin/...`` path answers 404
+``admin_disabled``, saying how to turn them on (a plain "not found" sent users hunting for a typo).
 
 Each call needs ``Authorization: Bearer <token>``: 401 without it, 403 with a wrong one
 (compared in constant time)::
@@ -36,9 +37,28 @@ class Forbidden(ApiError):
     code = "forbidden"
 
 
+class AdminDisabled(ApiError):
+    status_code = 404
+    code = "admin_disabled"
+
+
 def init_app(app: Flask, settings: Settings) -> None:
     if settings.admin_token:
         app.register_blueprint(bp)
+        return
+
+    polling = (f"new versions in the graphs folder are loaded without it: it is polled every "
+               f"{settings.poll_interval_s:g} s" if settings.poll_interval_s > 0
+               else "polling the graphs folder is off too: --poll-interval-s N turns it on")
+    message = ("the admin endpoints are off: start the server with GRAPHSERVE_ADMIN_TOKEN=<token> in its "
+               f"environment, then send 'Authorization: Bearer <token>' ({polling})")
+
+    def disabled(rest: str = "") -> ResponseReturnValue:
+        raise AdminDisabled(message)
+
+    for rule in ("/admin", "/admin/", "/admin/<path:rest>"):
+        app.add_url_rule(rule, "admin_disabled", disabled, methods=["GET", "POST", "PUT", "DELETE", "PATCH"],
+                         strict_slashes=False)
 
 
 @bp.before_request

@@ -43,7 +43,7 @@ class Settings:
     batching: bool = True  # False: each request runs its own sess.run, no queue
     request_timeout_s: float = 30.0  # time a request may wait for its results, else 503/504
     strict_startup: bool = True  # a version that fails to load stops start-up; False: refused, others serve
-    poll_interval_s: float = 0.0  # > 0: re-read graphs/ this often and reload what changed; 0: off
+    poll_interval_s: float = 5.0  # re-read graphs/ this often and reload what changed (TF Serving polls too); 0: off
     admin_token: str = dataclasses.field(default="", repr=False)  # set: POST /admin/reload exists, with "Authorization: Bearer <token>"; empty: 404
     loader_nice: int = 10  # reloads load and warm up on a thread this much nicer than request threads (Linux)
     log_level: str = "INFO"

@@ -31,7 +31,7 @@ def test_reload_under_concurrent_load(tmp_path, digit_weights, digits, monkeypat
         original_close(self)
 
     monkeypatch.setattr(ModelHandle, "close", recording_close)
-    app = create_app({"GRAPHS_DIR": str(root), "ADMIN_TOKEN": "t"})
+    app = create_app({"GRAPHS_DIR": str(root), "ADMIN_TOKEN": "t", "POLL_INTERVAL_S": 0})  # reloads by hand
     files = [("image", (f"{k}.png", png_bytes(digits.test_images[k]), "image/png")) for k in range(IMAGES_PER_REQUEST)]
     answers: list[tuple[float, float, int, int | None, float]] = []  # start, end, status, version, accuracy
     stop = threading.Event()

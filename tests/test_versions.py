@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from app import create_app
+from app.config import Settings
 from app.discovery import PolicyError, parse_policy, scan
 from tests.digits import png_bytes, write_model
 
@@ -57,7 +58,8 @@ def make_app():
     apps = []
 
     def make(root: Path, **config):
-        app = create_app({"GRAPHS_DIR": str(root), **config})
+        # These tests reload by hand and check each report: the default poller would race them.
+        app = create_app({"GRAPHS_DIR": str(root), "POLL_INTERVAL_S": 0, **config})
         apps.append(app)
         return app
 
@@ -220,7 +222,13 @@ def test_a_gpu_device_falls_back_to_cpu_with_a_warning(versioned, make_app, digi
 
 
 def test_admin_endpoints_need_the_token(versioned, make_app):
-    assert make_app(versioned).test_client().post("/admin/reload").status_code == 404  # no token: no endpoint
+    off = make_app(versioned).test_client()  # no token: no endpoint, and the 404 says how to turn it on
+    for method, path in [("post", "/admin/reload"), ("get", "/admin"), ("post", "/admin/"), ("delete", "/admin/x/y")]:
+        status, code, message = error(getattr(off, method)(path))
+        assert (status, code) == (404, "admin_disabled") and "GRAPHSERVE_ADMIN_TOKEN=<token>" in message, path
+        assert "polling the graphs folder is off too" in message
+    polled = make_app(versioned, POLL_INTERVAL_S=5).test_client()
+    assert "it is polled every 5 s" in error(polled.post("/admin/reload"))[2]
     client = make_app(versioned, ADMIN_TOKEN="s3cret").test_client()
     missing = client.post("/admin/reload")
     assert error(missing)[:2] == (401, "unauthorized") and missing.headers["WWW-Authenticate"] == "Bearer"
@@ -325,6 +333,22 @@ def test_close_drains_in_flight_requests_before_closing_sessions(versioned, make
     held.release()
     registry = make_app(versioned).extensions["models"]
     assert registry.close(timeout=5) is True
+
+
+def test_a_version_frozen_into_the_folder_is_served_without_a_restart_by_default(versioned, digit_weights, digits):
+    """No flag, no token: the default settings poll the folder, as TF Serving does."""
+    app = create_app({"GRAPHS_DIR": str(versioned)})
+    try:
+        client = app.test_client()
+        publish(versioned, "other", 2, digit_weights, size=16)
+        deadline = time.monotonic() + 4 * Settings().poll_interval_s + 10
+        while time.monotonic() < deadline:
+            if post(client, digits, "?model=other").get_json()["models"]["other"]["version"] == 2:
+                break
+            time.sleep(0.2)
+        assert post(client, digits, "?model=other").get_json()["models"]["other"]["version"] == 2
+    finally:
+        app.extensions["models"].close()
 
 
 def test_polling_picks_up_a_published_version(versioned, make_app, digit_weights, digits):
