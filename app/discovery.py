@@ -51,6 +51,10 @@ class DiscoveryError(ValueError):
     """The graphs directory or a model folder in it is not laid out as expected."""
 
 
+class GraphsDirMissing(DiscoveryError):
+    """The graphs directory itself is not there (a new user's first start, or a typo)."""
+
+
 class PolicyError(FileFieldError, DiscoveryError):
     """A ``versions.json`` is unreadable or has an unknown, missing or invalid field."""
 
@@ -100,7 +104,11 @@ def scan(graphs_dir: Path | str, *, strict: bool = True) -> tuple[list[ModelSour
     """
     root = Path(graphs_dir)
     if not root.is_dir():
-        raise DiscoveryError(f"graphs directory '{root}' does not exist")
+        raise GraphsDirMissing(
+            f"graphs directory '{root}' does not exist: build the demo models there with "
+            f"`graphserve demo-models --graphs-dir {root}`, freeze your own with `graphserve freeze`, "
+            "or point --graphs-dir (GRAPHSERVE_GRAPHS_DIR) at your models"
+        )
     sources: list[ModelSource] = []
     errors: list[DiscoveryError] = []
     for model_dir in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith((".", "_"))):

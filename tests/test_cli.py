@@ -127,5 +127,32 @@ def test_serve_starts_quietly_answers_and_exits_0_on_sigterm(graphs_dir: Path, t
     assert len([line for line in lines if DEVICE_LINE.search(line)]) == 1, log
     assert not TF_NOISE.search(log), log
     assert verbose.returncode == 1 and "cannot start: graphs directory" in verbose_log, verbose_log
+    assert f"graphserve demo-models --graphs-dir {tmp_path / 'none'}" in verbose_log, verbose_log
     assert DEVICE_LINE.search(verbose_log), verbose_log
     assert TF_NOISE.search(verbose_log), verbose_log
+
+
+def test_a_taken_port_stops_start_up_before_anything_loads_and_names_the_address(graphs_dir: Path) -> None:
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        for flags, address in [(["--port", str(port), "--grpc-port", "0"], f"http://127.0.0.1:{port}"),
+                               (["--port", "0", "--grpc-port", str(port)], f"gRPC on 127.0.0.1:{port}")]:
+            done = graphserve("serve", "--graphs-dir", str(graphs_dir), *flags, env=plain_env())
+            assert done.returncode == 1, done.stderr
+            assert f"cannot start: cannot listen {'on ' if 'http' in address else 'for '}{address}" in done.stderr
+            # found before TensorFlow is imported ("running on ...") and before any model loads
+            assert "running on" not in done.stderr and "loaded model" not in done.stderr, done.stderr
+
+
+def test_a_broken_model_at_start_up_points_at_lenient_startup(make_graphs_dir) -> None:
+    graphs = make_graphs_dir()
+    (graphs / "digits8" / "1" / "model.pb").write_bytes(b"not a graph")
+    done = graphserve("serve", "--graphs-dir", str(graphs), "--port", "0", "--grpc-port", "0", env=plain_env())
+    assert done.returncode == 1
+    assert "cannot start: " in done.stderr and "model.pb" in done.stderr, done.stderr
+    assert "--lenient-startup serves the other models" in done.stderr, done.stderr
+    assert not TF_NOISE.search(done.stderr), done.stderr

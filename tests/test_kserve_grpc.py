@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import grpc
+import importlib.metadata
 import numpy as np
 import pytest
 
@@ -67,6 +68,7 @@ def test_health_and_metadata(triton):
     assert triton.is_server_live()
     assert triton.is_server_ready()
     assert triton.get_server_metadata().name == "graphserve"
+    assert triton.get_server_metadata().version == importlib.metadata.version("graphserve")
     assert triton.is_model_ready("digits8")
     assert triton.is_model_ready("digits16", "1")
     assert not triton.is_model_ready("nope")

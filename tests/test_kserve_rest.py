@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import gzip
+import importlib.metadata
 import json
 import zlib
 
@@ -60,6 +61,7 @@ def test_health_and_server_metadata(triton, url):
     assert triton.is_server_ready()
     metadata = triton.get_server_metadata()
     assert metadata["name"] == "graphserve"
+    assert metadata["version"] == importlib.metadata.version("graphserve")  # the package's, not "1"
     assert {"binary_tensor_data", "classification"} <= set(metadata["extensions"])
     for path in ("/v2/health/live", "/v2/health/ready", "/v2/models/digits8/ready"):
         answer = requests.get(f"{url}{path}", timeout=5)

@@ -42,9 +42,10 @@ from app.registry import (
 )
 from app.servable import ModelRunError, UndecodableImage
 from app.text import clip
+from app.version import package_version
 
 SERVER_NAME = "graphserve"
-SERVER_VERSION = "1"
+SERVER_VERSION = package_version()  # the package's, as Triton reports its own
 EXTENSIONS = ["binary_tensor_data", "classification"]
 PLATFORM = "tensorflow_graphdef"
 INPUT = "image"
