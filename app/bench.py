@@ -78,7 +78,6 @@ import json
 import math
 import multiprocessing
 import os
-import platform
 import re
 import shutil
 import signal
@@ -95,6 +94,8 @@ from typing import Any, Protocol
 
 import numpy as np
 import psutil
+
+from app import machine
 
 ROOT = Path(__file__).resolve().parents[1]  # the checkout, or site-packages when installed
 IN_CHECKOUT = (ROOT / "scripts" / "bench_wrk.lua").is_file()  # wrk and the peers live in scripts/
@@ -1782,7 +1783,8 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
     points = in_process + service + protocols + peers + phone_points
     found = ratios(points)
     total = time.monotonic() - started
-    title = f"{args.model} on {psutil.cpu_count()} CPU cores ({platform.processor() or platform.machine()})"
+    host = machine.describe()
+    title = f"{args.model} on {machine.summary(host)}"
     table = markdown_tables(points, found)
     (args.out / "bench.md").write_text(f"# {title}\n\n{table}\nTotal {total:.0f} s.\n", encoding="utf-8")
     plotted = bool(service or peers) and plot(points, found, title, args.out / "bench.png")
@@ -1797,6 +1799,7 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
         "settings": {key: str(value) if isinstance(value, Path) else value for key, value in vars(args).items()},
         "batching_overrides": batching_overrides(args),
         "cpu_count": psutil.cpu_count(),
+        "machine": host,
         "points": [asdict(p) | {"setting": p.setting} for p in points],
         "ratios": found,
         "total_seconds": round(total, 1),

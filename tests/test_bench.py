@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from app import machine
 from tests.digits import png_bytes
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -49,6 +50,10 @@ def test_raw_and_batcher_phases_measure_and_split_the_gap(bench, graphs_dir: Pat
     assert split["service_over_batcher"] is None  # no service phase ran
     assert "throughput" not in report["ratios"]
     assert "in-process batcher / raw best" in (out / "bench.md").read_text()
+    # every report names its CPU: model, vector extensions, oneDNN (TensorFlow was imported)
+    host = report["machine"]
+    assert host["cpu"] and host["cores"] >= 1 and isinstance(host["onednn"], bool)
+    assert (out / "bench.md").read_text().splitlines()[0] == f"# digits8 on {machine.summary(host)}"
     # "raw" is the naive graph (no folding); the served graph is measured at raw's best setting
     assert report["model_info"]["nodes"] >= report["model_info"]["served_nodes"]
     [served] = [p for p in points if p["phase"] == "served"]
