@@ -3,9 +3,10 @@
 Every error answer has the shape ``{"error": {"code": "...", "message": "..."}}``.
 
 ``ApiError`` subclasses carry their HTTP status and are raised by the HTTP layer. Domain
-exceptions from the servable, registry and batcher know nothing of HTTP; ``_DOMAIN`` below
-maps them to a status and code. Anything else is a bug: logged with its traceback, answered
-with a plain 500 that leaks nothing.
+exceptions from the servable, registry and batcher know nothing of HTTP: ``app.kinds`` gives
+each a kind and a code, and ``STATUS`` below is this door's kind → HTTP status table.
+Anything else is a bug: logged with its traceback, answered with a plain 500 that leaks
+nothing.
 """
 
 from __future__ import annotations
@@ -17,10 +18,7 @@ from flask import Flask, jsonify, request
 from flask.typing import ResponseReturnValue
 from werkzeug.exceptions import HTTPException
 
-from app import images
-from app.batching import BatcherClosed, DeadlineExceeded, QueueFull
-from app.registry import BadModelSelection, ModelNotFound, ModelUnavailable, NoModels, VersionNotFound
-from app.servable import ModelRunError, UndecodableImage
+from app.kinds import DOMAIN, Kind, describe
 
 log = logging.getLogger(__name__)
 
@@ -57,26 +55,16 @@ class ServiceUnavailable(ApiError):
     code = "unavailable"
 
 
-# Domain exception -> (status, code, extra headers).
-_DOMAIN: dict[type[BaseException], tuple[int, str, dict[str, str]]] = {
-    BadModelSelection: (400, "bad_model_selection", {}),
-    ModelNotFound: (404, "model_not_found", {}),
-    VersionNotFound: (404, "version_not_found", {}),
-    ModelUnavailable: (503, "model_unavailable", {"Retry-After": "1"}),
-    NoModels: (503, "no_models", {}),
-    UndecodableImage: (400, "invalid_image", {}),
-    images.EmptyImage: (400, "empty_image", {}),
-    images.NotAnImage: (400, "invalid_image", {}),
-    images.CorruptImage: (400, "invalid_image", {}),
-    images.UnsupportedFormat: (415, "unsupported_image_format", {}),
-    images.ImageTooLarge: (413, "image_too_large", {}),
-    images.TooManyImages: (413, "too_many_images", {}),
-    images.RequestTooLarge: (413, "request_too_large", {}),
-    images.DecodeBusy: (503, "overloaded", {"Retry-After": "1"}),
-    QueueFull: (503, "overloaded", {"Retry-After": "1"}),
-    DeadlineExceeded: (504, "deadline_exceeded", {}),
-    BatcherClosed: (503, "unavailable", {"Retry-After": "1"}),
-    ModelRunError: (500, "model_error", {}),
+# Our REST API: kind -> HTTP status.
+STATUS: dict[Kind, int] = {
+    Kind.INVALID: 400,
+    Kind.TOO_LARGE: 413,
+    Kind.UNSUPPORTED: 415,
+    Kind.NOT_FOUND: 404,
+    Kind.OVERLOADED: 503,
+    Kind.UNAVAILABLE: 503,
+    Kind.DEADLINE: 504,
+    Kind.INTERNAL: 500,
 }
 
 
@@ -89,8 +77,8 @@ def init_app(app: Flask) -> None:
     def _api_error(exc: ApiError) -> ResponseReturnValue:
         return error_response(exc.status_code, exc.code, exc.message, exc.headers)
 
-    for exc_type, (status, code, headers) in _DOMAIN.items():
-        app.register_error_handler(exc_type, _domain_handler(status, code, headers))
+    for exc_type in DOMAIN:
+        app.register_error_handler(exc_type, _domain_error)
 
     @app.errorhandler(HTTPException)
     def _http_error(exc: HTTPException) -> ResponseReturnValue:
@@ -118,10 +106,10 @@ def _too_large() -> tuple[str, str]:
     return "payload_too_large", f"request body is {request.content_length} bytes; the limit is {limit} (max_body_bytes)"
 
 
-def _domain_handler(status: int, code: str, headers: dict[str, str]) -> Any:
-    def handle(exc: BaseException) -> ResponseReturnValue:
-        if status == 500:  # a server fault; 503/504 are load, not bugs
-            log.error("%s: %s", code, exc)
-        return error_response(status, code, str(exc), headers)
-
-    return handle
+def _domain_error(exc: BaseException) -> ResponseReturnValue:
+    described = describe(exc)
+    assert described is not None  # registered for DOMAIN's types only
+    status = STATUS[described.kind]
+    if status == 500:  # a server fault; 503/504 are load, not bugs
+        log.error("%s: %s", described.code, exc)
+    return error_response(status, described.code, str(exc), {"Retry-After": "1"} if described.retry else None)

@@ -16,8 +16,9 @@ C++'s ``std::to_string`` does: checked against Triton 2.51 with ``scripts/triton
 Versions: ``/versions/<v>`` (REST) or ``model_version`` (gRPC) is a version number; a name that
 is not a number is taken as a version label (``versions.json``), a graphserve extension.
 
-Errors: ``V2Error`` (a malformed request) and the domain exceptions of the core map to an HTTP
-status and a gRPC status code in ``ERRORS``, the one table both front doors read.
+Errors: ``V2Error`` (a malformed request) is a 4xx INVALID_ARGUMENT; the domain exceptions of
+the core have a kind (``app.kinds``), and ``ERRORS`` maps kinds to an HTTP status and a gRPC
+status code, the one table both front doors read.
 """
 
 from __future__ import annotations
@@ -29,18 +30,9 @@ from typing import Any
 import numpy as np
 from flask import Flask
 
-from app import images
-from app.batching import BatcherClosed, DeadlineExceeded, QueueFull
 from app.inference import InferenceCore, ModelResult
-from app.registry import (
-    BadModelSelection,
-    ModelNotFound,
-    ModelUnavailable,
-    NoModels,
-    VersionNotFound,
-    get_registry,
-)
-from app.servable import ModelRunError, UndecodableImage
+from app.kinds import Kind, describe
+from app.registry import ModelNotFound, VersionNotFound, get_registry
 from app.text import clip
 from app.version import package_version
 
@@ -60,37 +52,25 @@ class V2Error(ValueError):
         self.status = status
 
 
-# Exception -> (HTTP status, gRPC status code name). Looked up along the exception's MRO.
-ERRORS: dict[type[BaseException], tuple[int, str]] = {
-    V2Error: (400, "INVALID_ARGUMENT"),
-    BadModelSelection: (400, "INVALID_ARGUMENT"),
-    ModelNotFound: (404, "NOT_FOUND"),
-    VersionNotFound: (404, "NOT_FOUND"),
-    ModelUnavailable: (503, "UNAVAILABLE"),
-    NoModels: (503, "UNAVAILABLE"),
-    UndecodableImage: (400, "INVALID_ARGUMENT"),
-    images.ImageError: (400, "INVALID_ARGUMENT"),
-    images.UnsupportedFormat: (415, "INVALID_ARGUMENT"),
-    images.ImageTooLarge: (413, "INVALID_ARGUMENT"),
-    images.TooManyImages: (413, "INVALID_ARGUMENT"),
-    images.RequestTooLarge: (413, "INVALID_ARGUMENT"),
-    images.DecodeBusy: (503, "RESOURCE_EXHAUSTED"),
-    QueueFull: (503, "RESOURCE_EXHAUSTED"),
-    DeadlineExceeded: (504, "DEADLINE_EXCEEDED"),
-    BatcherClosed: (503, "UNAVAILABLE"),
-    ModelRunError: (500, "INTERNAL"),
+# KServe v2: kind (app.kinds) -> (HTTP status, gRPC status code name), the table both doors read.
+ERRORS: dict[Kind, tuple[int, str]] = {
+    Kind.INVALID: (400, "INVALID_ARGUMENT"),
+    Kind.TOO_LARGE: (413, "INVALID_ARGUMENT"),
+    Kind.UNSUPPORTED: (415, "INVALID_ARGUMENT"),
+    Kind.NOT_FOUND: (404, "NOT_FOUND"),
+    Kind.OVERLOADED: (503, "RESOURCE_EXHAUSTED"),
+    Kind.UNAVAILABLE: (503, "UNAVAILABLE"),
+    Kind.DEADLINE: (504, "DEADLINE_EXCEEDED"),
+    Kind.INTERNAL: (500, "INTERNAL"),
 }
 
 
 def error_answer(exc: BaseException) -> tuple[int, str] | None:
-    """(HTTP status, gRPC code name) for a known exception; None for a bug."""
-    for kind in type(exc).__mro__:
-        if kind in ERRORS:
-            status, code = ERRORS[kind]
-            if isinstance(exc, V2Error):
-                status = exc.status
-            return status, code
-    return None
+    """(HTTP status, gRPC code name) for a protocol or domain error; None for a bug."""
+    if isinstance(exc, V2Error):
+        return exc.status, "INVALID_ARGUMENT"
+    described = describe(exc)
+    return None if described is None else ERRORS[described.kind]
 
 
 @dataclass(frozen=True)

@@ -7,8 +7,8 @@
 Both only translate: TF Serving's wire format in, a call on the core, TF Serving's wire
 format out. What they share is here: the signatures every model has, the status of a
 model's versions, model lookup with TF Serving's messages, and the ONE table that maps
-domain exceptions to TF Serving's error codes (gRPC status codes; REST answers the HTTP
-status TF Serving's own HTTP server gives each code).
+kinds of domain exception (``app.kinds``) to TF Serving's error codes (gRPC status codes;
+REST answers the HTTP status TF Serving's own HTTP server gives each code).
 
 Signatures (every model, every version)::
 
@@ -31,14 +31,9 @@ from tensorflow.core.framework import tensor_shape_pb2, types_pb2
 from tensorflow.core.protobuf import meta_graph_pb2
 from tensorflow_serving.apis import get_model_metadata_pb2, get_model_status_pb2, status_pb2
 
-from app import images
-from app.batching import BatcherClosed, DeadlineExceeded, QueueFull
 from app.inference import InferenceCore, Selected
-from app.registry import (
-    AVAILABLE, FAILED, LOADING, UNLOADING, BadModelSelection, ModelHandle, ModelNotFound, ModelRegistry,
-    ModelUnavailable, NoModels, VersionNotFound,
-)
-from app.servable import ModelRunError, UndecodableImage
+from app.kinds import Kind, describe
+from app.registry import AVAILABLE, FAILED, LOADING, UNLOADING, ModelHandle, ModelNotFound, ModelRegistry, VersionNotFound
 from app.text import clip
 
 INPUT = "images"
@@ -59,20 +54,16 @@ class TFServingError(Exception):
         self.message = message
 
 
-# THE table: domain exception -> TF Serving error code (REST: the HTTP status below).
-_ERRORS: dict[type[BaseException], StatusCode] = {
-    ModelNotFound: StatusCode.NOT_FOUND,
-    VersionNotFound: StatusCode.NOT_FOUND,
-    BadModelSelection: StatusCode.INVALID_ARGUMENT,
-    ModelUnavailable: StatusCode.UNAVAILABLE,
-    NoModels: StatusCode.UNAVAILABLE,
-    UndecodableImage: StatusCode.INVALID_ARGUMENT,
-    images.ImageError: StatusCode.INVALID_ARGUMENT,  # empty, not an image, corrupt, format, size limits
-    images.DecodeBusy: StatusCode.UNAVAILABLE,
-    QueueFull: StatusCode.RESOURCE_EXHAUSTED,
-    DeadlineExceeded: StatusCode.DEADLINE_EXCEEDED,
-    BatcherClosed: StatusCode.UNAVAILABLE,
-    ModelRunError: StatusCode.INTERNAL,
+# TF Serving: kind (app.kinds) -> error code (REST: the HTTP status below).
+CODES: dict[Kind, StatusCode] = {
+    Kind.INVALID: StatusCode.INVALID_ARGUMENT,
+    Kind.TOO_LARGE: StatusCode.INVALID_ARGUMENT,  # TF Serving has no "too large": a bad argument
+    Kind.UNSUPPORTED: StatusCode.INVALID_ARGUMENT,
+    Kind.NOT_FOUND: StatusCode.NOT_FOUND,
+    Kind.OVERLOADED: StatusCode.RESOURCE_EXHAUSTED,
+    Kind.UNAVAILABLE: StatusCode.UNAVAILABLE,
+    Kind.DEADLINE: StatusCode.DEADLINE_EXCEEDED,
+    Kind.INTERNAL: StatusCode.INTERNAL,
 }
 
 # TF Serving's HTTP server: error code -> HTTP status (model_servers/http_rest_api_util / net_http).
@@ -93,11 +84,8 @@ def translate(exc: BaseException) -> TFServingError | None:
     """The TF Serving error for a domain exception; None for anything else (a bug)."""
     if isinstance(exc, TFServingError):
         return exc
-    for kind in type(exc).__mro__:
-        code = _ERRORS.get(kind)
-        if code is not None:
-            return TFServingError(code, str(exc))
-    return None
+    described = describe(exc)
+    return None if described is None else TFServingError(CODES[described.kind], str(exc))
 
 
 def invalid(message: str) -> TFServingError:
