@@ -10,13 +10,28 @@ here decodes more than it must::
                  │    smallest scale that covers the models' input, turned upright (EXIF),
                  │    passed on as BMP (corrupt/truncated → refused)
                  ├─ other JPEG: strict libjpeg check at 1/8 scale; the graph decodes it
-                 ├─ GIF, animated WebP: the first frame only, decoded by Pillow, passed on as BMP
-                 └─ PNG, BMP, still WebP: unchanged
+                 ├─ PNG (every colour type and depth), uncompressed 24/32-bit BMP, still WebP
+                 │    without alpha: unchanged; the graph decodes it
+                 └─ GIF, animated WebP, WebP with alpha, every other BMP: decoded by Pillow
+                      (an animation's first frame only), alpha dropped, passed on as 24-bit BMP
+
+The graph decodes with ``channels=3``; what it gets from here, it decodes right, in every
+colour mode. One rule for alpha, in every format: it is dropped and each pixel keeps the
+colour stored under it. That is what TensorFlow's PNG decoder does with ``channels=3`` (and
+Keras's ``load_img``, which calls Pillow's ``convert("RGB")``), so the Pillow path does the
+same. 16-bit PNGs become 8 bits in the graph by their high byte (v >> 8).
 
 Why the first frame is decoded here: TensorFlow's GIF decoder decodes *every* frame even
 when only the first is kept (a 1.4 MB GIF of 300 frames at 2000×2000 cost 9–20 s and
 +2.25 GB), and it refuses animated WebP. Pillow reads frame 0 without touching the rest,
 so an animation costs what its first frame costs, and the budget counts exactly that.
+
+Why WebP with alpha and most BMPs go through Pillow too: TensorFlow's WebP decoder refuses
+a WebP with alpha when asked for 3 channels ("Number of channels requested does not match
+input"), and its BMP decoder reads the pixel bytes by bits per pixel alone: it refuses 1-,
+4- and 16-bit BMPs and reads an 8-bit BMP's palette indices as gray levels. libpng decodes
+every PNG colour type and depth itself, so PNGs, still RGB WebPs and plain 24/32-bit BMPs
+(the common ones) keep the fast path: no decode here, the graph's one decode.
 
 Why JPEGs are checked strictly: libjpeg only *warns* about corrupt or truncated entropy
 data and fills the damage with grey, so TensorFlow would classify filler pixels. simplejpeg
@@ -49,6 +64,7 @@ Exceptions (all ``ImageError``; ``errors`` maps them to HTTP)::
 from __future__ import annotations
 
 import io
+import struct
 import threading
 import time
 import warnings
@@ -173,8 +189,8 @@ def _prepare(upload: Upload, jpeg_min_size: tuple[int, int] | None) -> Upload:
         if jpeg_min_size is not None and _decodes_to_rgb(upload):
             return _decode_jpeg_scaled(upload, jpeg_min_size)
         _check_jpeg(upload)
-    elif upload.format in ("gif", "webp"):
-        return _first_frame(upload)
+    elif upload.format != "png":
+        return _decoded_unless_the_graph_can(upload)
     return upload
 
 
@@ -207,16 +223,37 @@ def _strict_jpeg_decode(upload: Upload, **options: object) -> np.ndarray:
         raise CorruptImage(f"upload '{upload.name}' is a damaged JPEG ({clip(str(exc), 120)})") from None
 
 
-def _first_frame(upload: Upload) -> Upload:
-    """GIF and animated WebP: frame 0 decoded by Pillow alone, as an uncompressed BMP for the graph."""
+def _decoded_unless_the_graph_can(upload: Upload) -> Upload:
+    """GIF, WebP, BMP: unchanged where TensorFlow decodes them right with ``channels=3``, else
+    frame 0 decoded by Pillow alone, alpha dropped, as an uncompressed BMP for the graph."""
     try:
         with Image.open(io.BytesIO(upload.data)) as image:
-            if upload.format == "webp" and getattr(image, "n_frames", 1) == 1:
-                return upload  # a still WebP: TensorFlow decodes it itself
-            frame = image.convert("RGB")  # loads frame 0 only
+            if _the_graph_decodes(upload, image):
+                return upload
+            frame = image.convert("RGB")  # loads frame 0 only; drops alpha, keeps the colour under it
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
         raise CorruptImage(f"upload '{upload.name}' is a damaged {upload.format.upper()} ({clip(str(exc), 120)})") from None
     return _as_bmp(upload, frame)
+
+
+def _the_graph_decodes(upload: Upload, image: Image.Image) -> bool:
+    """Still WebP without alpha (Pillow opens it as RGB when libwebp reports no alpha, the
+    flag TensorFlow's WebP decoder reads), and uncompressed 24/32-bit BMP."""
+    if upload.format == "webp":
+        return getattr(image, "n_frames", 1) == 1 and image.mode == "RGB"
+    if upload.format == "bmp":
+        return _plain_bmp(upload.data)
+    return False  # GIF
+
+
+def _plain_bmp(data: bytes) -> bool:
+    """24 or 32 bits per pixel, uncompressed (BI_RGB), in a Windows info header (40+ bytes):
+    the BMPs whose pixel bytes are the colours, all TensorFlow's BMP decoder reads."""
+    if len(data) < 34:
+        return False
+    (header_size,) = struct.unpack_from("<I", data, 14)
+    bits, compression = struct.unpack_from("<HI", data, 28)
+    return header_size >= 40 and bits in (24, 32) and compression == 0
 
 
 def _as_bmp(upload: Upload, rgb: Image.Image) -> Upload:
