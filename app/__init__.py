@@ -22,7 +22,7 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
     limit_malloc_arenas()  # before TensorFlow and the request threads allocate
     from flask import Flask
 
-    from app import admin, errors, registry, views  # TensorFlow loads here, not on `import app`
+    from app import admin, errors, observe, registry, views  # TensorFlow loads here, not on `import app`
     from app.inference import InferenceCore
     from app.metrics import Metrics
 
@@ -33,6 +33,7 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
     app.json.sort_keys = False  # type: ignore[attr-defined]  # keep models in the order asked
     app.extensions["settings"] = settings
     errors.init_app(app)
+    observe.init_app(app)  # every request of every blueprint: counted, one log line
     metrics = Metrics()
     app.extensions["metrics"] = metrics
     models = registry.init_app(app, settings, on_batch=metrics.observe_batch)

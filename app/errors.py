@@ -12,7 +12,6 @@ nothing.
 from __future__ import annotations
 
 import logging
-from typing import Any
 
 from flask import Flask, jsonify, request
 from flask.typing import ResponseReturnValue

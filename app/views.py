@@ -9,13 +9,13 @@ file, or holds a lock.
 
 from __future__ import annotations
 
-import logging
 import time
 from typing import Any
 
-from flask import Blueprint, Response, current_app, g, jsonify, request
+from flask import Blueprint, Response, current_app, jsonify, request
 from flask.typing import ResponseReturnValue
 
+from app import observe
 from app.config import Settings
 from app.errors import BadRequest
 from app.inference import InferenceCore, ModelResult
@@ -26,7 +26,6 @@ from app.uploads import read_uploads
 
 bp = Blueprint("api", __name__)
 INFERENCE = "inference"  # app.extensions key of the InferenceCore
-request_log = logging.getLogger("graphserve.request")
 
 
 def _settings() -> Settings:
@@ -61,10 +60,11 @@ def classify() -> ResponseReturnValue:
     profile = _param("profile") in ("1", "true")
     version, version_label = _version()
     core: InferenceCore = current_app.extensions[INFERENCE]
+    observation = observe.current()
     with core.select(_param("model"), version=version, version_label=version_label) as selected:
-        g.models = selected.models
+        observation.models = selected.models
         raw = read_uploads(request)
-        g.images = len(raw)
+        observation.images = len(raw)
         result = selected.classify_uploads(raw, top_k=top_k, profile=profile, started=started)
     checks = result.checks_seconds
 
@@ -77,13 +77,13 @@ def classify() -> ResponseReturnValue:
             timing += [(f"{model.name}.profile-{stage}", ms / 1000) for stage, ms in model.profile_ms.items()]
     total = time.perf_counter() - started
     timing.append(("total", total))
-    g.timing = timing
+    observation.timing = timing
     response = jsonify(
         models=models,
         images=result.images,
         time_ms={"total": round(total * 1000, 3), "checks": round(checks * 1000, 3)},
     )
-    response.headers["Server-Timing"] = ", ".join(f"{name};dur={value * 1000:.3f}" for name, value in timing)
+    response.headers["Server-Timing"] = observe.server_timing(timing)
     return response
 
 
@@ -174,33 +174,3 @@ def metrics() -> ResponseReturnValue:
 @bp.get("/stats")
 def stats() -> ResponseReturnValue:
     return jsonify(current_app.extensions["metrics"].stats())
-
-
-@bp.before_app_request
-def _start_clock() -> None:
-    g.started = time.perf_counter()
-
-
-@bp.after_app_request
-def _record(response: Response) -> Response:
-    """Count every answer and log one line per request (logfmt), errors included."""
-    endpoint = request.url_rule.rule if request.url_rule is not None else "unmatched"
-    error_code = None
-    if response.status_code >= 400 and response.is_json:
-        error = (response.get_json(silent=True) or {}).get("error")
-        error_code = error.get("code") if isinstance(error, dict) else g.get("error_code")  # v2/TF Serving: a string
-    models = g.get("models", ())
-    current_app.extensions["metrics"].observe_request(endpoint, response.status_code, models, error_code)
-    level = _settings().request_log_level
-    if level is not None and endpoint not in ("/metrics", "/healthz", "/readyz"):
-        if request_log.isEnabledFor(level):
-            timing = " ".join(f"{name}_ms={value * 1000:.2f}" for name, value in g.get("timing", ()))
-            total_ms = (time.perf_counter() - g.get("started", time.perf_counter())) * 1000
-            request_log.log(
-                level,
-                "method=%s path=%s status=%d models=%s images=%d ms=%.2f%s%s",
-                request.method, request.path, response.status_code,
-                ",".join(name for name, _ in models) or "-", g.get("images", 0), total_ms,
-                f" error={error_code}" if error_code else "", f" {timing}" if timing else "",
-            )
-    return response

@@ -14,19 +14,16 @@ counts in the metrics with ``protocol="kserve_v2_grpc"`` and logs one ``graphser
 
 from __future__ import annotations
 
-import logging
-import time
 from typing import Any, Callable, TypeVar
 
 import grpc
 from flask import Flask
 from tritonclient.grpc import service_pb2, service_pb2_grpc
 
-from app import kserve
+from app import kserve, observe
 from app.kserve import OutputRequest, V2Error
+from app.observe import Observation
 
-log = logging.getLogger(__name__)
-request_log = logging.getLogger("graphserve.request")
 PROTOCOL = "kserve_v2_grpc"  # the protocol label of graphserve_requests_total
 
 T = TypeVar("T")
@@ -41,22 +38,22 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
         self.app = app
 
     def ServerLive(self, request: Any, context: grpc.ServicerContext) -> Any:
-        return self._call("ServerLive", context, lambda models: service_pb2.ServerLiveResponse(live=True))
+        return self._call("ServerLive", context, lambda observation: service_pb2.ServerLiveResponse(live=True))
 
     def ServerReady(self, request: Any, context: grpc.ServicerContext) -> Any:
         return self._call("ServerReady", context,
-                          lambda models: service_pb2.ServerReadyResponse(ready=kserve.server_ready(self.app)))
+                          lambda observation: service_pb2.ServerReadyResponse(ready=kserve.server_ready(self.app)))
 
     def ModelReady(self, request: Any, context: grpc.ServicerContext) -> Any:
-        return self._call("ModelReady", context, lambda models: service_pb2.ModelReadyResponse(
+        return self._call("ModelReady", context, lambda observation: service_pb2.ModelReadyResponse(
             ready=kserve.model_ready(self.app, request.name, request.version)))
 
     def ServerMetadata(self, request: Any, context: grpc.ServicerContext) -> Any:
         return self._call("ServerMetadata", context,
-                          lambda models: service_pb2.ServerMetadataResponse(**kserve.server_metadata()))
+                          lambda observation: service_pb2.ServerMetadataResponse(**kserve.server_metadata()))
 
     def ModelMetadata(self, request: Any, context: grpc.ServicerContext) -> Any:
-        def run(models: list[tuple[str, int]]) -> Any:
+        def run(observation: Observation) -> Any:
             metadata = kserve.model_metadata(self.app, request.name, request.version)
             tensor = service_pb2.ModelMetadataResponse.TensorMetadata
             return service_pb2.ModelMetadataResponse(
@@ -70,9 +67,9 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
         return self._call("ModelMetadata", context, run)
 
     def ModelInfer(self, request: Any, context: grpc.ServicerContext) -> Any:
-        return self._call("ModelInfer", context, lambda models: self._infer(request, context, models))
+        return self._call("ModelInfer", context, lambda observation: self._infer(request, context, observation))
 
-    def _infer(self, request: Any, context: grpc.ServicerContext, models: list[tuple[str, int]]) -> Any:
+    def _infer(self, request: Any, context: grpc.ServicerContext, observation: Observation) -> Any:
         if len(request.inputs) != 1:
             raise V2Error(f"the request has {len(request.inputs)} inputs; give one, '{kserve.INPUT}' "
                           "(BYTES, shape [-1])")
@@ -92,13 +89,11 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
             parameter = output.parameters.get("classification")
             classification = parameter.int64_param if parameter is not None else 0
             outputs.append(OutputRequest(output.name, int(classification)))
-        deadline = None
-        remaining = context.time_remaining()
-        timeout = self.app.extensions["settings"].request_timeout_s
-        if remaining is not None and remaining < timeout:
-            deadline = time.monotonic() + max(0.0, remaining)
+        deadline = observe.grpc_deadline(context, self.app.extensions["settings"].request_timeout_s)
+        observation.images = len(images)
         result, tensors = kserve.infer(self.app, request.model_name, request.model_version, images, outputs,
-                                       deadline=deadline, on_select=lambda selected: models.extend(selected.models))
+                                       deadline=deadline,
+                                       on_select=lambda selected: observation.models.extend(selected.models))
         response = service_pb2.ModelInferResponse(
             model_name=result.name, model_version=str(result.version), id=request.id
         )
@@ -107,30 +102,12 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
             response.raw_output_contents.append(out.raw())
         return response
 
-    def _call(self, method: str, context: grpc.ServicerContext, run: Callable[[list[tuple[str, int]]], T]) -> T:
-        """``run(models)``, counted (``Metrics.observe_rpc``); on an error the call is aborted with
-        the status ``app.kserve.ERRORS`` gives it (anything else is a bug: logged, INTERNAL)."""
-        models: list[tuple[str, int]] = []  # filled by run: the (model, version) that answered
-        started = time.perf_counter()
-        status, code, message = 200, "OK", ""
-        try:
-            return run(models)
-        except Exception as exc:  # noqa: BLE001 - every error becomes a status
-            answer = kserve.error_answer(exc)
-            if answer is None:
-                log.exception("unhandled error")
-                status, code, message = 500, "INTERNAL", "internal server error"
-            else:
-                (status, code), message = answer, str(exc)
-                if status == 500:
-                    log.error("%s", exc)
-        finally:
-            self.app.extensions["metrics"].observe_rpc(PROTOCOL, method, code, status, models,
-                                                       None if code == "OK" else code.lower())
-            level = self.app.extensions["settings"].request_log_level
-            if level is not None and request_log.isEnabledFor(level):
-                request_log.log(level, "method=gRPC path=/inference.GRPCInferenceService/%s status=%s models=%s "
-                                "ms=%.2f", method, code, ",".join(name for name, _ in models) or "-",
-                                (time.perf_counter() - started) * 1000)
-        context.abort(grpc.StatusCode[code], message)
-        raise AssertionError("unreachable")  # context.abort raises
+    def _call(self, method: str, context: grpc.ServicerContext, run: Callable[[Observation], T]) -> T:
+        """``run(observation)``, counted and logged (``app.observe.rpc``); an error aborts the call
+        with the status ``app.kserve.ERRORS`` gives it (anything else is a bug: logged, INTERNAL)."""
+        return observe.rpc(self.app, PROTOCOL, f"/inference.GRPCInferenceService/{method}", context, _answer, run)
+
+
+def _answer(exc: BaseException) -> tuple[grpc.StatusCode, int, str] | None:
+    found = kserve.error_answer(exc)
+    return None if found is None else (grpc.StatusCode[found[1]], found[0], str(exc))

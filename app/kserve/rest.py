@@ -28,11 +28,11 @@ import logging
 import zlib
 from typing import Any
 
-from flask import Blueprint, Response, current_app, g, jsonify, request
+from flask import Blueprint, Response, current_app, jsonify, request
 from flask.typing import ResponseReturnValue
 from werkzeug.exceptions import HTTPException
 
-from app import kserve
+from app import kserve, observe
 from app.kserve import OutputRequest, V2Error
 from app.text import clip
 
@@ -49,16 +49,16 @@ def _error(status: int, message: str) -> ResponseReturnValue:
 @bp.errorhandler(Exception)
 def _handle(exc: Exception) -> ResponseReturnValue:
     if isinstance(exc, HTTPException):
-        g.error_code = (exc.name or "error").lower().replace(" ", "_")
+        observe.current().error_code = (exc.name or "error").lower().replace(" ", "_")
         return _error(exc.code or 500, exc.description or exc.name)
     answer = kserve.error_answer(exc)
     if answer is None:
         log.exception("unhandled error")
-        g.error_code = "internal"
+        observe.current().error_code = "internal"
         return _error(500, "internal server error")
     if answer[0] == 500:
         log.error("%s", exc)
-    g.error_code = answer[1].lower()  # graphserve_errors_total{code="not_found"}, ... (views._record), as TF Serving's
+    observe.current().error_code = answer[1].lower()  # graphserve_errors_total{code="not_found"}, ... (app.observe), as TF Serving's
     return _error(answer[0], str(exc))
 
 
@@ -103,8 +103,9 @@ def infer(model: str, version: str | None = None) -> ResponseReturnValue:
     inputs, outputs, binary_default = _parse(header, binary)
 
     def remember(selected: Any) -> None:
-        g.models = selected.models
-        g.images = len(inputs)
+        observation = observe.current()
+        observation.models = selected.models
+        observation.images = len(inputs)
 
     result, tensors = kserve.infer(current_app, model, version, inputs, outputs, on_select=remember)
     answer: dict[str, Any] = {"model_name": result.name, "model_version": str(result.version)}

@@ -20,9 +20,7 @@ own deadline (``context.time_remaining()``), capped at ``request_timeout_s``, is
 from __future__ import annotations
 
 import functools
-import logging
 import threading
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any, Callable
@@ -35,13 +33,12 @@ from tensorflow_serving.apis import (
     classification_pb2, get_model_metadata_pb2, model_service_pb2_grpc, predict_pb2, prediction_service_pb2_grpc,
 )
 
-from app import tfserving
+from app import observe, tfserving
 from app.inference import InferenceCore, Selected
+from app.observe import Observation
 from app.registry import get_registry
 from app.text import clip
 
-log = logging.getLogger("graphserve.tfserving.grpc")
-request_log = logging.getLogger("graphserve.request")  # the HTTP requests' one line each, too
 
 
 def install(server: grpc.Server, app: Flask) -> None:
@@ -54,36 +51,24 @@ PROTOCOL = "tfserving_grpc"  # graphserve_requests_total{protocol=...}
 
 
 def _rpc(method: Callable[..., Any]) -> Callable[..., Any]:
-    """Count and log the call (``Metrics.observe_rpc``, one ``graphserve.request`` line); domain
-    errors -> the table's status code; anything else is a bug: logged, INTERNAL."""
+    """Count and log the call (``app.observe.rpc``); domain errors -> the table's status code;
+    anything else is a bug: logged, INTERNAL. The method finds its observation in ``self.local``."""
 
     @functools.wraps(method)
     def call(self: _Servicer, request: Any, context: grpc.ServicerContext) -> Any:
-        self.local.models, self.local.images = [], 0
-        started = time.perf_counter()
-        code, message = grpc.StatusCode.OK, ""
-        try:
+        def run(observation: Observation) -> Any:
+            self.local.observation = observation
             return method(self, request, context)
-        except Exception as exc:
-            error = tfserving.translate(exc)
-            if error is None:
-                log.exception("unhandled error in %s", method.__name__)
-                error = tfserving.TFServingError(grpc.StatusCode.INTERNAL, "internal server error")
-            code, message = error.code, error.message
-        finally:
-            ok = code is grpc.StatusCode.OK
-            self.app.extensions["metrics"].observe_rpc(
-                PROTOCOL, method.__name__, code.name, 200 if ok else tfserving.HTTP_STATUS.get(code, 500),
-                self.local.models, None if ok else code.name.lower())
-            level = self.app.extensions["settings"].request_log_level
-            if level is not None and request_log.isEnabledFor(level):
-                request_log.log(level, "method=gRPC path=/tensorflow.serving.%s/%s status=%s models=%s images=%d "
-                                "ms=%.2f", type(self).SERVICE, method.__name__, code.name,
-                                ",".join(name for name, _ in self.local.models) or "-", self.local.images,
-                                (time.perf_counter() - started) * 1000)
-        context.abort(code, message)
+
+        path = f"/tensorflow.serving.{type(self).SERVICE}/{method.__name__}"
+        return observe.rpc(self.app, PROTOCOL, path, context, _answer, run)
 
     return call
+
+
+def _answer(exc: BaseException) -> tuple[grpc.StatusCode, int, str] | None:
+    error = tfserving.translate(exc)
+    return None if error is None else (error.code, tfserving.HTTP_STATUS.get(error.code, 500), error.message)
 
 
 def _spec(request: Any) -> tuple[str, int | None, str | None]:
@@ -97,12 +82,12 @@ class _Servicer:
 
     def __init__(self, app: Flask) -> None:
         self.app = app
-        self.local = threading.local()  # .models: the (model, version) pairs this thread's call borrowed
+        self.local = threading.local()  # .observation: this thread's call (app.observe)
 
     @contextmanager
     def select(self, request: Any) -> Iterator[Selected]:
         with tfserving.select(self.core, *_spec(request)) as selected:
-            self.local.models = selected.models
+            self.local.observation.models = selected.models
             yield selected
 
     @property
@@ -110,9 +95,7 @@ class _Servicer:
         return self.app.extensions["inference"]
 
     def deadline(self, context: grpc.ServicerContext) -> float:
-        limit = self.app.extensions["settings"].request_timeout_s
-        remaining = context.time_remaining()
-        return time.monotonic() + (limit if remaining is None else min(limit, remaining))
+        return observe.grpc_deadline(context, self.app.extensions["settings"].request_timeout_s)
 
 
 class PredictionServicer(_Servicer, prediction_service_pb2_grpc.PredictionServiceServicer):
@@ -129,7 +112,7 @@ class PredictionServicer(_Servicer, prediction_service_pb2_grpc.PredictionServic
             raise tfserving.invalid(f"output_filter names {', '.join(repr(clip(n)) for n in unknown)}, not an output "
                                     f"of signature '{signature}' (outputs: {', '.join(outputs)})")
         raw = _images(request.inputs)
-        self.local.images = len(raw)
+        self.local.observation.images = len(raw)
         with self.select(request) as selected:
             handle, scores = tfserving.classify(selected, raw, self.deadline(context))
         response = predict_pb2.PredictResponse()
@@ -145,7 +128,7 @@ class PredictionServicer(_Servicer, prediction_service_pb2_grpc.PredictionServic
                  context: grpc.ServicerContext) -> classification_pb2.ClassificationResponse:
         signature = tfserving.signature_name(request.model_spec.signature_name)
         raw = _examples(request.input)
-        self.local.images = len(raw)
+        self.local.observation.images = len(raw)
         with self.select(request) as selected:
             handle, scores = tfserving.classify(selected, raw, self.deadline(context))
         names = tfserving.labels(handle)

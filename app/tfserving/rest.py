@@ -24,10 +24,10 @@ import time
 from typing import Any
 
 import numpy as np
-from flask import Blueprint, current_app, g, jsonify, request
+from flask import Blueprint, current_app, jsonify, request
 from flask.typing import ResponseReturnValue
 
-from app import tfserving
+from app import observe, tfserving
 from app.inference import InferenceCore
 from app.registry import get_registry
 from app.text import clip
@@ -55,7 +55,7 @@ def _version(match: re.Match[str]) -> int | None:
 @bp.errorhandler(tfserving.TFServingError)
 def _error(exc: tfserving.TFServingError) -> ResponseReturnValue:
     status = tfserving.HTTP_STATUS.get(exc.code, 500)
-    g.error_code = exc.code.name.lower()  # graphserve_errors_total{code="not_found"}, ... (views._record)
+    observe.current().error_code = exc.code.name.lower()  # graphserve_errors_total{code="not_found"}, ... (app.observe)
     headers = {"Retry-After": "1"} if status in (429, 503) else {}
     return jsonify(error=exc.message), status, headers
 
@@ -102,15 +102,16 @@ def post(rest: str) -> ResponseReturnValue:
         signature = tfserving.signature_name(body.get("signature_name") or "")
         deadline = time.monotonic() + current_app.extensions["settings"].request_timeout_s
         with tfserving.select(_core(), match["name"], _version(match), match["label"]) as selected:
-            g.models = selected.models
+            observation = observe.current()
+            observation.models = selected.models
             if match["verb"] == "classify":
                 raw = _examples(body)
-                g.images = len(raw)
+                observation.images = len(raw)
                 handle, scores = tfserving.classify(selected, raw, deadline)
                 names = tfserving.labels(handle)
                 return jsonify(result=[[[label, float(s)] for label, s in zip(names, row)] for row in scores])
             raw, columnar = _predict_inputs(body)
-            g.images = len(raw)
+            observation.images = len(raw)
             handle, scores = tfserving.classify(selected, raw, deadline)
         return jsonify(_predict_answer(signature, tfserving.labels(handle), scores, columnar))
     except Exception as exc:
