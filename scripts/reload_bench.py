@@ -1,3 +1,4 @@
+#!/usr/bin/env python3
 """Reload spike: how much does loading a new version of one model slow down another model?
 
 Starts ``python -m app`` on a copy of two models (default: ``cifar10`` keeps serving,

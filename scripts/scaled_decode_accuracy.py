@@ -1,4 +1,4 @@
-#!/usr/bin/env python
+#!/usr/bin/env python3
 """What scaled JPEG decode costs in accuracy and saves in time, on real photos and real models.
 
 Each demo model is loaded twice, with ``scaled_decode`` on and off, and both score the same
@@ -20,6 +20,7 @@ import io
 import json
 import os
 import shutil
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -27,7 +28,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from app.bench import enlarged
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the checkout, ahead of scripts/ (see freeze.py)
+
+from app.bench import enlarged  # noqa: E402
 
 PHONE_LONG_SIDE = 4032
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")

@@ -1,3 +1,4 @@
+#!/usr/bin/env python3
 """Soak test: drive a graphserve server with real photos and watch RSS and latency stay flat.
 
 Bounded in count and time, and only ever talks to 127.0.0.1 / localhost. Without ``--url``

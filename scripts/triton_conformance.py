@@ -1,3 +1,4 @@
+#!/usr/bin/env python3
 """Compare graphserve's KServe v2 REST answers with a real Triton's, shape by shape (not in CI).
 
 A real Triton comes with the ``nvidia-pytriton`` wheel (Triton 2.51, CPU, Python backend). It

