@@ -14,9 +14,9 @@ Keyword-only functions that raise ``FreezeError`` (see ``freeze.errors``);
 The names below are loaded on first use, so ``import freeze.console`` (what the scripts
 do first, to silence TensorFlow's start-up) does not import TensorFlow.
 
-Example::
+Example (tiny.keras: the five lines of Keras in README.md, "Freeze your own model")::
 
-    python scripts/freeze.py ../shared/testdata/checkpoints/mnist_softmax_tf1 --inspect
+    python scripts/freeze.py tiny.keras --inspect
 """
 
 from __future__ import annotations

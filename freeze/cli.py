@@ -5,14 +5,11 @@ frozen graph against its source; ``--inspect`` lists the graph's inputs and outp
 A thin layer over the ``freeze`` library: errors are one line on stderr and exit status 2.
 ``scripts/freeze.py`` is a wrapper around ``main`` for checkouts.
 
-Examples::
+Examples (tiny.keras: the five lines of Keras in README.md, "Freeze your own model")::
 
-    graphserve freeze ../shared/testdata/checkpoints/mnist_softmax_tf1 --inspect
-    graphserve freeze ../shared/testdata/checkpoints/mnist_softmax_tf1 --name mnist \\
-        --labels 0,1,2,3,4,5,6,7,8,9
-    graphserve freeze model.keras --name flowers --scale "[-1,1]" --labels labels.txt --sample rose.jpg
-    graphserve freeze ../shared/testdata/checkpoints/tensorflow_serving/bad_half_plus_two/00000123 \\
-        --output-pb /tmp/half_plus_two.pb
+    graphserve freeze tiny.keras --inspect
+    graphserve freeze tiny.keras --name tiny --labels cat,dog,bird --sample docs/samples/cat.jpg
+    graphserve freeze tiny.keras --output-pb /tmp/tiny.pb
 """
 
 from __future__ import annotations
@@ -81,11 +78,22 @@ def _assignment(text: str) -> tuple[str, Any]:
     raise argparse.ArgumentTypeError(f"value of {name} must be a number, true or false; got '{value}'")
 
 
+EPILOG = """\
+Without --name or --output-pb nothing is written: the model is frozen and
+verified only.
+
+examples (tiny.keras: the five lines of Keras in README.md, "Freeze your own model"):
+  %(prog)s tiny.keras --inspect
+  %(prog)s tiny.keras --name tiny --labels cat,dog,bird
+  %(prog)s tiny.keras --output-pb /tmp/tiny.pb"""
+
+
 def build_parser(prog: str = "graphserve freeze") -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog=prog,
-        description="Freeze a model into graphs/<name>/<version>/ for the service, verified against its source.",
-        epilog="Without --name or --output-pb nothing is written: the model is frozen and verified only.",
+        description="Freeze a model into graphs/<name>/<version>/ for the service,\nverified against its source.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,  # keeps the examples' lines
     )
     parser.add_argument(
         "source", help="checkpoint (.meta, prefix or directory), SavedModel directory, .keras/.h5 file, or frozen .pb"

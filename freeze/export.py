@@ -9,7 +9,7 @@ asked; a version appears complete or not at all (written beside, then renamed).
 
 Example::
 
-    python scripts/freeze.py model.keras --name flowers --scale "[-1,1]" --labels labels.txt
+    python scripts/freeze.py tiny.keras --name tiny --scale "[0,1]" --labels cat,dog,bird
 """
 
 from __future__ import annotations

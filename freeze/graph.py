@@ -9,7 +9,7 @@ in TF1-style graphs, and control dependencies that drag the optimizer back in.
 
 Example (the CLI runs these for you)::
 
-    python scripts/freeze.py ../shared/testdata/checkpoints/mnist_softmax_tf1 --inspect
+    python scripts/freeze.py tiny.keras --inspect
 """
 
 from __future__ import annotations

@@ -7,7 +7,7 @@ crop and resize. Scaling uses the same recipe table (``app.recipes``) on NumPy a
 
 Example::
 
-    python scripts/freeze.py model.h5 --name mymodel --sample cat.jpg --sample dog.png
+    python scripts/freeze.py tiny.keras --name tiny --sample docs/samples/cat.jpg --sample docs/samples/face.jpg
 """
 
 from __future__ import annotations

@@ -6,8 +6,7 @@ the frozen graph against the source, then writes ``graphs/<name>/<version>/`` (o
 
 Example::
 
-    python scripts/freeze.py ../shared/testdata/checkpoints/mnist_softmax_tf1 --name mnist \\
-        --flatten --labels 0,1,2,3,4,5,6,7,8,9
+    python scripts/freeze.py tiny.keras --name tiny --labels cat,dog,bird
 """
 
 from __future__ import annotations

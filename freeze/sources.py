@@ -15,8 +15,7 @@ verification compares against. Close it (or use ``with``) to free its session.
 
 Example::
 
-    python scripts/freeze.py ../shared/testdata/checkpoints/tensorflow_serving/bad_half_plus_two/00000123 \\
-        --output-pb /tmp/half_plus_two.pb
+    python scripts/freeze.py tiny.keras --output-pb /tmp/tiny.pb
 """
 
 from __future__ import annotations
@@ -27,6 +26,7 @@ import importlib.util
 import logging
 import sys
 import warnings
+import zipfile
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -44,6 +44,7 @@ from freeze.graph import GraphDef, TensorInfo
 log = logging.getLogger(__name__)
 
 KERAS_SUFFIXES = (".keras", ".h5", ".hdf5")
+HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"  # at byte 0, or at 512, 1024, 2048, ... after a user block
 GRAPH_SUFFIXES = (".pb", ".pbtxt")
 DEFAULT_SIGNATURE = "serving_default"
 
@@ -784,7 +785,42 @@ def _load_saved_model_v2(
     )
 
 
+def _keras_file_format(path: Path) -> str:
+    """``"zip"`` (a ``.keras`` archive) or ``"hdf5"`` (an ``.h5`` file), read from the file's magic bytes.
+
+    Anything else is refused here with what the file is, because Keras would say
+    ``File not found`` of a ``.keras`` file that is there but is not a zip.
+    """
+    if zipfile.is_zipfile(path):
+        return "zip"
+    try:
+        size = path.stat().st_size
+        with path.open("rb") as file:
+            head = file.read(32)
+            offset = 512
+            found = head.startswith(HDF5_SIGNATURE)
+            while not found and offset + len(HDF5_SIGNATURE) <= size:
+                file.seek(offset)
+                found = file.read(len(HDF5_SIGNATURE)) == HDF5_SIGNATURE
+                offset *= 2
+    except OSError as exc:
+        raise SourceError(f"{path}: cannot read it ({exc.strerror or exc})") from None
+    if found:
+        return "hdf5"
+    suffix = path.suffix.lower()
+    wanted = "a .keras file is a zip archive" if suffix == ".keras" else f"an {suffix} file is HDF5"
+    if not head:
+        what = "this one is empty"
+    elif head.startswith(b"version https://git-lfs"):
+        what = "this one is a Git LFS pointer: fetch the file itself with git lfs pull"
+    else:
+        what = f"this one starts with {head[:16]!r}"
+    raise SourceError(f"{path} is not a Keras file ({wanted}; {what})")
+
+
 def _load_keras(path: Path) -> FunctionSource:
+    found = _keras_file_format(path)
+    expected = "zip" if path.suffix.lower() == ".keras" else "hdf5"
     errors = []
     model = None
     for loader in ("keras", "tf_keras"):
@@ -800,7 +836,9 @@ def _load_keras(path: Path) -> FunctionSource:
             log.debug("%s could not load %s", loader, path, exc_info=True)
             errors.append(f"{loader}: {type(exc).__name__}: {g.first_line(exc)}")
     if model is None:
-        raise SourceError(f"cannot load Keras model {path}: " + " | ".join(errors))
+        what, renamed = ("a zip archive", ".keras") if found == "zip" else ("an HDF5 file", ".h5")
+        mismatch = "" if found == expected else f" ({path.name} is {what}: rename it to {path.stem}{renamed})"
+        raise SourceError(f"cannot load Keras model {path}{mismatch}: " + " | ".join(errors))
     version = getattr(module, "__version__", "?")
     if errors:
         log.info("loaded %s with %s %s after: %s", path.name, loader, version, "; ".join(errors))

@@ -8,8 +8,7 @@ absolute bound for outputs of magnitude up to 1 and a relative one above (ReLU s
 
 Example::
 
-    python scripts/freeze.py ../shared/testdata/checkpoints/mnist_softmax_tf1 --name mnist \\
-        --height 28 --width 28 --channels 1 --flatten --tolerance 1e-5
+    python scripts/freeze.py tiny.keras --name tiny --sample docs/samples/cat.jpg --tolerance 1e-5
 """
 
 from __future__ import annotations

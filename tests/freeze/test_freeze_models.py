@@ -83,9 +83,52 @@ def test_legacy_keras2_file_loads_with_tf_keras_when_keras3_cannot(tmp_path: Pat
 
 
 def test_keras_file_neither_keras_can_read(tmp_path: Path) -> None:
+    import h5py
+
     path = tmp_path / "broken.h5"
-    path.write_bytes(b"not an HDF5 file")
-    with pytest.raises(SourceError, match=r"cannot load Keras model .*keras: .*\| tf_keras: "):
+    with h5py.File(path, "w") as file:  # HDF5, but no model in it
+        file["weights"] = np.zeros(3)
+    with pytest.raises(SourceError, match=r"cannot load Keras model .*broken.h5: keras: .*\| tf_keras: "):
+        load_source(path)
+
+
+@pytest.mark.parametrize(
+    ("name", "content", "message"),
+    [
+        ("bad.keras", b"hello\n", r"bad.keras is not a Keras file \(a .keras file is a zip archive; "
+                                  r"this one starts with b'hello\\n'\)$"),
+        ("bad.h5", b"<html>404</html>", r"bad.h5 is not a Keras file \(an .h5 file is HDF5; this one starts with b'<h"),
+        ("empty.hdf5", b"", r"empty.hdf5 is not a Keras file \(an .hdf5 file is HDF5; this one is empty\)$"),
+        ("lfs.h5", b"version https://git-lfs.github.com/spec/v1\noid sha256:00\n", r"Git LFS pointer: .*git lfs pull"),
+    ],
+)
+def test_file_that_is_not_a_keras_file_says_what_it_is(tmp_path: Path, name: str, content: bytes, message: str) -> None:
+    """Checked by magic bytes before Keras, which says 'File not found' of a .keras text file that exists."""
+    path = tmp_path / name
+    path.write_bytes(content)
+    with pytest.raises(SourceError, match=message) as caught:
+        load_source(path)
+    assert "File not found" not in str(caught.value)
+
+
+@pytest.mark.parametrize(("saved", "named", "hint"), [(".h5", ".keras", "an HDF5 file: rename it to m.h5"),
+                                                     (".keras", ".h5", "a zip archive: rename it to m.keras")])
+def test_keras_file_with_the_other_suffix_is_told_to_rename(
+    keras_model, tmp_path: Path, saved: str, named: str, hint: str
+) -> None:
+    keras_model.save(tmp_path / f"saved{saved}")
+    (tmp_path / f"saved{saved}").rename(tmp_path / f"m{named}")
+    with pytest.raises(SourceError, match=f"cannot load Keras model .*m{named} \\(m{named} is {hint}\\): keras: "):
+        load_source(tmp_path / f"m{named}")
+
+
+def test_hdf5_after_a_user_block_is_still_hdf5(tmp_path: Path) -> None:
+    import h5py
+
+    path = tmp_path / "block.h5"
+    with h5py.File(path, "w", userblock_size=1024) as file:
+        file["weights"] = np.zeros(3)
+    with pytest.raises(SourceError, match="cannot load Keras model"):  # past the magic check, to Keras
         load_source(path)
 
 
