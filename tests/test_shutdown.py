@@ -1,8 +1,9 @@
 """Graceful shutdown of a real ``python -m app``: SIGTERM/SIGINT with requests in flight.
 
 The requests go to ``heavy``, a tiny digits classifier whose graph also runs a while-loop
-of matmuls (~0.15 s a run on 2 cores), batched one image at a time, so 16 requests take
-seconds and are still in flight when the signal arrives.
+of matmuls, batched one image at a time. The loop's length is calibrated on the machine
+running the suite to ~0.2 s a run (an AVX-512 core does 150 rounds in 0.05 s, an AVX2 one
+in 0.15 s), so 16 requests take seconds and are still in flight when the signal arrives.
 """
 
 from __future__ import annotations
@@ -29,8 +30,11 @@ ROOT = Path(__file__).resolve().parent.parent
 IN_FLIGHT = 16
 
 
-def write_heavy_model(root: Path, weights, *, rounds: int = 150, size: int = 256) -> Path:
-    """``digits8``'s classifier plus ``rounds`` chained 256x256 matmuls that only slow it down."""
+SECONDS_PER_RUN = 0.2
+
+
+def heavy_graph(weights, rounds: int, size: int = 256):
+    """``digits8``'s classifier plus ``rounds`` chained ``size``x``size`` matmuls that only slow it down."""
     import tensorflow as tf
 
     kernel, bias = weights
@@ -43,6 +47,28 @@ def write_heavy_model(root: Path, weights, *, rounds: int = 150, size: int = 256
         )
         logits = tf.add(tf.matmul(x, tf.constant(kernel)), tf.constant(bias) + tf.reduce_sum(slow) * 0.0, name="logits")
         tf.nn.softmax(logits, name="probs")
+    return graph
+
+
+def calibrated_rounds(weights, seconds: float = SECONDS_PER_RUN, probe: int = 50) -> int:
+    """How many loop rounds take ``seconds`` on this CPU (best of three timed runs of ``probe`` rounds)."""
+    import numpy as np
+    import tensorflow as tf
+
+    graph = heavy_graph(weights, probe)
+    with tf.compat.v1.Session(graph=graph) as session:
+        feed = {"input:0": np.zeros((1, 64), np.float32)}
+        session.run("probs:0", feed)
+        best = float("inf")
+        for _ in range(3):
+            started = time.perf_counter()
+            session.run("probs:0", feed)
+            best = min(best, time.perf_counter() - started)
+    return max(probe, int(probe * seconds / best))
+
+
+def write_heavy_model(root: Path, weights, rounds: int) -> Path:
+    graph = heavy_graph(weights, rounds)
     directory = root / "heavy" / "1"
     directory.mkdir(parents=True, exist_ok=True)
     (directory / "model.pb").write_bytes(graph.as_graph_def().SerializeToString())
@@ -59,7 +85,7 @@ def write_heavy_model(root: Path, weights, *, rounds: int = 150, size: int = 256
 @pytest.fixture(scope="module")
 def heavy_graphs(tmp_path_factory: pytest.TempPathFactory, digit_weights) -> Path:
     root = tmp_path_factory.mktemp("heavy-graphs")
-    write_heavy_model(root, digit_weights)
+    write_heavy_model(root, digit_weights, calibrated_rounds(digit_weights))
     return root
 
 
