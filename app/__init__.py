@@ -15,30 +15,24 @@ if TYPE_CHECKING:  # Flask is imported by create_app, so the core (app.inference
 
 
 def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
-    """Build the app: settings, error handlers, every model loaded and warm, the inference
-    core (``app.extensions["inference"]``), routes."""
+    """Build the app: settings, error handlers, every model loaded and warm, the services
+    object (``app.services.services_of(app)``), routes."""
     from app.memory import limit_malloc_arenas
 
     limit_malloc_arenas()  # before TensorFlow and the request threads allocate
     from flask import Flask
 
-    from app import admin, errors, observe, registry, views  # TensorFlow loads here, not on `import app`
-    from app.inference import InferenceCore
-    from app.metrics import Metrics
+    from app import admin, errors, observe, views  # TensorFlow loads here, not on `import app`
+    from app.services import EXTENSION, Services
 
     settings = Settings.from_env().replace(test_config or {})
     app = Flask(__name__, static_folder=None)  # app/static is served by app/page.py only
     app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
     app.config["MAX_FORM_PARTS"] = settings.max_images_per_request + 16  # files plus a few fields
     app.json.sort_keys = False  # type: ignore[attr-defined]  # keep models in the order asked
-    app.extensions["settings"] = settings
     errors.init_app(app)
     observe.init_app(app)  # every request of every blueprint: counted, one log line
-    metrics = Metrics()
-    app.extensions["metrics"] = metrics
-    models = registry.init_app(app, settings, on_batch=metrics.observe_batch)
-    metrics.watch(models)
-    app.extensions[views.INFERENCE] = InferenceCore(models, settings=settings, on_model=metrics.observe_model)
+    app.extensions[EXTENSION] = Services.start(settings)  # the models load here
     app.register_blueprint(views.bp)
     from app import page
 

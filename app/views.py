@@ -12,24 +12,24 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from flask import Blueprint, Response, current_app, jsonify, request
+from flask import Blueprint, Response, jsonify, request
 from flask.typing import ResponseReturnValue
 
 from app import observe
 from app.config import Settings
 from app.errors import BadRequest
-from app.inference import InferenceCore, ModelResult
+from app.inference import ModelResult
 from app.metrics import CONTENT_TYPE
-from app.registry import get_registry
+from app.registry import BadModelSelection
+from app.services import current
 from app.text import clip
 from app.uploads import read_uploads
 
 bp = Blueprint("api", __name__)
-INFERENCE = "inference"  # app.extensions key of the InferenceCore
 
 
 def _settings() -> Settings:
-    return current_app.extensions["settings"]
+    return current().settings
 
 
 def _param(name: str) -> str | None:
@@ -56,12 +56,14 @@ def _top_k(settings: Settings) -> int:
 def classify() -> ResponseReturnValue:
     started = time.perf_counter()
     settings = _settings()
-    top_k = _top_k(settings)
-    profile = _param("profile") in ("1", "true")
-    version, version_label = _version()
-    core: InferenceCore = current_app.extensions[INFERENCE]
     observation = observe.current()
-    with core.select(_param("model"), version=version, version_label=version_label) as selected:
+    # Model and version first, from the query string: an unknown model is refused before a
+    # multipart body is parsed (werkzeug spools parts over 500 KiB to disk).
+    version, version_label = _version()
+    names = model_names(_param("model"), settings.default_model)
+    with current().core.select(names, version=version, version_label=version_label) as selected:
+        top_k = _top_k(settings)
+        profile = _param("profile") in ("1", "true")
         observation.models = selected.models
         raw = read_uploads(request)
         observation.images = len(raw)
@@ -85,6 +87,23 @@ def classify() -> ResponseReturnValue:
     )
     response.headers["Server-Timing"] = observe.server_timing(timing)
     return response
+
+
+def model_names(selector: str | None, default_model: str = "") -> list[str] | None:
+    """Our API's ``model`` grammar: a name, ``a,b`` (in that order, once each), ``all`` (None:
+    every model with an available version), or nothing (the configured default model, else all)."""
+    if selector is None or selector == "":
+        selector = default_model or "all"
+    if selector.strip() == "all":
+        return None
+    names = [part.strip() for part in selector.split(",")]
+    if not any(names):
+        raise BadModelSelection(f"model={clip(selector)!r} names no model; give one or more names, or 'all'")
+    if not all(names):
+        raise BadModelSelection(
+            f"model={clip(selector)!r} has an empty name; give names separated by single commas, or 'all'"
+        )
+    return list(dict.fromkeys(names))
 
 
 def _version() -> tuple[int | None, str | None]:
@@ -120,7 +139,7 @@ def _encode_model(model: ModelResult) -> dict[str, Any]:
 
 @bp.get("/models")
 def models() -> ResponseReturnValue:
-    registry = get_registry(current_app)
+    registry = current().registry
     states = registry.model_states()
     described = []
     for entry in registry.entries():
@@ -156,10 +175,10 @@ def healthz() -> ResponseReturnValue:
 
 @bp.get("/readyz")
 def readyz() -> ResponseReturnValue:
-    registry = get_registry(current_app)
+    services = current()
+    registry = services.registry
     states = registry.model_states()
-    draining = current_app.extensions.get("draining")  # a threading.Event set by app/server.py on SIGTERM
-    if draining is not None and draining.is_set():
+    if services.draining.is_set():  # set by the lifecycle on SIGTERM
         return jsonify(status="draining", models=states), 503
     if registry.ready():
         return jsonify(status="ready", models=states)
@@ -168,9 +187,9 @@ def readyz() -> ResponseReturnValue:
 
 @bp.get("/metrics")
 def metrics() -> ResponseReturnValue:
-    return Response(current_app.extensions["metrics"].exposition(), content_type=CONTENT_TYPE)
+    return Response(current().metrics.exposition(), content_type=CONTENT_TYPE)
 
 
 @bp.get("/stats")
 def stats() -> ResponseReturnValue:
-    return jsonify(current_app.extensions["metrics"].stats())
+    return jsonify(current().metrics.stats())

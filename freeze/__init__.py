@@ -6,10 +6,13 @@ Keyword-only functions that raise ``FreezeError`` (see ``freeze.errors``);
 - ``load_source(path)`` → a ``Source`` (``freeze.sources``): checkpoint, SavedModel,
   Keras file or frozen ``.pb``; ``source.inspect()`` lists inputs/outputs.
 - ``source.freeze(inputs=..., outputs=...)`` → ``FrozenGraph``: variables frozen,
-  training nodes stripped, pruned to the outputs, devices cleared (``freeze.graph``).
+  training nodes stripped, pruned to the outputs, devices cleared (``freeze.graph``; tensor
+  names and pruning shared with the service in ``app.graphdef``).
 - ``verify(source=..., frozen=..., feeds=...)`` runs both and compares (``freeze.verification``).
 - ``build_manifest``/``write_model`` write ``graphs/<name>/<version>/`` (``freeze.export``).
-- ``freeze_model(...)`` does all of it in one call (``freeze.pipeline``).
+- ``freeze_model(...)`` does all of it in one call (``freeze.pipeline``), its options in
+  small frozen dataclasses: ``LoadOptions``, ``Selection``, ``ImageOptions``,
+  ``CheckOptions``, ``WriteOptions``.
 
 The names below are loaded on first use, so ``import freeze.console`` (what the scripts
 do first, to silence TensorFlow's start-up) does not import TensorFlow.
@@ -35,7 +38,15 @@ _EXPORTS = {
         "VerificationError",
     ),
     "freeze.export": ("ImageOptions", "build_manifest", "read_labels", "write_model"),
-    "freeze.pipeline": ("FreezeResult", "freeze_model", "inspect_model"),
+    "freeze.pipeline": (
+        "CheckOptions",
+        "FreezeResult",
+        "LoadOptions",
+        "Selection",
+        "WriteOptions",
+        "freeze_model",
+        "inspect_model",
+    ),
     "freeze.sources": ("FrozenGraph", "Inspection", "Source", "load_source"),
     "freeze.verification": ("Verification", "random_feeds", "run_frozen", "verify"),
 }

@@ -221,34 +221,36 @@ def _labels(value: str | None) -> list[str] | None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from freeze import ImageOptions, freeze_model, inspect_model
+    from freeze import CheckOptions, ImageOptions, LoadOptions, Selection, WriteOptions, freeze_model, inspect_model
 
-    tags = args.tags.split(",") if args.tags else None
+    load = LoadOptions(
+        graph_fn=args.graph_fn, signature=args.signature, tags=args.tags.split(",") if args.tags else None
+    )
     if args.inspect:
-        print(inspect_model(args.source, graph_fn=args.graph_fn, signature=args.signature, tags=tags).format())
+        print(inspect_model(args.source, load=load).format())
         return 0
     given = {k: getattr(args, k) for k in IMAGE_OPTIONS if getattr(args, k) is not None}
     image = ImageOptions(**given) if given or args.name or args.sample else None
-    optional = {"tolerance": args.tolerance} if args.tolerance is not None else {}  # else the library's default
+    tolerance = {"tolerance": args.tolerance} if args.tolerance is not None else {}  # else the library's default
     result = freeze_model(
         args.source,
-        graph_fn=args.graph_fn,
-        signature=args.signature,
-        tags=tags,
-        inputs=args.input,
-        outputs=args.output,
-        constants=dict(args.set),
+        load=load,
+        select=Selection(inputs=args.input, outputs=args.output, constants=dict(args.set)),
         image=image,
         labels=_labels(args.labels),
-        samples=args.sample,
-        input_shape=args.input_shape,
-        graphs_dir=args.graphs_dir if args.name else None,
-        name=args.name,
-        version=args.version,
-        overwrite=args.overwrite,
-        output_pb=args.output_pb,
-        reference_preprocess=args.reference_preprocess,
-        **optional,
+        check=CheckOptions(
+            samples=args.sample,
+            input_shape=args.input_shape,
+            reference_preprocess=args.reference_preprocess,
+            **tolerance,
+        ),
+        write=WriteOptions(
+            graphs_dir=args.graphs_dir if args.name else None,
+            name=args.name,
+            version=args.version,
+            overwrite=args.overwrite,
+            output_pb=args.output_pb,
+        ),
     )
     print(result.summary())
     if result.path is None:

@@ -28,8 +28,9 @@ import tensorflow as tf
 
 from app.manifest import GRAPH_FILE, LABELS_FILE, MANIFEST_FILE, Manifest, ManifestError, dump, parse
 from freeze import graph as g
+from freeze.candidates import producer
 from freeze.errors import ExportError
-from freeze.sources import FrozenGraph
+from freeze.source_base import FrozenGraph
 
 log = logging.getLogger(__name__)
 
@@ -125,7 +126,7 @@ def _image_size(shape: tuple[int | None, ...] | None, options: ImageOptions) -> 
 def output_kind(frozen: FrozenGraph) -> str:
     """``probabilities`` after a Softmax, ``scores`` after a ReLU/sigmoid, else ``logits``."""
     graph = g.import_graph(frozen.graph_def)
-    op = g.producer(graph.get_tensor_by_name(frozen.outputs[0].name)).op
+    op = producer(graph.get_tensor_by_name(frozen.outputs[0].name)).op
     if op.type == "Softmax":
         return "probabilities"
     if op.type in ("Relu", "Relu6", "Sigmoid"):

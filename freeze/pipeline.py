@@ -2,11 +2,27 @@
 
 ``freeze_model`` loads the source, freezes it, builds and validates the manifest, verifies
 the frozen graph against the source, then writes ``graphs/<name>/<version>/`` (or just a
-``.pb``), and returns a ``FreezeResult`` whose ``summary()`` is what the CLI prints.
+``.pb``), and returns a ``FreezeResult`` whose ``summary()`` is what the CLI prints. Its
+options come in small groups, each a frozen dataclass whose defaults are the CLI's:
 
-Example::
+==================  ========================================================================
+``LoadOptions``     how to read the source: ``graph_fn``, SavedModel ``signature``/``tags``
+``Selection``       what to freeze: ``inputs``, ``outputs`` (picked when None), ``constants``
+``ImageOptions``    how the service preprocesses images (``freeze.export``): size, scale, resize
+``labels``          the class names, one per output column (a plain list)
+``CheckOptions``    verification: real ``samples``, ``tolerance``, ``input_shape``, ``reference_preprocess``
+``WriteOptions``    where it goes: ``graphs_dir`` + ``name`` (+ ``version``), or ``output_pb``
+==================  ========================================================================
 
-    python scripts/freeze.py tiny.keras --name tiny --labels cat,dog,bird
+Example (``tiny.keras``: the five lines of Keras in README.md, "Freeze your own model")::
+
+    from freeze import ImageOptions, WriteOptions, freeze_model
+
+    result = freeze_model("tiny.keras", image=ImageOptions(scale="[0,1]"), labels=["cat", "dog", "bird"],
+                          write=WriteOptions(graphs_dir="graphs", name="tiny"))
+    print(result.summary())
+
+The same from the command line: ``python scripts/freeze.py tiny.keras --name tiny --labels cat,dog,bird``.
 """
 
 from __future__ import annotations
@@ -16,7 +32,7 @@ import datetime as dt
 import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -25,11 +41,12 @@ import tensorflow as tf
 
 from app.manifest import Manifest
 from freeze import images
+from freeze.candidates import TensorInfo
 from freeze.errors import ExportError, GraphError
 from freeze.export import ImageOptions, build_manifest, check_destination, write_model
-from freeze.graph import TensorInfo
 from freeze.reference import ReferenceCheck, check_reference
-from freeze.sources import FrozenGraph, Inspection, load_source
+from freeze.source_base import FrozenGraph, Inspection
+from freeze.sources import load_source
 from freeze.verification import DEFAULT_TOLERANCE, Verification, random_feeds, verify, whole_batches
 
 log = logging.getLogger(__name__)
@@ -84,106 +101,158 @@ def _size(n: int) -> str:
     return f"{n / 1e6:.1f} MB" if n >= 1e6 else f"{n / 1e3:.1f} kB"
 
 
-def inspect_model(
-    source: str | Path,
-    *,
-    graph_fn: str | Callable[[], Any] | None = None,
-    signature: str | None = None,
-    tags: Sequence[str] | None = None,
-) -> Inspection:
+@dataclass(frozen=True)
+class LoadOptions:
+    """How to read the source: what ``load_source`` takes besides the path.
+
+    ``graph_fn`` ("module:function", "file.py:function" or a callable) rebuilds the graph
+    of a checkpoint saved without ``.meta``; ``signature`` and ``tags`` pick a SavedModel's
+    signature (default ``serving_default``) and MetaGraph (default ``serve``).
+    """
+
+    graph_fn: str | Callable[[], Any] | None = None
+    signature: str | None = None
+    tags: Sequence[str] | None = None
+
+
+@dataclass(frozen=True)
+class Selection:
+    """What to freeze: tensor names or signature keys (None: picked when unambiguous), and
+    placeholders fixed to constants (``{"keep_prob": 1.0}``)."""
+
+    inputs: Sequence[str] | None = None
+    outputs: Sequence[str] | None = None
+    constants: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class CheckOptions:
+    """How the frozen graph is verified against its source (``freeze.verification``).
+
+    ``samples`` are real images (else random ones, or random tensors of ``input_shape``
+    when the graph's is not fixed); ``reference_preprocess`` ("module:function" or a
+    callable: image path → model input array) also checks our preprocessing against the
+    user's on ``samples`` (``freeze.reference``). ``tolerance`` bounds both.
+    """
+
+    samples: Sequence[str | Path] = ()
+    tolerance: float = DEFAULT_TOLERANCE
+    input_shape: Sequence[int] | None = None
+    reference_preprocess: str | Callable[[str], Any] | None = None
+
+
+@dataclass(frozen=True)
+class WriteOptions:
+    """Where the result goes: ``graphs_dir`` and ``name`` write a servable version folder
+    (``version``: the next free one), ``output_pb`` only the GraphDef; neither writes
+    nothing. ``info`` is added to the manifest's ``info`` (provenance, e.g. a demo's package).
+    """
+
+    graphs_dir: str | Path | None = None
+    name: str | None = None
+    version: int | None = None
+    overwrite: bool = False
+    output_pb: str | Path | None = None
+    info: Mapping[str, Any] | None = None
+
+    def __post_init__(self) -> None:
+        if (self.graphs_dir is None) != (self.name is None):
+            raise ExportError("writing a servable model needs both a graphs directory and a model name")
+
+    @property
+    def servable(self) -> bool:
+        return self.name is not None
+
+
+def inspect_model(source: str | Path, *, load: LoadOptions = LoadOptions()) -> Inspection:
     """Placeholders, candidate outputs and the automatic choice, without freezing."""
-    with load_source(source, graph_fn=graph_fn, signature=signature, tags=tags) as src:
+    with load_source(source, graph_fn=load.graph_fn, signature=load.signature, tags=load.tags) as src:
         return src.inspect()
 
 
 def freeze_model(
     source: str | Path,
     *,
-    graph_fn: str | Callable[[], Any] | None = None,
-    signature: str | None = None,
-    tags: Sequence[str] | None = None,
-    inputs: Sequence[str] | None = None,
-    outputs: Sequence[str] | None = None,
-    constants: Mapping[str, Any] | None = None,
+    load: LoadOptions = LoadOptions(),
+    select: Selection = Selection(),
     image: ImageOptions | None = None,
     labels: Sequence[str] | None = None,
-    samples: Sequence[str | Path] = (),
-    tolerance: float = DEFAULT_TOLERANCE,
-    input_shape: Sequence[int] | None = None,
-    graphs_dir: str | Path | None = None,
-    name: str | None = None,
-    version: int | None = None,
-    overwrite: bool = False,
-    output_pb: str | Path | None = None,
-    info: Mapping[str, Any] | None = None,
-    reference_preprocess: str | Callable[[str], Any] | None = None,
+    check: CheckOptions = CheckOptions(),
+    write: WriteOptions = WriteOptions(),
 ) -> FreezeResult:
-    """Freeze ``source``, verify it, and write it (see the module docstring).
+    """Freeze ``source``, verify it, and write it (see the module docstring for the options).
 
-    With ``graphs_dir`` and ``name`` it writes a servable version folder (the model must be
-    an image classifier; ``image`` fills in what the graph does not say). With
-    ``output_pb`` it writes only the GraphDef, for any model. With neither it writes
-    nothing: freeze and verify only. ``reference_preprocess`` ("module:function" or a
-    callable: image path → model input array) checks our preprocessing against the user's
-    on ``samples`` (``freeze.reference``).
+    A servable model (``write`` with a name) must be an image classifier; ``image`` fills in
+    what the graph does not say. With ``write.output_pb`` any model works. Raises
+    ``FreezeError`` (a subclass) for every problem with the input, before writing anything.
     """
     start = time.perf_counter()
-    if (graphs_dir is None) != (name is None):
-        raise ExportError("writing a servable model needs both a graphs directory and a model name")
-    to_service = name is not None
-    if samples and image is None and not to_service:
+    if check.samples and image is None and not write.servable:
         raise GraphError("--sample images need an image model: give --name (or the image size)")
-    if reference_preprocess is not None and not samples:
+    if check.reference_preprocess is not None and not check.samples:
         raise GraphError("--reference-preprocess needs real images to compare on: give --sample IMAGE")
-    if graphs_dir is not None and name is not None:  # refuse a taken destination before the work
-        check_destination(graphs_dir, name, version, overwrite=overwrite)
-    if output_pb is not None and Path(output_pb).exists() and not overwrite:
-        raise ExportError(f"{output_pb} already exists; pass --overwrite to replace it")
-    with load_source(source, graph_fn=graph_fn, signature=signature, tags=tags) as src:
-        frozen = src.freeze(inputs=inputs, outputs=outputs, constants=constants)
+    if write.graphs_dir is not None and write.name is not None:  # refuse a taken destination before the work
+        check_destination(write.graphs_dir, write.name, write.version, overwrite=write.overwrite)
+    if write.output_pb is not None and Path(write.output_pb).exists() and not write.overwrite:
+        raise ExportError(f"{write.output_pb} already exists; pass --overwrite to replace it")
+    with load_source(source, graph_fn=load.graph_fn, signature=load.signature, tags=load.tags) as src:
+        frozen = src.freeze(inputs=select.inputs, outputs=select.outputs, constants=select.constants)
         manifest = None
-        if to_service or image is not None:
+        if write.servable or image is not None:
             manifest = build_manifest(frozen=frozen, image=image or ImageOptions(), labels=labels)
-        batches, described = _verification_batches(frozen, manifest, samples, input_shape)
-        verification = verify(source=src, frozen=frozen, feeds=batches, tolerance=tolerance, described_as=described)
+        batches, described = _verification_batches(frozen, manifest, check.samples, check.input_shape)
+        verification = verify(
+            source=src, frozen=frozen, feeds=batches, tolerance=check.tolerance, described_as=described
+        )
         details, source_text = src.details, src.describe()
     reference = None
-    if reference_preprocess is not None:
+    if check.reference_preprocess is not None:
         if manifest is None:
             raise GraphError("--reference-preprocess needs an image model: give --name (or the image size)")
         reference = check_reference(
-            reference=reference_preprocess, frozen=frozen, manifest=manifest, samples=samples, tolerance=tolerance
+            reference=check.reference_preprocess,
+            frozen=frozen,
+            manifest=manifest,
+            samples=check.samples,
+            tolerance=check.tolerance,
         )
     if manifest is not None:
-        extra = dict(info or {})
+        extra = dict(write.info or {})
         if reference is not None:
             extra["reference_check"] = reference.to_json()
         manifest = dataclasses.replace(manifest, info=_info(details, frozen, verification, extra))
-    path = None
-    if graphs_dir is not None and name is not None:
-        assert manifest is not None  # built above for every servable model
-        path = write_model(
-            graphs_dir=graphs_dir,
-            name=name,
-            graph_def=frozen.graph_def,
-            manifest=manifest,
-            labels=labels,
-            version=version,
-            overwrite=overwrite,
-        )
-    if output_pb is not None:
-        path = Path(output_pb)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_bytes(frozen.graph_def.SerializeToString())
     return FreezeResult(
         source=source_text,
         frozen=frozen,
         verification=verification,
         manifest=manifest,
-        path=path,
+        path=_write(frozen, manifest, labels, write),
         seconds=time.perf_counter() - start,
         reference=reference,
     )
+
+
+def _write(
+    frozen: FrozenGraph, manifest: Manifest | None, labels: Sequence[str] | None, write: WriteOptions
+) -> Path | None:
+    """Write the version folder and/or the bare ``.pb``; the path of the last one written."""
+    path = None
+    if write.graphs_dir is not None and write.name is not None:
+        assert manifest is not None  # built for every servable model
+        path = write_model(
+            graphs_dir=write.graphs_dir,
+            name=write.name,
+            graph_def=frozen.graph_def,
+            manifest=manifest,
+            labels=labels,
+            version=write.version,
+            overwrite=write.overwrite,
+        )
+    if write.output_pb is not None:
+        path = Path(write.output_pb)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(frozen.graph_def.SerializeToString())
+    return path
 
 
 def _verification_batches(

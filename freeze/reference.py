@@ -29,7 +29,8 @@ from app.manifest import Manifest
 from freeze import graph as g
 from freeze.errors import SourceError, VerificationError
 from freeze.images import load_images, to_model_input
-from freeze.sources import FrozenGraph, import_function
+from freeze.source_base import FrozenGraph
+from freeze.user_code import import_function
 from freeze.verification import whole_batches
 
 log = logging.getLogger(__name__)

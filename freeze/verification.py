@@ -23,8 +23,9 @@ import tensorflow as tf
 
 from freeze import graph as g
 from freeze.errors import GraphError, VerificationError
-from freeze.graph import GraphDef, TensorInfo
-from freeze.sources import FrozenGraph, Source
+from freeze.candidates import TensorInfo
+from freeze.graph import GraphDef
+from freeze.source_base import FrozenGraph, Source
 
 log = logging.getLogger(__name__)
 

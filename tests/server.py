@@ -1,4 +1,4 @@
-"""Run the app under the service's own server (``app/server.py``) on 127.0.0.1 and a free port."""
+"""Run the app under the service's own server (``app/lifecycle.py``) on 127.0.0.1 and a free port."""
 
 from __future__ import annotations
 
@@ -9,13 +9,14 @@ from typing import Any
 
 from flask import Flask
 
-from app.server import GraphServer, build_server
+from app.services import services_of
+from app.lifecycle import GraphServer, build_server
 
 
 @contextlib.contextmanager
 def serving(app: Flask, **overrides: Any) -> Iterator[GraphServer]:
     """The running server (``server.port``; ``server.shutdown()`` drains it); settings may be overridden."""
-    settings = app.extensions["settings"].replace(overrides)
+    settings = services_of(app).settings.replace(overrides)
     server = build_server(app, settings, host="127.0.0.1", port=0)
     thread = threading.Thread(target=server.run, kwargs={"close_models": False}, name="graphserve-test", daemon=True)
     thread.start()
@@ -25,7 +26,7 @@ def serving(app: Flask, **overrides: Any) -> Iterator[GraphServer]:
         server.shutdown("test finished")
         server.shutdown("test finished")  # a second call: do not wait out a grace period
         thread.join(timeout=10)
-        app.extensions["draining"].clear()
+        services_of(app).draining.clear()
 
 
 @contextlib.contextmanager

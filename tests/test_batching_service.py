@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 import requests
 
+from app.services import services_of
 from app import create_app
 from app.batching import Batcher
 from tests.digits import png_bytes
@@ -57,14 +58,14 @@ def test_32_concurrent_requests_are_batched_and_correct(graphs_dir, tmp_path, di
             content_type="multipart/form-data").get_json()["models"]["digits8"]["results"]
         assert predicted == [r["top_k"][0]["class_id"] for r in alone]
     finally:
-        app.extensions["models"].close()
+        services_of(app).registry.close()
 
 
 @pytest.fixture()
 def gated_app(graphs_dir, tmp_path):
     """digits8 behind a batcher whose predict waits for a gate, with room for 2 queued images."""
     app = create_app({"GRAPHS_DIR": str(graphs_dir), "REQUEST_TIMEOUT_S": 5})
-    handle = app.extensions["models"].get("digits8")
+    handle = services_of(app).registry.get("digits8")
     gate, started = threading.Event(), threading.Event()
 
     def gated_predict(items):
@@ -77,7 +78,7 @@ def gated_app(graphs_dir, tmp_path):
     old.close()
     yield app, gate, started
     gate.set()
-    app.extensions["models"].close()
+    services_of(app).registry.close()
 
 
 def test_full_queue_answers_503_with_retry_after(gated_app, digits):
@@ -93,7 +94,7 @@ def test_full_queue_answers_503_with_retry_after(gated_app, digits):
         running_request = pool.submit(post, 1)
         assert started.wait(timeout=10)  # the worker holds this one
         queued_request = pool.submit(post, 2)  # fills the queue (2 images)
-        app_registry = app.extensions["models"]
+        app_registry = services_of(app).registry
         for _ in range(200):
             if app_registry.get("digits8").queue_depth() == 2:
                 break
@@ -110,7 +111,7 @@ def test_full_queue_answers_503_with_retry_after(gated_app, digits):
 
 def test_request_past_its_deadline_answers_504(graphs_dir, digits):
     app = create_app({"GRAPHS_DIR": str(graphs_dir), "REQUEST_TIMEOUT_S": 0.3})
-    handle = app.extensions["models"].get("digits8")
+    handle = services_of(app).registry.get("digits8")
     gate = threading.Event()
     old = handle.runner
     handle.runner = Batcher(lambda items: (gate.wait(30), handle.servable.predict(items))[1],
@@ -123,7 +124,7 @@ def test_request_past_its_deadline_answers_504(graphs_dir, digits):
         assert response.get_json()["error"]["code"] == "deadline_exceeded"
     finally:
         gate.set()
-        app.extensions["models"].close()
+        services_of(app).registry.close()
 
 
 def test_models_with_the_same_geometry_decode_once(graphs_dir, tmp_path, digits, monkeypatch):
@@ -152,4 +153,4 @@ def test_models_with_the_same_geometry_decode_once(graphs_dir, tmp_path, digits,
         assert np.allclose([e["score"] for e in first], [e["score"] for e in second], atol=1e-6)
         assert np.mean(np.array([e["class_id"] for e in first]) == digits.test_y[:20]) >= 0.9
     finally:
-        app.extensions["models"].close()
+        services_of(app).registry.close()

@@ -1,4 +1,4 @@
-"""The benchmark (app/bench.py, run as scripts/bench.py or graphserve bench) end to end on a tiny real model: the in-process phases, and the protocol
+"""The benchmark (app/bench/, run as scripts/bench.py or graphserve bench) end to end on a tiny real model: the in-process phases, and the protocol
 phase against a real ``python -m app`` (about 1 s per protocol), and one short HTTP service phase
 with one and two images per request (about 15 s)."""
 
@@ -135,6 +135,56 @@ def test_peer_and_phone_tables_divide_the_service_by_the_peer(bench) -> None:
     phone = bench.phone_table(points)
     assert "- a/c: img/s at concurrency 8 **5.00**" in phone and "p50 at concurrency 1 **0.25**" in phone
     assert "- a/b: not measured" in phone and "| (b) service, full decode (scaled_decode false) | not run" in phone
+
+
+def test_the_bench_ships_what_it_runs(bench) -> None:
+    """The wrk script and the peer servers are inside the package (installed from the wheel, the
+    bench finds them too): nothing the bench starts or reads lies under the checkout's scripts/."""
+    import importlib.util
+    import tomllib
+
+    from app.bench import load, peers
+
+    package = Path(bench.__file__).parent
+    assert load.WRK_SCRIPT.parent == package and load.WRK_SCRIPT.is_file()
+    package_data = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]
+    assert load.WRK_SCRIPT.name in package_data["app.bench"]
+    args = bench.parse_args(["--skip-raw", "--skip-service"])
+    for name in bench.PEERS:
+        command = peers.peer_command(name, 8100, Path("model.h5"), Path("model.json"), args)
+        assert command[1:3] == ["-m", peers.PEER_MODULES[name]]
+        spec = importlib.util.find_spec(peers.PEER_MODULES[name])
+        assert spec is not None and Path(spec.origin).is_relative_to(package)
+
+
+@pytest.mark.parametrize("peer", ["flask", "litserve"])
+def test_peer_servers_run_as_modules(bench, peer: str) -> None:
+    """Each peer starts as the bench starts it (``python -m``, from the bench's ROOT) and parses its flags."""
+    import subprocess
+    import sys
+
+    from app.bench import inputs, peers
+
+    if peer == "litserve":
+        pytest.importorskip("litserve")
+    done = subprocess.run([sys.executable, "-m", peers.PEER_MODULES[peer], "--help"], cwd=inputs.ROOT,
+                          capture_output=True, text=True, timeout=120, check=False)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.startswith("usage: ")
+
+
+def test_a_missing_peer_package_is_named_before_any_phase_runs(bench, monkeypatch, capsys) -> None:
+    """Without LitServe (a wheel install has none), ``--peers litserve`` and ``--photo phone`` stop at
+    the flags with what to install, not minutes later with a peer's traceback."""
+    from app.bench import peers
+
+    monkeypatch.setattr(peers, "find_spec", lambda name: None)
+    for argv in (["--peers", "litserve"], ["--peers"], ["--photo", "phone"]):
+        with pytest.raises(SystemExit) as stopped:
+            bench.parse_args(["--skip-raw", "--skip-service", *argv])
+        assert stopped.value.code == 2
+        assert "pip install -r scripts/peers/requirements.txt" in capsys.readouterr().err
+    assert bench.parse_args(["--skip-raw", "--skip-service", "--peers", "flask"]).peer_list == ["flask"]
 
 
 @pytest.fixture(scope="module")

@@ -7,6 +7,7 @@ import base64
 import numpy as np
 import pytest
 
+from app.services import services_of
 from tests.digits import LABELS, png_bytes
 from tests.helpers import encode, multipart, top1
 
@@ -130,7 +131,7 @@ def test_models_healthz_readyz(client):
 
 
 def test_graph_node_count_unchanged_after_many_requests(app, client, digits):
-    registry = app.extensions["models"]
+    registry = services_of(app).registry
     before = {h.name: len(h.servable.graph.as_graph_def().node) for h in registry.handles()}
     assert all(h.servable.graph.finalized for h in registry.handles())
     data = png_bytes(digits.test_images[0])

@@ -34,6 +34,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from app.services import services_of
 from tests.helpers import encode, multipart
 
 SIZE, CELL = 48, 12
@@ -282,7 +283,7 @@ def probe_client(tmp_path_factory: pytest.TempPathFactory):
     _write_probe(root, "probe_gray", 1, scaled_decode=False)
     application = create_app({"GRAPHS_DIR": str(root)})
     yield application.test_client()
-    application.extensions["models"].close()
+    services_of(application).registry.close()
 
 
 def _served(client, case: Case, models: str) -> dict[str, np.ndarray]:

@@ -7,6 +7,7 @@ import base64
 import numpy as np
 import pytest
 
+from app.services import services_of
 from tests.digits import png_bytes
 from tests.helpers import encode, multipart
 
@@ -38,7 +39,7 @@ def strict_app(graphs_dir):
         "MAX_IMAGE_PIXELS": 100 * 100, "MAX_IMAGES_PER_REQUEST": 3,
     })
     yield application
-    application.extensions["models"].close()
+    services_of(application).registry.close()
 
 
 def test_empty_upload_names_it(client, good):

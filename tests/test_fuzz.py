@@ -72,17 +72,17 @@ FUZZ = settings(
 
 def served_graphs(app) -> list[tuple[str, int, int]]:
     """(model, node count now, node count at load) for every graph the app serves."""
-    from app.registry import get_registry
+    from app.services import services_of
 
     return [
         (handle.name, handle.servable.current_node_count(), handle.servable.node_count)
-        for handle in get_registry(app).handles()
+        for handle in services_of(app).registry.handles()
     ]
 
 
 def pixels_held(app) -> int:
     """Pixels still held in the process-wide decode budget (0 when no request is running)."""
-    return app.extensions["inference"].pixel_budget.used
+    return services_of(app).core.pixel_budget.used
 
 
 # -- real images to damage -----------------------------------------------------------------------

@@ -11,7 +11,7 @@ tritongrpc = pytest.importorskip("tritonclient.grpc")
 from tritonclient.grpc import service_pb2, service_pb2_grpc  # noqa: E402
 from tritonclient.utils import InferenceServerException  # noqa: E402
 
-from app.kserve.grpc import install  # noqa: E402
+from app.services import services_of
 from tests.digits import LABELS, png_bytes  # noqa: E402
 from tests.helpers import own_api_scores  # noqa: E402
 from tests.server import running  # noqa: E402
@@ -19,19 +19,10 @@ from tests.server import running  # noqa: E402
 
 @pytest.fixture(scope="module")
 def port(app):
-    try:
-        from app.grpc_server import SERVICES, start_grpc_server
-    except ImportError:  # pragma: no cover - before the process's gRPC server exists
-        SERVICES, start_grpc_server = [], None
-    if start_grpc_server is not None and install in SERVICES:
-        server, bound = start_grpc_server(app)
-    else:
-        from concurrent import futures
+    from app.grpc_server import SERVICES, start_grpc_server
 
-        server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
-        install(server, app)
-        bound = server.add_insecure_port("127.0.0.1:0")
-        server.start()
+    assert "app.kserve.grpc:install" in SERVICES  # the process's gRPC server carries this servicer
+    server, bound = start_grpc_server(app)
     yield bound
     server.stop(None)
 
@@ -159,7 +150,7 @@ def test_calls_are_counted_by_protocol(app, triton, photos):
     triton.infer("digits8", [_image_input(photos[:1])])
     with pytest.raises(InferenceServerException):
         triton.get_model_metadata("nope")
-    exposition = app.extensions["metrics"].exposition().decode()
+    exposition = services_of(app).metrics.exposition().decode()
     assert 'graphserve_requests_total{protocol="kserve_v2_grpc",status="OK"}' in exposition
     assert 'graphserve_requests_total{protocol="kserve_v2_grpc",status="NOT_FOUND"}' in exposition
     assert 'graphserve_errors_total{code="not_found"}' in exposition

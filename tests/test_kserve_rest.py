@@ -15,6 +15,7 @@ import requests
 tritonhttp = pytest.importorskip("tritonclient.http")
 from tritonclient.utils import InferenceServerException  # noqa: E402
 
+from app.services import services_of
 from tests.digits import LABELS, png_bytes  # noqa: E402
 from tests.helpers import own_api_scores  # noqa: E402
 from tests.server import running  # noqa: E402
@@ -71,7 +72,7 @@ def test_health_and_server_metadata(triton, url):
 
 
 def test_not_ready_while_draining(app, client):
-    draining = app.extensions["draining"]
+    draining = services_of(app).draining
     draining.set()
     try:
         answer = client.get("/v2/health/ready")
@@ -222,6 +223,6 @@ def test_classification_strings_without_labels():
 
 def test_requests_are_counted_by_protocol(app, url):
     assert requests.get(f"{url}/v2/models/nope", timeout=5).status_code == 404
-    exposition = app.extensions["metrics"].exposition().decode()
+    exposition = services_of(app).metrics.exposition().decode()
     assert 'graphserve_requests_total{protocol="kserve_v2_rest",status="404"}' in exposition
     assert 'graphserve_errors_total{code="not_found"}' in exposition

@@ -21,11 +21,12 @@ import pytest
 import tensorflow as tf
 from tensorflow.core.protobuf import rewriter_config_pb2
 
+from app.services import services_of
 from app.batching import Batcher
 from app.manifest import ManifestError, OptimizeSpec, parse
 from app.optimize import fold_graph, session_config
 from app.servable import ServableSpec, SessionOptions, load_servable
-from freeze import ImageOptions, freeze_model, run_frozen
+from freeze import ImageOptions, WriteOptions, freeze_model, run_frozen
 from tests.digits import png_bytes
 from tests.helpers import encode
 
@@ -104,7 +105,7 @@ def keras_bn_version(tmp_path_factory: pytest.TempPathFactory) -> Path:
     path = root / "bn.keras"
     model.save(path)
     result = freeze_model(path, image=ImageOptions(scale="[-1,1]"), labels=list("abcde"),
-                          graphs_dir=root / "graphs", name="bn")
+                          write=WriteOptions(graphs_dir=root / "graphs", name="bn"))
     return result.path
 
 
@@ -400,7 +401,7 @@ def test_server_pads_batches_of_a_folded_model_and_answers_as_unpadded(make_grap
         reference.close()
     app = create_app({"GRAPHS_DIR": str(root)})
     try:
-        handle = app.extensions["models"].get("digits16")
+        handle = services_of(app).registry.get("digits16")
         assert handle.runner.allowed_batch_sizes == (2, 4)
         sizes: list[int] = []
         real_predict = handle.servable.predict
@@ -410,4 +411,4 @@ def test_server_pads_batches_of_a_folded_model_and_answers_as_unpadded(make_grap
         assert sizes == [4]  # the 3 images of the request ran as one padded batch
         np.testing.assert_allclose(scores, expected, atol=TOLERANCE)
     finally:
-        app.extensions["models"].close()
+        services_of(app).registry.close()

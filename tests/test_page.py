@@ -13,6 +13,7 @@ import pytest
 import requests
 from PIL import Image
 
+from app.services import services_of
 from tests.digits import write_two_versions
 from tests.server import running
 
@@ -80,7 +81,7 @@ def page_app(tmp_path_factory, graphs_dir, digit_weights):
     write_two_versions(root, "dv", digit_weights)
     application = create_app({"GRAPHS_DIR": str(root)})
     yield application
-    application.extensions["models"].close()
+    services_of(application).registry.close()
 
 
 @pytest.fixture(scope="module")

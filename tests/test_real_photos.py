@@ -17,6 +17,7 @@ import tensorflow as tf
 from PIL import Image, ImageOps
 from skimage import data
 
+from app.services import services_of
 from app.exif import jpeg_orientation
 from app.manifest import ManifestError, parse
 from freeze.images import pixels_of
@@ -69,7 +70,7 @@ def cat() -> Image.Image:
 @pytest.fixture(scope="module")
 def phone_photo() -> np.ndarray:
     """A 4032 x 3024 photo with sensor-like noise (upscaled skimage coffee), as uint8 RGB."""
-    from app.bench import enlarged
+    from app.bench.phone import enlarged
 
     return enlarged(data.coffee(), (4032, 3024), seed=0, sigma=5.0)
 
@@ -158,7 +159,7 @@ def test_a_sideways_upload_gets_the_upright_answer(digits, make_graphs_dir):
         assert np.abs(sideways - upright).max() < 0.05
         assert np.abs(untagged - upright).max() > 0.2  # the model does see a turned digit differently
     finally:
-        app.extensions["models"].close()
+        services_of(app).registry.close()
 
 
 # -- scaled JPEG decode ----------------------------------------------------------------
@@ -368,9 +369,9 @@ def test_a_phone_photo_is_decoded_once_and_scores_as_the_graph_decodes_it(phone_
         )
         assert answer.status_code == 200, answer.get_json()
         served = class_scores(answer.get_json()["models"]["digits8"])[0]
-        in_graph = app.extensions["models"].get("digits8").servable.run([encoded])[0]
+        in_graph = services_of(app).registry.get("digits8").servable.run([encoded])[0]
     finally:
-        app.extensions["models"].close()
+        services_of(app).registry.close()
     assert np.abs(served - in_graph).max() < 0.02
 
 

@@ -9,6 +9,7 @@ import time
 
 import requests
 
+from app.services import services_of
 from app import create_app
 from app.registry import ModelHandle
 from tests.digits import png_bytes
@@ -93,7 +94,7 @@ def test_reload_under_concurrent_load(tmp_path, digit_weights, digits, monkeypat
             models = requests.get(f"{url}/models", timeout=10).json()["models"]
     finally:
         stop.set()
-        app.extensions["models"].close()
+        services_of(app).registry.close()
 
     pairs = lambda entries: [(e["model"], e["version"]) for e in entries]  # noqa: E731
     assert [(pairs(s["loaded"]), pairs(s["unloaded"]), pairs(s["refused"])) for s in steps] == [

@@ -1,6 +1,6 @@
 """The HTTP layer under hostile clients: slow clients are cut off, every error waitress answers is JSON.
 
-Real server (``app/server.py`` via ``tests.server.serving``) and real sockets on 127.0.0.1,
+Real server (``app/http_server.py`` via ``tests.server.serving``) and real sockets on 127.0.0.1,
 with short deadlines so the slow-client test takes seconds.
 """
 
@@ -16,8 +16,9 @@ import time
 import pytest
 import requests
 
+from app.services import services_of
 from app.config import Settings
-from app.server import FD_RESERVE, FDS_PER_CONNECTION, connection_limit
+from app.lifecycle import FD_RESERVE, FDS_PER_CONNECTION, connection_limit
 from tests.digits import png_bytes
 from tests.server import serving
 
@@ -35,7 +36,7 @@ def server(app):
 
 
 def counter(app, name: str, **labels: str) -> float:
-    return app.extensions["metrics"].registry.get_sample_value(name, labels) or 0.0
+    return services_of(app).metrics.registry.get_sample_value(name, labels) or 0.0
 
 
 def connect(port: int) -> socket.socket:
@@ -177,8 +178,8 @@ def test_keep_alive_connection_idle_too_long_is_closed(server):
 
 
 def test_the_connection_limit_fits_the_open_file_limit(monkeypatch):
-    monkeypatch.setattr("app.server.resource.getrlimit", lambda _: (1024, 1024))
-    monkeypatch.setattr("app.server.resource.setrlimit", lambda *_: None)
+    monkeypatch.setattr("app.lifecycle.resource.getrlimit", lambda _: (1024, 1024))
+    monkeypatch.setattr("app.lifecycle.resource.setrlimit", lambda *_: None)
     assert connection_limit(Settings(connection_limit=100)) == 100
     assert connection_limit(Settings(connection_limit=10_000)) == (1024 - FD_RESERVE) // FDS_PER_CONNECTION
 
@@ -276,7 +277,7 @@ def test_drain_answers_readyz_503_with_connection_close_and_refuses_new_connecti
         idle = connect(port)
         time.sleep(0.2)
         running_server.shutdown("test")
-        assert app.extensions["draining"].is_set()
+        assert services_of(app).draining.is_set()
         probe.sendall(b"\r\n")
         probe.settimeout(5)
         status, headers, body = parse(read_all(probe))

@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from app.services import services_of
 from app import create_app
 from app.discovery import DiscoveryError
 from app.servable import ModelLoadError
@@ -119,7 +120,7 @@ def test_highest_version_is_served(tmp_path, digit_weights, digits):
         (model,) = app.test_client().get("/models").get_json()["models"]
         assert (model["name"], model["version"], model["input"]["height"]) == ("digits", 12, 16)
     finally:
-        app.extensions["models"].close()
+        services_of(app).registry.close()
 
 
 def test_fixed_batch_size_graph_serves_many_images(tmp_path, digit_weights, digits):
@@ -149,7 +150,7 @@ def test_fixed_batch_size_graph_serves_many_images(tmp_path, digit_weights, digi
         predicted = [r["top_k"][0]["class_id"] for r in response.get_json()["models"]["fixed"]["results"]]
         assert np.mean(np.array(predicted) == digits.test_y[:7]) >= 0.8
     finally:
-        app.extensions["models"].close()
+        services_of(app).registry.close()
 
 
 def test_no_models_is_not_ready(tmp_path):
@@ -175,4 +176,4 @@ def test_batching_off_gives_the_same_answers(graphs_dir, digits):
                           content_type="image/png")
         assert bad.status_code == 400 and "'body'" in bad.get_json()["error"]["message"]
     finally:
-        app.extensions["models"].close()
+        services_of(app).registry.close()

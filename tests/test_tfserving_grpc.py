@@ -15,6 +15,7 @@ from tensorflow_serving.apis import (
     prediction_service_pb2_grpc,
 )
 
+from app.services import services_of
 from app.grpc_server import start_grpc_server
 from tests.digits import LABELS, png_bytes, write_two_versions
 from tests.helpers import class_scores
@@ -158,7 +159,7 @@ def test_versions_labels_and_full_queue(tmp_path, digit_weights, digits, monkeyp
                 assert response.model_spec.version.value == version
                 np.testing.assert_allclose(tf.make_ndarray(response.outputs["scores"])[0],
                                            reference(app, "d", photo, version=str(version)), atol=1e-5)
-            handle = app.extensions["models"].get("d", 2)
+            handle = services_of(app).registry.get("d", 2)
 
             def full(*_args, **_kwargs):
                 raise QueueFull("model 'd' version 2: the batch queue is full")
@@ -174,7 +175,7 @@ def test_versions_labels_and_full_queue(tmp_path, digit_weights, digits, monkeyp
             assert fails(stub.Predict, predict_request("d", [photo]))[0] == grpc.StatusCode.DEADLINE_EXCEEDED
     finally:
         server.stop(None)
-        app.extensions["models"].close()
+        services_of(app).registry.close()
 
 
 def test_served_beside_http_and_stopped_by_the_drain(app, photos):
@@ -184,8 +185,8 @@ def test_served_beside_http_and_stopped_by_the_drain(app, photos):
     with socket.socket() as probe:  # a free port (GraphServer binds it again at once)
         probe.bind(("127.0.0.1", 0))
         free = probe.getsockname()[1]
-    settings = app.extensions["settings"]
-    from app.server import build_server
+    settings = services_of(app).settings
+    from app.lifecycle import build_server
 
     server = build_server(app, settings, host="127.0.0.1", port=0, grpc_port=free)
     thread = threading.Thread(target=server.run, kwargs={"close_models": False}, daemon=True)
@@ -203,7 +204,7 @@ def test_served_beside_http_and_stopped_by_the_drain(app, photos):
         server.shutdown("test")
         server.shutdown("test")
         thread.join(timeout=10)
-        app.extensions["draining"].clear()
+        services_of(app).draining.clear()
 
 
 def test_tests_serving_gets_no_grpc(app):
@@ -234,7 +235,7 @@ def test_metrics_count_the_protocol(app, stub, photos):
 
 
 def test_message_size_limit(app, photos):
-    settings = app.extensions["settings"].replace({"grpc_max_message_bytes": 4096})
+    settings = services_of(app).settings.replace({"grpc_max_message_bytes": 4096})
     server, port = start_grpc_server(app, settings)
     try:
         with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:

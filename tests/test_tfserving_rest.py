@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import requests
 
+from app.services import services_of
 from tests.digits import LABELS, png_bytes, write_two_versions
 from tests.helpers import class_scores, encode
 from tests.server import running
@@ -137,7 +138,7 @@ def test_versions_and_labels(tmp_path, digit_weights, digits):
             assert error(requests.get(f"{url}/v1/models/d/versions/3", timeout=10))[0] == 404
             assert error(requests.get(f"{url}/v1/models/d/labels/nope", timeout=10))[0] == 404
     finally:
-        app.extensions["models"].close()
+        services_of(app).registry.close()
 
 
 def test_errors(base, photos):
@@ -191,7 +192,7 @@ def test_full_queue_is_429(app, base, photos, monkeypatch):
     def full(*_args, **_kwargs):
         raise QueueFull("model 'digits16' version 1: the batch queue is full")
 
-    monkeypatch.setattr(app.extensions["models"].get("digits16"), "submit", full)
+    monkeypatch.setattr(services_of(app).registry.get("digits16"), "submit", full)
     response = requests.post(f"{base}/v1/models/digits16:predict", json={"instances": [b64(photos[0])]}, timeout=10)
     assert error(response) == (429, "model 'digits16' version 1: the batch queue is full")
     assert response.headers["Retry-After"] == "1"

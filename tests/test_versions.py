@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from app.services import services_of
 from app import create_app
 from app.config import Settings
 from app.discovery import PolicyError, parse_policy, scan
@@ -65,7 +66,7 @@ def make_app():
 
     yield make
     for app in apps:
-        app.extensions["models"].close()
+        services_of(app).registry.close()
 
 
 # -- discovery and versions.json --------------------------------------------------------------------
@@ -259,7 +260,7 @@ def test_reload_adds_refuses_and_removes_versions(versioned, make_app, digit_wei
     assert (again["loaded"], again["unloaded"], again["refused"]) == ([], [], [])
     assert len([r for r in caplog.records if "refused model d version 3" in r.getMessage()]) == 1
     # a good version 4: loaded, answers; the policy keeps two working versions, so 1 goes
-    (held,) = app.extensions["models"].acquire("d", version=1)  # a request still on 1 while it is unloaded
+    (held,) = services_of(app).registry.acquire("d", version=1)  # a request still on 1 while it is unloaded
     publish(versioned, "d", 4, digit_weights)
     report = reload()
     assert report["loaded"] == [{"model": "d", "version": 4}] and report["unloaded"] == [{"model": "d", "version": 1}]
@@ -288,10 +289,10 @@ def test_reload_adds_refuses_and_removes_versions(versioned, make_app, digit_wei
 
 def test_an_unloaded_version_is_closed_only_after_its_last_request(versioned, make_app, digits):
     app = make_app(versioned)
-    registry = app.extensions["models"]
+    registry = services_of(app).registry
     (held,) = registry.acquire("d", version=1)  # a request still running on version 1
     policy(versioned, "d", {"policy": "latest", "num_versions": 1})
-    report = registry.reload()
+    report = services_of(app).reconciler.reload()
     assert report.unloaded == [{"model": "d", "version": 1}]
     client = app.test_client()
     assert error(post(client, digits, "?model=d&version=1"))[:2] == (404, "version_not_found")  # no new requests
@@ -312,26 +313,27 @@ def test_an_unloaded_version_is_closed_only_after_its_last_request(versioned, ma
 def test_a_version_wanted_again_while_draining_is_loaded_afresh(versioned, make_app, digits):
     import threading
 
-    registry = make_app(versioned).extensions["models"]
+    services = services_of(make_app(versioned))
+    registry = services.registry
     (held,) = registry.acquire("d", version=1)
     policy(versioned, "d", {"policy": "latest", "num_versions": 1})
-    assert registry.reload().unloaded == [{"model": "d", "version": 1}]
+    assert services.reconciler.reload().unloaded == [{"model": "d", "version": 1}]
     policy(versioned, "d", {"policy": "latest", "num_versions": 2})  # changed back before 1 has drained
     threading.Timer(0.3, held.release).start()
-    report = registry.reload()  # waits for 1's last request and its close, then loads it again
+    report = services.reconciler.reload()  # waits for 1's last request and its close, then loads it again
     assert report.loaded == [{"model": "d", "version": 1}] and held.closed
     assert registry.get("d", 1) is not held and registry.get("d", 1).servable.run(
         [png_bytes(digits.test_images[0])]).shape == (1, 10)
 
 
 def test_close_drains_in_flight_requests_before_closing_sessions(versioned, make_app):
-    registry = make_app(versioned).extensions["models"]
+    registry = services_of(make_app(versioned)).registry
     (held,) = registry.acquire("other")
     started = time.monotonic()
     assert registry.close(timeout=0.3) is False  # one request never returned: closed after the timeout
     assert time.monotonic() - started >= 0.3 and held.closed
     held.release()
-    registry = make_app(versioned).extensions["models"]
+    registry = services_of(make_app(versioned)).registry
     assert registry.close(timeout=5) is True
 
 
@@ -348,7 +350,7 @@ def test_a_version_frozen_into_the_folder_is_served_without_a_restart_by_default
             time.sleep(0.2)
         assert post(client, digits, "?model=other").get_json()["models"]["other"]["version"] == 2
     finally:
-        app.extensions["models"].close()
+        services_of(app).registry.close()
 
 
 def test_polling_picks_up_a_published_version(versioned, make_app, digit_weights, digits):

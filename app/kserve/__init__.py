@@ -28,11 +28,11 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from flask import Flask
 
-from app.inference import InferenceCore, ModelResult
+from app.inference import ModelResult
 from app.kinds import Kind, describe
-from app.registry import ModelNotFound, VersionNotFound, get_registry
+from app.registry import ModelNotFound, VersionNotFound
+from app.services import Services
 from app.text import clip
 from app.version import package_version
 
@@ -143,36 +143,31 @@ def check_model_name(name: str) -> str:
     return name
 
 
-def core(app: Flask) -> InferenceCore:
-    return app.extensions["inference"]
-
-
-def server_ready(app: Flask) -> bool:
-    draining = app.extensions.get("draining")
-    return not (draining is not None and draining.is_set()) and get_registry(app).ready()
+def server_ready(services: Services) -> bool:
+    return services.ready()
 
 
 def server_metadata() -> dict[str, Any]:
     return {"name": SERVER_NAME, "version": SERVER_VERSION, "extensions": list(EXTENSIONS)}
 
 
-def model_ready(app: Flask, name: str, version: str | None) -> bool:
+def model_ready(services: Services, name: str, version: str | None) -> bool:
     """Whether the model (version) takes requests now; unknown ones are simply not ready."""
     try:
-        model_metadata(app, name, version)
+        model_metadata(services, name, version)
     except (LookupError, ValueError):
         return False
     return True
 
 
-def model_metadata(app: Flask, name: str, version: str | None) -> dict[str, Any]:
+def model_metadata(services: Services, name: str, version: str | None) -> dict[str, Any]:
     """v2 model metadata (see the module docstring); raises the registry's lookup errors."""
     number, label = parse_version(version)
-    with core(app).select(check_model_name(name), version=number, version_label=label) as selected:
+    with services.core.select(check_model_name(name), version=number, version_label=label) as selected:
         handle = selected.handles[0]
         classes = handle.servable.num_classes
         served = handle.version
-    entry = next((e for e in get_registry(app).entries() if e.name == name), None)
+    entry = services.registry.snapshot.get(name)
     versions = [str(v) for v in entry.available()] if entry is not None and version is None else [str(served)]
     return {
         "name": name,
@@ -212,7 +207,7 @@ def check_outputs(outputs: list[OutputRequest]) -> list[OutputRequest]:
 
 
 def infer(
-    app: Flask,
+    services: Services,
     name: str,
     version: str | None,
     images_data: list[bytes],
@@ -225,12 +220,12 @@ def infer(
     started = time.perf_counter()
     outputs = check_outputs(outputs)
     number, label = parse_version(version)
-    with core(app).select(check_model_name(name), version=number, version_label=label) as selected:
+    with services.core.select(check_model_name(name), version=number, version_label=label) as selected:
         if on_select is not None:
             on_select(selected)
         classes = selected.handles[0].servable.num_classes
         labelled = selected.handles[0].servable.labels is not None
-        top_k = max([1] + [min(o.classification, classes) for o in outputs])
+        top_k = max([0] + [min(o.classification, classes) for o in outputs])  # 0: scores only, no sort
         raw = [(f"{INPUT}[{i}]", data) for i, data in enumerate(images_data)]
         result = selected.classify_uploads(raw, top_k=top_k, deadline=deadline, started=started)
     model = result.models[0]

@@ -17,36 +17,36 @@ from __future__ import annotations
 from typing import Any, Callable, TypeVar
 
 import grpc
-from flask import Flask
 from tritonclient.grpc import service_pb2, service_pb2_grpc
 
 from app import kserve, observe
 from app.kserve import OutputRequest, V2Error
 from app.observe import Observation
+from app.services import Services
 
 PROTOCOL = "kserve_v2_grpc"  # the protocol label of graphserve_requests_total
 
 T = TypeVar("T")
 
 
-def install(server: grpc.Server, app: Flask) -> None:
-    service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(InferenceServicer(app), server)
+def install(server: grpc.Server, services: Services) -> None:
+    service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(InferenceServicer(services), server)
 
 
 class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
-    def __init__(self, app: Flask) -> None:
-        self.app = app
+    def __init__(self, services: Services) -> None:
+        self.services = services
 
     def ServerLive(self, request: Any, context: grpc.ServicerContext) -> Any:
         return self._call("ServerLive", context, lambda observation: service_pb2.ServerLiveResponse(live=True))
 
     def ServerReady(self, request: Any, context: grpc.ServicerContext) -> Any:
         return self._call("ServerReady", context,
-                          lambda observation: service_pb2.ServerReadyResponse(ready=kserve.server_ready(self.app)))
+                          lambda observation: service_pb2.ServerReadyResponse(ready=kserve.server_ready(self.services)))
 
     def ModelReady(self, request: Any, context: grpc.ServicerContext) -> Any:
         return self._call("ModelReady", context, lambda observation: service_pb2.ModelReadyResponse(
-            ready=kserve.model_ready(self.app, request.name, request.version)))
+            ready=kserve.model_ready(self.services, request.name, request.version)))
 
     def ServerMetadata(self, request: Any, context: grpc.ServicerContext) -> Any:
         return self._call("ServerMetadata", context,
@@ -54,7 +54,7 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
 
     def ModelMetadata(self, request: Any, context: grpc.ServicerContext) -> Any:
         def run(observation: Observation) -> Any:
-            metadata = kserve.model_metadata(self.app, request.name, request.version)
+            metadata = kserve.model_metadata(self.services, request.name, request.version)
             tensor = service_pb2.ModelMetadataResponse.TensorMetadata
             return service_pb2.ModelMetadataResponse(
                 name=metadata["name"],
@@ -89,9 +89,9 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
             parameter = output.parameters.get("classification")
             classification = parameter.int64_param if parameter is not None else 0
             outputs.append(OutputRequest(output.name, int(classification)))
-        deadline = observe.grpc_deadline(context, self.app.extensions["settings"].request_timeout_s)
+        deadline = observe.grpc_deadline(context, self.services.settings.request_timeout_s)
         observation.images = len(images)
-        result, tensors = kserve.infer(self.app, request.model_name, request.model_version, images, outputs,
+        result, tensors = kserve.infer(self.services, request.model_name, request.model_version, images, outputs,
                                        deadline=deadline,
                                        on_select=lambda selected: observation.models.extend(selected.models))
         response = service_pb2.ModelInferResponse(
@@ -105,7 +105,7 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
     def _call(self, method: str, context: grpc.ServicerContext, run: Callable[[Observation], T]) -> T:
         """``run(observation)``, counted and logged (``app.observe.rpc``); an error aborts the call
         with the status ``app.kserve.ERRORS`` gives it (anything else is a bug: logged, INTERNAL)."""
-        return observe.rpc(self.app, PROTOCOL, f"/inference.GRPCInferenceService/{method}", context, _answer, run)
+        return observe.rpc(self.services, PROTOCOL, f"/inference.GRPCInferenceService/{method}", context, _answer, run)
 
 
 def _answer(exc: BaseException) -> tuple[grpc.StatusCode, int, str] | None:

@@ -28,11 +28,12 @@ import logging
 import zlib
 from typing import Any
 
-from flask import Blueprint, Response, current_app, jsonify, request
+from flask import Blueprint, Response, jsonify, request
 from flask.typing import ResponseReturnValue
 from werkzeug.exceptions import HTTPException
 
 from app import kserve, observe
+from app.services import current
 from app.kserve import OutputRequest, V2Error
 from app.text import clip
 
@@ -74,7 +75,7 @@ def live() -> ResponseReturnValue:
 
 @bp.get("/health/ready")
 def ready() -> ResponseReturnValue:
-    if kserve.server_ready(current_app):
+    if kserve.server_ready(current()):
         return "", 200
     return _error(400, "the server is not ready (no model is available, or it is shutting down)")
 
@@ -82,7 +83,7 @@ def ready() -> ResponseReturnValue:
 @bp.get("/models/<model>")
 @bp.get("/models/<model>/versions/<version>")
 def model_metadata(model: str, version: str | None = None) -> ResponseReturnValue:
-    return jsonify(kserve.model_metadata(current_app, model, version))
+    return jsonify(kserve.model_metadata(current(), model, version))
 
 
 @bp.get("/models/<model>/ready")
@@ -90,7 +91,7 @@ def model_metadata(model: str, version: str | None = None) -> ResponseReturnValu
 def model_ready(model: str, version: str | None = None) -> ResponseReturnValue:
     """200 (empty) when ready; else 400 with the reason, as Triton (the protocol: 4xx is false)."""
     try:
-        kserve.model_metadata(current_app, model, version)
+        kserve.model_metadata(current(), model, version)
     except (LookupError, ValueError) as exc:
         return _error(400, str(exc))
     return "", 200
@@ -107,7 +108,7 @@ def infer(model: str, version: str | None = None) -> ResponseReturnValue:
         observation.models = selected.models
         observation.images = len(inputs)
 
-    result, tensors = kserve.infer(current_app, model, version, inputs, outputs, on_select=remember)
+    result, tensors = kserve.infer(current(), model, version, inputs, outputs, on_select=remember)
     answer: dict[str, Any] = {"model_name": result.name, "model_version": str(result.version)}
     if isinstance(header.get("id"), str):
         answer["id"] = header["id"]
@@ -136,7 +137,7 @@ def _body() -> bytes:
     encoding = request.headers.get("Content-Encoding", "identity").strip().lower()
     if encoding in ("", "identity"):
         return body
-    limit = current_app.extensions["settings"].max_body_bytes
+    limit = current().settings.max_body_bytes
     if encoding in ("gzip", "x-gzip"):
         return _inflate(body, zlib.MAX_WBITS | 16, limit, encoding)
     if encoding == "deflate":  # zlib-wrapped as the RFC says (and tritonclient sends); raw deflate too

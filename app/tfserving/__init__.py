@@ -102,7 +102,7 @@ def _request(name: str, version: int | None, label: str | None) -> str:
 
 def check_name(registry: ModelRegistry, name: str, version: int | None = None, label: str | None = None) -> None:
     """Refuse a name the core would read as a selector (``all``, ``a,b``) or that is not served."""
-    if not any(entry.name == name for entry in registry.entries()):
+    if name not in registry.snapshot:
         asked = _request(clip(name), version, clip(label) if label is not None else None)
         raise TFServingError(StatusCode.NOT_FOUND, f"Servable not found for request: {asked}")
 
@@ -190,8 +190,7 @@ def signature_defs(handle: ModelHandle) -> get_model_metadata_pb2.SignatureDefMa
 
 
 def labels(handle: ModelHandle) -> list[str]:
-    servable = handle.servable
-    return [servable.label(i) for i in range(servable.num_classes)]
+    return handle.labels
 
 
 def classify(selected: Selected, raw: list[tuple[str, bytes]],
@@ -199,7 +198,7 @@ def classify(selected: Selected, raw: list[tuple[str, bytes]],
     """Scores [images, classes] of the one selected version for encoded images (names for messages)."""
     if not raw:
         raise invalid("no images: give at least one")
-    result = selected.classify_uploads(raw, top_k=1, deadline=deadline)
+    result = selected.classify_uploads(raw, top_k=0, deadline=deadline)  # scores only: no top-k
     return selected.handles[0], result.models[0].scores
 
 

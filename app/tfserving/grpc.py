@@ -27,7 +27,6 @@ from typing import Any, Callable
 
 import grpc
 import numpy as np
-from flask import Flask
 from tensorflow.core.framework import tensor_pb2, tensor_shape_pb2, types_pb2
 from tensorflow_serving.apis import (
     classification_pb2, get_model_metadata_pb2, model_service_pb2_grpc, predict_pb2, prediction_service_pb2_grpc,
@@ -36,15 +35,15 @@ from tensorflow_serving.apis import (
 from app import observe, tfserving
 from app.inference import InferenceCore, Selected
 from app.observe import Observation
-from app.registry import get_registry
+from app.services import Services
 from app.text import clip
 
 
 
-def install(server: grpc.Server, app: Flask) -> None:
+def install(server: grpc.Server, services: Services) -> None:
     """Add TF Serving's PredictionService and ModelService to ``server`` (``app/grpc_server.py``)."""
-    prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(PredictionServicer(app), server)
-    model_service_pb2_grpc.add_ModelServiceServicer_to_server(ModelServicer(app), server)
+    prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(PredictionServicer(services), server)
+    model_service_pb2_grpc.add_ModelServiceServicer_to_server(ModelServicer(services), server)
 
 
 PROTOCOL = "tfserving_grpc"  # graphserve_requests_total{protocol=...}
@@ -61,7 +60,7 @@ def _rpc(method: Callable[..., Any]) -> Callable[..., Any]:
             return method(self, request, context)
 
         path = f"/tensorflow.serving.{type(self).SERVICE}/{method.__name__}"
-        return observe.rpc(self.app, PROTOCOL, path, context, _answer, run)
+        return observe.rpc(self.services, PROTOCOL, path, context, _answer, run)
 
     return call
 
@@ -80,8 +79,8 @@ def _spec(request: Any) -> tuple[str, int | None, str | None]:
 class _Servicer:
     SERVICE = ""
 
-    def __init__(self, app: Flask) -> None:
-        self.app = app
+    def __init__(self, services: Services) -> None:
+        self.services = services
         self.local = threading.local()  # .observation: this thread's call (app.observe)
 
     @contextmanager
@@ -92,10 +91,10 @@ class _Servicer:
 
     @property
     def core(self) -> InferenceCore:
-        return self.app.extensions["inference"]
+        return self.services.core
 
     def deadline(self, context: grpc.ServicerContext) -> float:
-        return observe.grpc_deadline(context, self.app.extensions["settings"].request_timeout_s)
+        return observe.grpc_deadline(context, self.services.settings.request_timeout_s)
 
 
 class PredictionServicer(_Servicer, prediction_service_pb2_grpc.PredictionServiceServicer):
@@ -160,7 +159,7 @@ class ModelServicer(_Servicer, model_service_pb2_grpc.ModelServiceServicer):
 
     @_rpc
     def GetModelStatus(self, request: Any, context: grpc.ServicerContext) -> Any:
-        return tfserving.model_status(get_registry(self.app), *_spec(request))
+        return tfserving.model_status(self.services.registry, *_spec(request))
 
 
 # -- tensors and examples ------------------------------------------------------------------

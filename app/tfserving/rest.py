@@ -24,12 +24,12 @@ import time
 from typing import Any
 
 import numpy as np
-from flask import Blueprint, current_app, jsonify, request
+from flask import Blueprint, jsonify, request
 from flask.typing import ResponseReturnValue
 
 from app import observe, tfserving
 from app.inference import InferenceCore
-from app.registry import get_registry
+from app.services import current
 from app.text import clip
 
 bp = Blueprint("tfserving_rest", __name__)
@@ -40,7 +40,7 @@ _POST = re.compile(_PATH.pattern + r":(?P<verb>predict|classify|regress)")
 
 
 def _core() -> InferenceCore:
-    return current_app.extensions["inference"]
+    return current().core
 
 
 def _version(match: re.Match[str]) -> int | None:
@@ -73,7 +73,7 @@ def get(rest: str) -> ResponseReturnValue:
     if match is None:
         return _error(tfserving.invalid(f"Malformed request: GET /v1/models/{clip(rest)}"))
     try:
-        registry = get_registry(current_app)
+        registry = current().registry
         name, version, label = match["name"], _version(match), match["label"]
         if match["metadata"] is None:
             return jsonify(tfserving.as_dict(tfserving.model_status(registry, name, version, label)))
@@ -100,7 +100,7 @@ def post(rest: str) -> ResponseReturnValue:
                                            "graphserve serves classifiers: use :predict or :classify, not :regress")
         body = _json_body()
         signature = tfserving.signature_name(body.get("signature_name") or "")
-        deadline = time.monotonic() + current_app.extensions["settings"].request_timeout_s
+        deadline = time.monotonic() + current().settings.request_timeout_s
         with tfserving.select(_core(), match["name"], _version(match), match["label"]) as selected:
             observation = observe.current()
             observation.models = selected.models

@@ -14,7 +14,7 @@ import tensorflow as tf
 from PIL import Image
 
 from app.manifest import LABELS_FILE, MANIFEST_FILE, load
-from freeze import ExportError, ImageOptions, build_manifest, load_source, write_model
+from freeze import ExportError, ImageOptions, WriteOptions, build_manifest, freeze_model, load_source, write_model
 from tests.freeze.conftest import REPO
 
 DIGITS = [str(i) for i in range(10)]
@@ -151,3 +151,13 @@ def test_write_model_is_atomic_and_refuses_a_taken_version(tmp_path: Path) -> No
     with pytest.raises(ExportError, match="--version 2"):
         write_model(graphs_dir=tmp_path / "g", name="m", graph_def=frozen.graph_def, manifest=manifest, version=1)
     assert [p.name for p in (tmp_path / "g" / "m").iterdir()] == ["1"]
+
+
+def test_library_options_are_keyword_only_groups(tmp_path: Path) -> None:
+    """``freeze_model`` takes its options in small frozen groups, by keyword only."""
+    with pytest.raises(ExportError, match="both a graphs directory and a model name"):
+        WriteOptions(name="tiny")  # refused before anything is loaded
+    with pytest.raises(TypeError):
+        freeze_model(tmp_path / "tiny.keras", None)  # type: ignore[misc]
+    with pytest.raises(AttributeError):
+        WriteOptions().name = "tiny"  # type: ignore[misc]

@@ -1,4 +1,4 @@
-"""app/demo_models.py (scripts/make_demo_graphs.py, graphserve demo-models): reading labels out of the packages safely, idempotence, and
+"""app/demo/ (scripts/make_demo_graphs.py, graphserve demo-models): reading labels out of the packages safely, idempotence, and
 (slow) building the three real demo models and checking them on real photos."""
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from app import demo_models as demo
+from app import demo
 
 
 def test_fer_labels_come_from_its_source() -> None:

@@ -10,7 +10,16 @@ import pytest
 import tensorflow as tf
 
 from app.manifest import LABELS_FILE, MANIFEST_FILE, InputSpec, load
-from freeze import ImageOptions, SourceError, freeze_model, load_source, random_feeds, run_frozen, verify
+from freeze import (
+    ImageOptions,
+    SourceError,
+    WriteOptions,
+    freeze_model,
+    load_source,
+    random_feeds,
+    run_frozen,
+    verify,
+)
 
 pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")  # Keras 3 saving
 
@@ -45,8 +54,7 @@ def test_keras_file_becomes_a_servable_version(keras_model, tmp_path: Path, suff
         path,
         image=ImageOptions(scale="[-1,1]"),
         labels=["ant", "bee", "cat"],
-        graphs_dir=tmp_path / "graphs",
-        name="tiny",
+        write=WriteOptions(graphs_dir=tmp_path / "graphs", name="tiny"),
     )
     assert result.path == tmp_path / "graphs" / "tiny" / "1"
     manifest = load(result.path / MANIFEST_FILE)

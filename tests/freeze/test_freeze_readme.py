@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import re
 import shlex
+import textwrap
 from collections.abc import Callable
 from pathlib import Path
 
@@ -138,6 +139,20 @@ def test_readme_library_example(checkout_like: Path, tmp_path: Path, monkeypatch
     (tmp_path / "tiny.keras").symlink_to(checkout_like / "tiny.keras")
     monkeypatch.chdir(tmp_path)  # its graphs_dir="graphs" must not be the checkout's
     exec(compile(LIBRARY[0], "README.md", "exec"), {})
+    assert "wrote graphs/tiny/1" in capsys.readouterr().out
+    assert load(tmp_path / "graphs" / "tiny" / "1" / MANIFEST_FILE).input.tensor == "input:0"
+
+
+def test_pipeline_docstring_library_example(checkout_like: Path, tmp_path: Path, monkeypatch, capsys) -> None:
+    """``freeze.pipeline``'s own example, as written in its docstring, on the README's tiny.keras."""
+    import freeze.pipeline
+
+    block = freeze.pipeline.__doc__.split('Freeze your own model")::\n\n', 1)[1].split("\n\n", 2)
+    code = "\n\n".join(block[:2])
+    assert "freeze_model(" in code and "WriteOptions(" in code
+    (tmp_path / "tiny.keras").symlink_to(checkout_like / "tiny.keras")
+    monkeypatch.chdir(tmp_path)
+    exec(compile(textwrap.dedent(code), "freeze/pipeline.py", "exec"), {})
     assert "wrote graphs/tiny/1" in capsys.readouterr().out
     assert load(tmp_path / "graphs" / "tiny" / "1" / MANIFEST_FILE).input.tensor == "input:0"
 

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from freeze import ImageOptions, freeze_model
+from freeze import ImageOptions, WriteOptions, freeze_model
 
 DIGITS = [str(i) for i in range(10)]
 PER_REQUEST = 64  # the service's default limit of images per request
@@ -31,8 +31,7 @@ def test_frozen_mnist_checkpoint_classifies_real_digits_through_the_service(chec
         checkpoints / "mnist_softmax_tf1",
         image=ImageOptions(flatten=True),
         labels=DIGITS,
-        graphs_dir=tmp_path / "graphs",
-        name="mnist",
+        write=WriteOptions(graphs_dir=tmp_path / "graphs", name="mnist"),
     )
     assert result.manifest is not None and result.manifest.preprocessing.flatten
     from app import create_app

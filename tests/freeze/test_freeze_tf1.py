@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from app.graphdef import node_name, tensor_name
 from freeze import (
     AmbiguousChoiceError,
     GraphError,
@@ -24,7 +25,7 @@ from freeze import (
     run_frozen,
     verify,
 )
-from freeze.graph import did_you_mean, node_name, tensor_name
+from freeze.graph import did_you_mean
 from tests.freeze.conftest import save_training_checkpoint, tf1_reference
 
 X = np.random.default_rng(1).random((5, 4), dtype=np.float32)

@@ -21,8 +21,9 @@ import tensorflow as tf
 from PIL import Image
 from skimage import data
 
-from freeze import ImageOptions, VerificationError, freeze_model
+from freeze import CheckOptions, ImageOptions, VerificationError, WriteOptions, freeze_model
 from freeze.reference import check_reference
+from app.services import services_of
 
 REPO = Path(__file__).resolve().parents[2]
 CACHE = REPO / ".cache" / "test-downloads"
@@ -86,8 +87,9 @@ def options(resize: str, **extra) -> ImageOptions:
 def test_tf2_resize_is_caught_as_a_mismatch(nudity_graph, samples, tmp_path):
     with pytest.raises(VerificationError) as caught:
         freeze_model(
-            nudity_graph, image=options("bilinear", antialias=False), labels=LABELS, samples=samples,
-            reference_preprocess=package_pipeline, graphs_dir=tmp_path, name="nudity",
+            nudity_graph, image=options("bilinear", antialias=False), labels=LABELS,
+            check=CheckOptions(samples=samples, reference_preprocess=package_pipeline),
+            write=WriteOptions(graphs_dir=tmp_path, name="nudity"),
         )
     check = caught.value.verification
     assert not check.passed
@@ -99,8 +101,9 @@ def test_tf2_resize_is_caught_as_a_mismatch(nudity_graph, samples, tmp_path):
 
 def test_tf1_recipe_passes_and_serves_the_packages_scores(nudity_graph, samples, tmp_path):
     result = freeze_model(
-        nudity_graph, image=options("tf1_bilinear"), labels=LABELS, samples=samples,
-        reference_preprocess=package_pipeline, graphs_dir=tmp_path, name="nudity",
+        nudity_graph, image=options("tf1_bilinear"), labels=LABELS,
+        check=CheckOptions(samples=samples, reference_preprocess=package_pipeline),
+        write=WriteOptions(graphs_dir=tmp_path, name="nudity"),
     )
     assert result.reference is not None and result.reference.passed
     assert result.reference.output_max < 1e-4
@@ -120,7 +123,7 @@ def test_tf1_recipe_passes_and_serves_the_packages_scores(nudity_graph, samples,
         assert answer.status_code == 200, answer.get_json()
         served = class_scores(answer.get_json()["models"]["nudity"], classes=2)
     finally:
-        app.extensions["models"].close()
+        services_of(app).registry.close()
     assert np.abs(served - package_scores(nudity_graph, samples)).max() < 1e-4
 
 

@@ -10,21 +10,19 @@ from __future__ import annotations
 
 import io
 import os
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(ROOT))  # the checkout, so the peers run uninstalled (see scripts/freeze.py)
-
-from app import recipes  # noqa: E402
-from app.manifest import Preprocessing  # noqa: E402
-from app.manifest import load as load_manifest  # noqa: E402
+from app import recipes
+from app.manifest import Preprocessing
+from app.manifest import load as load_manifest
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+ROOT = Path(__file__).resolve().parents[3]  # the checkout (or site-packages), for the default manifest
 
 DEFAULT_MANIFEST = ROOT / "graphs" / "labdog" / "1" / "model.json"
 TOP_K = 5

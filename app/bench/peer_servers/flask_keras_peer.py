@@ -1,7 +1,6 @@
-#!/usr/bin/env python3
 """Flask + Keras peer: the naive baseline, one ``model.predict`` per request.
 
-    .venv/bin/python scripts/peers/flask_keras_peer.py --port 8102 --model-h5 path/to/dog_breed_mobilenetv2.h5
+    .venv/bin/python -m app.bench.peer_servers.flask_keras_peer --port 8102 --model-h5 path/to/dog_breed_mobilenetv2.h5
 
 What people write first: a Flask app, served by waitress (``--threads`` threads; never Flask's
 debug server), that decodes each request with Pillow (EXIF orientation, RGB, resize with the
@@ -21,8 +20,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-
-import common  # noqa: E402
+from app.bench.peer_servers import common
 
 
 def create_app(model: Any, recipe: common.Recipe) -> Any:

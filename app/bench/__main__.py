@@ -1,0 +1,7 @@
+"""``python -m app.bench``: the same as ``graphserve bench`` and ``scripts/bench.py``."""
+
+import sys
+
+from app.bench import main
+
+sys.exit(main(prog="python -m app.bench"))

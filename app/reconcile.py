@@ -1,0 +1,336 @@
+"""Reconciling (TF Serving's *source* and *aspired versions*): make what is served match the disk.
+
+``load_all()`` at start-up (strict by default: the first failure stops start-up),
+``reload()`` on demand (``POST /admin/reload``) and every ``poll_interval_s`` (the poller):
+new versions are loaded and warmed up on a low-priority loader thread, then switched in
+atomically (``ModelRegistry.publish``: one immutable snapshot replaces the last); versions no
+longer wanted stop taking new requests at once and are closed (runner, then session) only
+when their last borrower has returned (*drain*). A version that fails to load is refused
+with one log line, listed as ``failed`` with its reason, and the versions already serving
+keep serving. A refused version is retried once its files change.
+
+The registry (``app.registry``) only serves and hands out handles; the runners a handle
+runs with are built by ``app.runners``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from concurrent.futures import CancelledError, ThreadPoolExecutor
+from dataclasses import dataclass, field, replace
+from typing import Any, Callable
+
+from app.config import Settings
+from app.discovery import DiscoveryError, ModelSource, fingerprint, scan
+from app.memory import configure_gpus
+from app.registry import (
+    AVAILABLE, FAILED, LOADING, UNLOADING, BatchObserver, ModelEntry, ModelHandle, ModelRegistry, NoModels,
+    VersionStatus,
+)
+from app.runners import build_handle
+from app.servable import ModelLoadError, Placement, Servable, SessionOptions, load_servable
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class ReloadReport:
+    loaded: list[dict[str, Any]] = field(default_factory=list)
+    unloaded: list[dict[str, Any]] = field(default_factory=list)
+    refused: list[dict[str, Any]] = field(default_factory=list)
+    seconds: float = 0.0
+
+    def to_json(self) -> dict[str, Any]:
+        return {"loaded": self.loaded, "unloaded": self.unloaded, "refused": self.refused,
+                "seconds": round(self.seconds, 3)}
+
+
+
+class Reconciler:
+    """Keeps the registry's versions matching the disk: loads, switches, drains, unloads.
+
+    One reconcile at a time, on a single low-priority loader thread; a poller thread calls
+    it every ``poll_interval_s``; each unloaded version closes on its own thread once its
+    last request is answered. The registry's ``close`` stops all of it (``on_close``).
+    """
+
+    def __init__(self, registry: ModelRegistry, settings: Settings, *, on_batch: BatchObserver | None = None) -> None:
+        self.registry = registry
+        self._settings = settings
+        self._on_batch = on_batch
+        self._lock = threading.Lock()
+        self._reload_lock = threading.Lock()  # one reconcile at a time
+        self._last_errors: dict[str, str] = {}
+        self._unloaders: list[threading.Thread] = []
+        self._loader: ThreadPoolExecutor | None = None
+        self._poller: threading.Thread | None = None
+        self._options = SessionOptions(
+            intra_op_threads=settings.intra_op_threads,
+            inter_op_threads=settings.inter_op_threads,
+            gpu_memory_fraction=settings.gpu_memory_fraction or None,
+        )
+        registry.on_close(self._stop)
+
+    @property
+    def _closing(self) -> threading.Event:
+        return self.registry.closing
+
+    @property
+    def _models(self) -> dict[str, ModelEntry]:
+        return self.registry.snapshot
+
+    def _publish(self, name: str, change: Callable[[ModelEntry], ModelEntry | None]) -> bool:
+        return self.registry.publish(name, change)
+
+    def _make_handle(self, servable: Servable) -> ModelHandle:
+        return build_handle(servable, self._settings, self._on_batch)
+
+    def _stop(self, end: float | None) -> None:
+        """The registry is closed and drained: join the unloaders, stop the loader."""
+        for thread in list(self._unloaders):
+            thread.join(None if end is None else max(0.0, end - time.monotonic()))
+        if self._loader is not None:
+            self._loader.shutdown(wait=False, cancel_futures=True)
+
+    def load_all(self) -> None:
+        """Start-up: load every wanted version in this thread. Strict by default: the first
+        failure stops start-up (and unloads what was loaded)."""
+        configure_gpus()  # before any Session: memory growth, never grab the whole card
+        strict = self._settings.strict_startup
+        try:
+            self._reconcile(strict=strict)
+        except BaseException:
+            self.registry.close(timeout=0)
+            raise
+        if not self._models:
+            log.warning("no models found under %s", self._settings.graphs_dir)
+
+    def reload(self, timeout: float | None = None) -> ReloadReport:
+        """Re-read the graphs directory and every ``versions.json``; load what is new on the
+        loader thread, switch, and unload what is no longer wanted (after its drain)."""
+        if self._closing.is_set():
+            raise NoModels("the registry is shutting down")
+        return self._loader_pool().submit(self._reconcile, strict=False).result(timeout)
+
+    def start_polling(self, interval_s: float) -> None:
+        """Reload every ``interval_s`` seconds on a daemon thread until ``close``."""
+        if interval_s <= 0 or self._poller is not None:
+            return
+
+        def poll() -> None:
+            while not self._closing.wait(interval_s):
+                try:
+                    report = self.reload()
+                    if report.loaded or report.unloaded:
+                        log.info("poll: %s", report.to_json())
+                except (NoModels, CancelledError):  # closing
+                    return
+                except Exception:
+                    log.exception("poll: reload failed")
+
+        self._poller = threading.Thread(target=poll, name="graphserve-poll", daemon=True)
+        self._poller.start()
+
+
+    def _loader_pool(self) -> ThreadPoolExecutor:
+        with self._lock:
+            if self._loader is None:
+                self._loader = ThreadPoolExecutor(
+                    max_workers=1, thread_name_prefix="graphserve-loader", initializer=self._lower_priority
+                )
+            return self._loader
+
+    def _lower_priority(self) -> None:
+        """Run reloads at a lower CPU priority than request threads (Linux: per-thread nice)."""
+        nice = self._settings.loader_nice
+        if nice <= 0 or not hasattr(os, "setpriority"):
+            return
+        try:
+            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), nice)
+        except OSError as exc:
+            log.debug("cannot lower the loader thread's priority: %s", exc)
+
+    def _reconcile(self, *, strict: bool) -> ReloadReport:
+        """Make what is served match what is on disk. ``strict`` raises the first error."""
+        with self._reload_lock:
+            started = time.perf_counter()
+            report = ReloadReport()
+            try:
+                sources, errors = scan(self._settings.graphs_dir, strict=strict)
+            except DiscoveryError as exc:
+                if strict:
+                    raise
+                self._refuse(report, "*", None, str(exc))
+                return report
+            broken = {}
+            for error in errors:
+                name = error.model or "*"
+                broken[name] = str(error)
+                self._refuse(report, name, None, str(error))
+            found = {source.name: source for source in sources}
+            for name in sorted(set(found) | set(self._models)):
+                if self._closing.is_set():
+                    break
+                if name in broken:
+                    self._publish(name, lambda e, reason=broken[name]: replace(e, error=reason))
+                    continue
+                source = found.get(name)
+                self._reconcile_model(name, source, report, strict=strict)
+            report.seconds = time.perf_counter() - started
+            return report
+
+    def _reconcile_model(self, name: str, source: ModelSource | None, report: ReloadReport, *, strict: bool) -> None:
+        """Load what the policy wants, switch, unload what it no longer wants (one model).
+
+        A refused version does not count towards the policy: with "latest 2" and versions
+        1, 2 serving, a broken 3 leaves 1 and 2 serving. A refused version is retried once
+        its files change (so polling does not log the same failure forever).
+        """
+        entry = self._models.get(name, ModelEntry(name=name))
+        on_disk = source.versions if source is not None else {}
+        self._last_errors.pop(name, None)
+        failed: dict[int, VersionStatus] = {
+            v: status for v, status in entry.versions.items()
+            if status.state == FAILED and v in on_disk and status.fingerprint == fingerprint(on_disk[v])
+        }
+        loaded: dict[int, ModelHandle] = {}
+        try:
+            aspired = self._load_wanted(name, source, entry, failed, loaded, report, strict=strict)
+        except BaseException:
+            for handle in loaded.values():  # start-up stops: close what this model had loaded
+                handle.close()
+            raise
+        self._switch(name, source, aspired, on_disk, failed, loaded, report)
+
+    def _load_wanted(
+        self, name: str, source: ModelSource | None, entry: ModelEntry, failed: dict[int, VersionStatus],
+        loaded: dict[int, ModelHandle], report: ReloadReport, *, strict: bool,
+    ) -> list[int]:
+        """Load the versions the policy wants that are not loaded; return what it wants."""
+        on_disk = source.versions if source is not None else {}
+        policy = source.policy if source is not None else None
+        current = entry.available()
+        if policy is not None:
+            # a version wanted again while it still drains from an earlier reload: let its last
+            # requests finish (they have deadlines) and its session close, then load it afresh
+            wanted = set(policy.select([v for v in on_disk if v not in failed]))
+            for v, status in entry.versions.items():
+                if status.state == UNLOADING and status.handle is not None and v in wanted:
+                    if not status.handle.wait_closed(self._settings.request_timeout_s + 5):
+                        self._warn(name, f"version {v} is still draining; it is loaded again by a later reload")
+        draining = {v for v, st in entry.versions.items() if st.state == UNLOADING and st.handle and not st.handle.closed}
+        while True:  # each round either loads or refuses at least one version, or ends
+            aspired = policy.select([v for v in on_disk if v not in failed]) if policy is not None else []
+            todo = [v for v in aspired if v not in loaded and v not in current and v not in draining]
+            if not todo:
+                break
+            for version in todo:
+                assert source is not None
+                marks = fingerprint(on_disk[version])
+                self._publish(name, lambda e, v=version: _with_version(e, VersionStatus(v, LOADING)))
+                try:
+                    handle = self._make_handle(load_servable(source.spec(version), self._options, _placement(source)))
+                except ModelLoadError as exc:
+                    if strict:
+                        raise
+                    log.error("refused model %s version %d: %s", name, version, exc)
+                    failed[version] = VersionStatus(version, FAILED, reason=str(exc), fingerprint=marks)
+                    self._publish(name, lambda e, st=failed[version]: _with_version(e, st))
+                    report.refused.append({"model": name, "version": version, "reason": str(exc)})
+                    continue
+                except BaseException:
+                    self._publish(name, lambda e, v=version: _without_version(e, v))
+                    raise
+                loaded[version] = handle
+                report.loaded.append({"model": name, "version": version})
+        return aspired
+
+    def _switch(
+        self, name: str, source: ModelSource | None, aspired: list[int], on_disk: dict[int, Any],
+        failed: dict[int, VersionStatus], loaded: dict[int, ModelHandle], report: ReloadReport,
+    ) -> None:
+        """Publish the model's new snapshot, then retire what it no longer serves."""
+        policy = source.policy if source is not None else None
+        current = self._models.get(name, ModelEntry(name=name)).available()
+        serving = {v: h for v, h in current.items() if v in aspired and v in on_disk}
+        serving.update(loaded)
+        if not serving and policy is not None and policy.select(list(on_disk)):
+            # availability first: nothing the policy wants could be loaded, so the newest
+            # version that serves (and is still on disk) keeps serving
+            fallback = [v for v in current if v in on_disk]
+            if fallback:
+                serving = {fallback[-1]: current[fallback[-1]]}
+        retired = [h for v, h in current.items() if v not in serving]
+        wanted = set(policy.select(list(on_disk))) if policy is not None else set()
+        labels = dict(policy.labels) if policy is not None else {}
+
+        def switch(now: ModelEntry) -> ModelEntry:
+            # versions still draining from an earlier reload stay listed until they are closed
+            versions = {v: status for v, status in now.versions.items() if status.state == UNLOADING}
+            versions.update({v: status for v, status in failed.items() if v in wanted})
+            versions.update({v: VersionStatus(v, AVAILABLE, handle=h) for v, h in serving.items()})
+            versions.update({h.version: VersionStatus(h.version, UNLOADING, handle=h) for h in retired})
+            return ModelEntry(name=name, versions=dict(sorted(versions.items())), labels=labels)
+
+        if not self._publish(name, switch):  # closed while loading: nobody will serve these
+            for handle in loaded.values():
+                handle.close()
+            return
+        if policy is not None and policy.policy == "specific":
+            missing = [v for v in policy.versions if v not in on_disk]
+            if missing:
+                self._warn(name, f"versions.json asks for version(s) {', '.join(map(str, missing))}, "
+                                 f"not on disk (versions: {', '.join(map(str, on_disk)) or 'none'})")
+        for label, version in labels.items():
+            if version not in serving:
+                self._warn(name, f"label '{label}' points at version {version}, which is not served "
+                                 f"(served: {', '.join(map(str, sorted(serving))) or 'none'})")
+        # unload what was switched away from, once its last request is answered
+        for handle in retired:
+            handle.retire()
+            report.unloaded.append({"model": name, "version": handle.version})
+            self._unload_when_idle(handle)
+
+    def _unload_when_idle(self, handle: ModelHandle) -> None:
+        def unload() -> None:
+            self._lower_priority()  # freeing a session's memory is background work too
+            handle.wait_idle()
+            handle.close()
+            log.info("unloaded model %s version %d", handle.name, handle.version)
+            self._publish(handle.name, lambda e: _without_version(e, handle.version, only=handle))
+
+        thread = threading.Thread(target=unload, name=f"unload-{handle.name}-{handle.version}", daemon=True)
+        self._unloaders = [t for t in self._unloaders if t.is_alive()] + [thread]
+        thread.start()
+
+    def _refuse(self, report: ReloadReport, model: str, version: int | None, reason: str) -> None:
+        report.refused.append({"model": model, **({"version": version} if version is not None else {}),
+                               "reason": reason})
+        if self._last_errors.get(model) != reason:  # one line per new problem, not one per poll
+            self._last_errors[model] = reason
+            log.error("refused %s: %s", "every model" if model == "*" else f"model {model}", reason)
+
+    def _warn(self, model: str, message: str) -> None:
+        """Log a warning once per distinct message, not once per poll."""
+        key = f"warning:{model}:{message}"
+        if key not in self._last_errors:
+            self._last_errors[key] = message
+            log.warning("model %s: %s", model, message)
+
+
+def _placement(source: ModelSource) -> Placement:
+    return Placement(device=source.policy.device, gpu_memory_mb=source.policy.gpu_memory_mb)
+
+
+def _with_version(entry: ModelEntry, status: VersionStatus) -> ModelEntry:
+    return replace(entry, versions=dict(sorted({**entry.versions, status.version: status}.items())))
+
+
+def _without_version(entry: ModelEntry, version: int, only: ModelHandle | None = None) -> ModelEntry:
+    status = entry.versions.get(version)
+    if status is None or (only is not None and status.handle is not only):
+        return entry
+    return replace(entry, versions={v: s for v, s in entry.versions.items() if v != version})
