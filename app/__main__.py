@@ -2,7 +2,7 @@
 
 The same as ``graphserve serve`` (one implementation, in ``app/cli.py``). Every flag is
 optional and also settable as ``GRAPHSERVE_<NAME>`` in the environment (flags win). Flask's
-debug server is never used: ``app/server.py`` runs waitress, and SIGTERM or SIGINT drain the
+debug server is never used: ``app/lifecycle.py`` runs waitress (``app/http_server.py``), and SIGTERM or SIGINT drain the
 requests in flight before the process exits 0.
 """
 

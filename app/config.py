@@ -48,7 +48,7 @@ class Settings:
     loader_nice: int = 10  # reloads load and warm up on a thread this much nicer than request threads (Linux)
     log_level: str = "INFO"
     log_requests: str = "INFO"  # level of the one-line-per-request log; "OFF" to silence
-    # Connections and shutdown (app/server.py; the figures behind them are in the README).
+    # Connections and shutdown (app/http_server.py, app/lifecycle.py; the figures behind them are in docs/operations.md).
     connection_limit: int = 4_000  # open connections at once (~3 KiB each); lowered to what RLIMIT_NOFILE holds
     read_header_timeout_s: float = 10.0  # a request's headers must arrive within this, else 408 and close
     read_timeout_s: float = 60.0  # ... and the whole request, body included (32 MiB at ~0.6 MB/s)

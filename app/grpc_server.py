@@ -2,7 +2,7 @@
 
 ``python -m app`` serves gRPC on ``settings.host:settings.grpc_port`` (``--grpc-port`` /
 ``GRAPHSERVE_GRPC_PORT``; default 8500, TF Serving's own gRPC port; 0: off) beside the HTTP
-server: ``app/server.py``'s ``listen`` binds it with ``listen_grpc`` before the models load,
+server: ``app/lifecycle.py``'s ``listen`` binds it with ``listen_grpc`` before the models load,
 ``GraphServer`` installs the services with ``install_services``, starts it in
 ``run()`` and stops it in the SIGTERM drain (``server.stop(grace)``: no new RPCs, the ones in
 flight get the grace period).

@@ -58,6 +58,19 @@ def app(graphs_dir: Path):
     services_of(application).registry.close()
 
 
+@pytest.fixture(scope="session")
+def channel(app):
+    """A gRPC channel to a real gRPC server (every gRPC service) on a free port, over ``app``."""
+    import grpc
+
+    from app.grpc_server import start_grpc_server
+
+    server, port = start_grpc_server(app)
+    with grpc.insecure_channel(f"127.0.0.1:{port}") as opened:
+        yield opened
+    server.stop(None)
+
+
 @pytest.fixture()
 def client(app):
     return app.test_client()

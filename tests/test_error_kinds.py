@@ -18,7 +18,6 @@ from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
 from tritonclient.grpc import service_pb2, service_pb2_grpc
 
 from app import batching, images, registry, servable
-from app.grpc_server import start_grpc_server
 from app.inference import Selected
 from app.kinds import DOMAIN, Kind, describe
 from tests.digits import png_bytes
@@ -39,13 +38,9 @@ NOT_A_REQUEST_ERROR = {servable.ModelLoadError, servable.ServableError, batching
 
 
 @pytest.fixture(scope="module")
-def stubs(app):
-    server, port = start_grpc_server(app)
-    channel = grpc.insecure_channel(f"127.0.0.1:{port}")
-    yield (prediction_service_pb2_grpc.PredictionServiceStub(channel),
-           service_pb2_grpc.GRPCInferenceServiceStub(channel))
-    channel.close()
-    server.stop(None)
+def stubs(channel):
+    return (prediction_service_pb2_grpc.PredictionServiceStub(channel),
+            service_pb2_grpc.GRPCInferenceServiceStub(channel))
 
 
 def test_every_exception_a_request_can_meet_has_a_kind() -> None:

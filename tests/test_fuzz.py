@@ -82,6 +82,8 @@ def served_graphs(app) -> list[tuple[str, int, int]]:
 
 def pixels_held(app) -> int:
     """Pixels still held in the process-wide decode budget (0 when no request is running)."""
+    from app.services import services_of
+
     return services_of(app).core.pixel_budget.used
 
 

@@ -5,22 +5,11 @@ from __future__ import annotations
 import base64
 import logging
 
-import grpc
-import pytest
 import tensorflow as tf
 from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
 from tritonclient.grpc import service_pb2, service_pb2_grpc
 
-from app.grpc_server import start_grpc_server
 from tests.digits import png_bytes
-
-
-@pytest.fixture(scope="module")
-def channel(app):
-    server, port = start_grpc_server(app)
-    with grpc.insecure_channel(f"127.0.0.1:{port}") as opened:
-        yield opened
-    server.stop(None)
 
 
 def test_one_line_per_request_with_models_and_images_on_every_door(app, client, channel, digits, caplog):

