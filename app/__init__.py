@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, Mapping
 
-from app.config import Settings
+from .config import Settings
 
 if TYPE_CHECKING:  # Flask is imported by create_app, so the core (app.inference) imports without it
     from flask import Flask
@@ -17,13 +17,13 @@ if TYPE_CHECKING:  # Flask is imported by create_app, so the core (app.inference
 def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
     """Build the app: settings, error handlers, every model loaded and warm, the services
     object (``app.services.services_of(app)``), routes."""
-    from app.memory import limit_malloc_arenas
+    from .memory import limit_malloc_arenas
 
     limit_malloc_arenas()  # before TensorFlow and the request threads allocate
     from flask import Flask
 
-    from app import admin, errors, observe, views  # TensorFlow loads here, not on `import app`
-    from app.services import EXTENSION, Services
+    from . import admin, errors, observe, views  # TensorFlow loads here, not on `import app`
+    from .services import EXTENSION, Services
 
     settings = Settings.from_env().replace(test_config or {})
     app = Flask(__name__, static_folder=None)  # app/static is served by app/page.py only
@@ -34,13 +34,13 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
     observe.init_app(app)  # every request of every blueprint: counted, one log line
     app.extensions[EXTENSION] = Services.start(settings)  # the models load here
     app.register_blueprint(views.bp)
-    from app import page
+    from . import page
 
     app.register_blueprint(page.bp)  # GET /: the web page (app/static), over the public API
-    from app.kserve import rest as kserve_rest
+    from .kserve import rest as kserve_rest
 
     app.register_blueprint(kserve_rest.bp)  # KServe v2 REST: /v2/...
-    from app.tfserving import rest as tfserving_rest
+    from .tfserving import rest as tfserving_rest
 
     app.register_blueprint(tfserving_rest.bp)  # TF Serving REST: /v1/models/...
     admin.init_app(app, settings)  # only when an admin token is set

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import sys
 
-from app.cli import serve
+from .cli import serve
 
 if __name__ == "__main__":
     sys.exit(serve(prog="python -m app"))

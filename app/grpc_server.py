@@ -29,17 +29,17 @@ import importlib
 import logging
 from collections.abc import Callable
 from concurrent import futures
-
 from typing import TYPE_CHECKING
 
 import grpc
 
-from app.config import Settings
+from .config import Settings
+from .layout import SERVICE
 
 if TYPE_CHECKING:
     from flask import Flask
 
-    from app.services import Services
+    from .services import Services
 
 log = logging.getLogger("graphserve.grpc")
 
@@ -48,8 +48,8 @@ Installer = Callable[[grpc.Server, "Services"], None]
 # One entry per gRPC protocol, "module:function"; each adds its servicers to the server. Imported
 # by install_services only: their protos import TensorFlow, and binding comes before that.
 SERVICES: list[str] = [
-    "app.tfserving.grpc:install",  # tensorflow.serving.PredictionService, tensorflow.serving.ModelService
-    "app.kserve.grpc:install",  # inference.GRPCInferenceService (KServe v2 / Open Inference Protocol)
+    f"{SERVICE}.tfserving.grpc:install",  # tensorflow.serving.PredictionService, tensorflow.serving.ModelService
+    f"{SERVICE}.kserve.grpc:install",  # inference.GRPCInferenceService (KServe v2 / Open Inference Protocol)
 ]
 
 
@@ -76,7 +76,7 @@ def install_services(server: grpc.Server, services: Services) -> None:
 
 def create_grpc_server(app: Flask, settings: Settings | None = None) -> grpc.Server:
     """A gRPC server for ``app``'s services with every service of ``SERVICES``; not bound, not started."""
-    from app.services import services_of
+    from .services import services_of
 
     services = services_of(app)
     server = new_grpc_server(settings or services.settings)

@@ -18,7 +18,7 @@ import json
 from waitress.task import ErrorTask
 from waitress.utilities import Error as WaitressError
 
-from app.config import Settings
+from .config import Settings
 
 MESSAGE_LIMIT = 200  # characters of a client's own bytes echoed back in an error message
 

@@ -42,8 +42,8 @@ from waitress.task import ThreadedTaskDispatcher, WSGITask
 from waitress.utilities import BadRequest as WaitressBadRequest
 from waitress.utilities import Error as WaitressError
 
-from app.config import Settings
-from app.http_errors import JsonErrorTask, RequestTimeout, VersionNotSupported
+from .config import Settings
+from .http_errors import JsonErrorTask, RequestTimeout, VersionNotSupported
 
 SUPPORTED_VERSIONS = ("1.0", "1.1")
 ACCEPT_BATCH = 256  # connections accepted per loop turn (waitress: 1)

@@ -76,9 +76,9 @@ import numpy as np
 import simplejpeg
 from PIL import Image, UnidentifiedImageError
 
-from app.config import Settings
-from app.exif import jpeg_orientation, upright
-from app.text import clip
+from .config import Settings
+from .exif import jpeg_orientation, upright
+from .text import clip
 
 # What the graph's tf.io.decode_image reads (checked in tests): Pillow format -> shown name.
 SUPPORTED_FORMATS = {"JPEG": "jpeg", "PNG": "png", "GIF": "gif", "BMP": "bmp", "WEBP": "webp"}

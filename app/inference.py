@@ -43,13 +43,13 @@ from typing import Callable, Protocol, Sequence
 
 import numpy as np
 
-from app import memory
-from app.batching import Completed, DeadlineExceeded
-from app.config import Settings
-from app.images import PixelBudget, check_images
-from app.registry import ModelHandle, ModelRegistry
-from app.servable import Item, Row, UndecodableImage
-from app.text import clip
+from . import memory
+from .batching import Completed, DeadlineExceeded
+from .config import Settings
+from .images import PixelBudget, check_images
+from .registry import ModelHandle, ModelRegistry
+from .servable import Item, Row, UndecodableImage
+from .text import clip
 
 STAGES = ("queue", "run", "postprocess", "total")
 

@@ -26,10 +26,10 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass
 
-from app import images
-from app.batching import BatcherClosed, DeadlineExceeded, QueueFull
-from app.registry import BadModelSelection, ModelNotFound, ModelUnavailable, NoModels, VersionNotFound
-from app.servable import ModelRunError, UndecodableImage
+from . import images
+from .batching import BatcherClosed, DeadlineExceeded, QueueFull
+from .registry import BadModelSelection, ModelNotFound, ModelUnavailable, NoModels, VersionNotFound
+from .servable import ModelRunError, UndecodableImage
 
 
 class Kind(enum.Enum):

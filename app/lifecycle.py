@@ -39,11 +39,11 @@ from typing import Any
 from flask import Flask
 from waitress.adjustments import Adjustments
 
-from app.config import Settings
-from app.http_errors import ShuttingDown
-from app.http_server import Channel, HttpServer, RequestCounts, sweep_interval
-from app.services import services_of
-from app.waitress_internals import check_waitress_internals
+from .config import Settings
+from .http_errors import ShuttingDown
+from .http_server import Channel, HttpServer, RequestCounts, sweep_interval
+from .services import services_of
+from .waitress_internals import check_waitress_internals
 
 log = logging.getLogger("graphserve.server")
 
@@ -126,7 +126,7 @@ def listen(settings: Settings, *, host: str | None = None, port: int | None = No
                 shown = f"[{address[0]}]:{address[1]}" if family == socket.AF_INET6 else f"{address[0]}:{address[1]}"
                 raise OSError(exc.errno, f"cannot listen on http://{shown}: {exc.strerror or exc} "
                                          "(another server there? choose another with --port)") from None
-        from app.grpc_server import listen_grpc
+        from .grpc_server import listen_grpc
 
         grpc_bound = listen_grpc(settings, host=host, port=grpc_port)
     except BaseException:
@@ -161,7 +161,7 @@ class GraphServer:
         self.host = listeners.host
         self.grpc, self.grpc_port = listeners.grpc, listeners.grpc_port
         if self.grpc is not None:
-            from app.grpc_server import install_services
+            from .grpc_server import install_services
 
             install_services(self.grpc, self.services)
         self._stop_requested = threading.Event()

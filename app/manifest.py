@@ -34,11 +34,11 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import dataclass, field, asdict
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from app.recipes import RESIZE_METHODS, RESIZES, SCALE_PRESETS
+from .recipes import RESIZE_METHODS, RESIZES, SCALE_PRESETS
 
 MANIFEST_FILE = "model.json"
 GRAPH_FILE = "model.pb"

@@ -30,7 +30,7 @@ from typing import Any, TypeVar
 import grpc
 from flask import Flask, Response, current_app, g, request
 
-from app.services import Services, services_of
+from .services import Services, services_of
 
 log = logging.getLogger(__name__)
 request_log = logging.getLogger("graphserve.request")

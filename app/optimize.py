@@ -45,9 +45,9 @@ from tensorflow.core.framework import graph_pb2, node_def_pb2
 from tensorflow.core.protobuf import rewriter_config_pb2
 from tensorflow.python.framework import op_def_registry
 
-from app.graphdef import is_control_input, output_index, prune
-from app.graphdef import node_name as _node_name
-from app.manifest import Manifest, OptimizeSpec
+from .graphdef import is_control_input, output_index, prune
+from .graphdef import node_name as _node_name
+from .manifest import Manifest, OptimizeSpec
 
 log = logging.getLogger(__name__)
 

@@ -30,8 +30,8 @@ from dataclasses import dataclass
 
 import tensorflow as tf
 
-from app import recipes
-from app.manifest import Manifest, Preprocessing
+from . import recipes
+from .manifest import Manifest, Preprocessing
 
 ENCODED_NAME = "graphserve/encoded"
 ORIENTATION_NAME = "graphserve/orientation"

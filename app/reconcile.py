@@ -23,15 +23,23 @@ from concurrent.futures import CancelledError, ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from typing import Any, Callable
 
-from app.config import Settings
-from app.discovery import DiscoveryError, ModelSource, fingerprint, scan
-from app.memory import configure_gpus
-from app.registry import (
-    AVAILABLE, FAILED, LOADING, UNLOADING, BatchObserver, ModelEntry, ModelHandle, ModelRegistry, NoModels,
+from .config import Settings
+from .discovery import DiscoveryError, ModelSource, fingerprint, scan
+from .memory import configure_gpus
+from .registry import (
+    AVAILABLE,
+    FAILED,
+    LOADING,
+    UNLOADING,
+    BatchObserver,
+    ModelEntry,
+    ModelHandle,
+    ModelRegistry,
+    NoModels,
     VersionStatus,
 )
-from app.runners import build_handle
-from app.servable import ModelLoadError, Placement, Servable, SessionOptions, load_servable
+from .runners import build_handle
+from .servable import ModelLoadError, Placement, Servable, SessionOptions, load_servable
 
 log = logging.getLogger(__name__)
 

@@ -37,10 +37,10 @@ from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
-from app.batching import Batcher, Completed, Runner
-from app.config import Settings
-from app.servable import Item, Row, Servable
-from app.text import clip
+from .batching import Batcher, Completed, Runner
+from .config import Settings
+from .servable import Item, Row, Servable
+from .text import clip
 
 log = logging.getLogger(__name__)
 

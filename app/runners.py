@@ -8,10 +8,10 @@ from __future__ import annotations
 
 import functools
 
-from app.batching import Batcher, DirectRunner, Runner
-from app.config import Settings
-from app.registry import BatchObserver, ModelHandle
-from app.servable import Item, Row, Servable
+from .batching import Batcher, DirectRunner, Runner
+from .config import Settings
+from .registry import BatchObserver, ModelHandle
+from .servable import Item, Row, Servable
 
 
 def build_handle(servable: Servable, settings: Settings, on_batch: BatchObserver | None = None) -> ModelHandle:

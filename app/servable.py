@@ -32,16 +32,16 @@ from typing import Callable, Sequence, Union
 
 import numpy as np
 import tensorflow as tf
-from tensorflow.core.protobuf import config_pb2
 from PIL import Image
+from tensorflow.core.protobuf import config_pb2
 
-from app import manifest as manifest_lib
-from app import memory, recipes
-from app import optimize as optimize_lib
-from app.exif import jpeg_orientation
-from app.graphdef import node_name
-from app.manifest import Manifest
-from app.preprocessing import build_preprocessing, geometry_key
+from . import manifest as manifest_lib
+from . import memory, recipes
+from . import optimize as optimize_lib
+from .exif import jpeg_orientation
+from .graphdef import node_name
+from .manifest import Manifest
+from .preprocessing import build_preprocessing, geometry_key
 
 log = logging.getLogger(__name__)
 

@@ -18,11 +18,11 @@ import threading
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from app.config import Settings
-from app.inference import InferenceCore
-from app.metrics import Metrics
-from app.reconcile import Reconciler
-from app.registry import ModelRegistry
+from .config import Settings
+from .inference import InferenceCore
+from .metrics import Metrics
+from .reconcile import Reconciler
+from .registry import ModelRegistry
 
 if TYPE_CHECKING:
     from flask import Flask

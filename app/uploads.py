@@ -16,8 +16,8 @@ import json
 
 from flask import Request
 
-from app.errors import BadRequest, InvalidImage, UnsupportedMediaType
-from app.text import clip
+from .errors import BadRequest, InvalidImage, UnsupportedMediaType
+from .text import clip
 
 FIELD = "image"
 

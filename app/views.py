@@ -15,15 +15,15 @@ from typing import Any
 from flask import Blueprint, Response, jsonify, request
 from flask.typing import ResponseReturnValue
 
-from app import observe
-from app.config import Settings
-from app.errors import BadRequest
-from app.inference import ModelResult
-from app.metrics import CONTENT_TYPE
-from app.registry import BadModelSelection
-from app.services import current
-from app.text import clip
-from app.uploads import read_uploads
+from . import observe
+from .config import Settings
+from .errors import BadRequest
+from .inference import ModelResult
+from .metrics import CONTENT_TYPE
+from .registry import BadModelSelection
+from .services import current
+from .text import clip
+from .uploads import read_uploads
 
 bp = Blueprint("api", __name__)
 

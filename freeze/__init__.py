@@ -28,7 +28,7 @@ import importlib
 from typing import Any
 
 _EXPORTS = {
-    "freeze.errors": (
+    ".errors": (
         "AmbiguousChoiceError",
         "ExportError",
         "FreezeError",
@@ -37,8 +37,8 @@ _EXPORTS = {
         "SourceError",
         "VerificationError",
     ),
-    "freeze.export": ("ImageOptions", "build_manifest", "read_labels", "write_model"),
-    "freeze.pipeline": (
+    ".export": ("ImageOptions", "build_manifest", "read_labels", "write_model"),
+    ".pipeline": (
         "CheckOptions",
         "FreezeResult",
         "LoadOptions",
@@ -47,8 +47,8 @@ _EXPORTS = {
         "freeze_model",
         "inspect_model",
     ),
-    "freeze.sources": ("FrozenGraph", "Inspection", "Source", "load_source"),
-    "freeze.verification": ("Verification", "random_feeds", "run_frozen", "verify"),
+    ".sources": ("FrozenGraph", "Inspection", "Source", "load_source"),
+    ".verification": ("Verification", "random_feeds", "run_frozen", "verify"),
 }
 _MODULE_OF = {name: module for module, names in _EXPORTS.items() for name in names}
 
@@ -56,7 +56,7 @@ _MODULE_OF = {name: module for module, names in _EXPORTS.items() for name in nam
 def __getattr__(name: str) -> Any:
     if name not in _MODULE_OF:
         raise AttributeError(f"module 'freeze' has no attribute '{name}'")
-    return getattr(importlib.import_module(_MODULE_OF[name]), name)
+    return getattr(importlib.import_module(_MODULE_OF[name], __name__), name)
 
 
 def __dir__() -> list[str]:

@@ -19,8 +19,8 @@ from dataclasses import dataclass
 
 import tensorflow as tf
 
-from freeze.errors import AmbiguousChoiceError
-from freeze.graph import LOSS_OPS, PLACEHOLDER_OPS, VARIABLE_OPS, GraphDef, is_training_node, reachable
+from .errors import AmbiguousChoiceError
+from .graph import LOSS_OPS, PLACEHOLDER_OPS, VARIABLE_OPS, GraphDef, is_training_node, reachable
 
 # Ops that only move or reshape a tensor: walked through to find what really made it.
 PASS_THROUGH_OPS = frozenset({"Identity", "Reshape", "Squeeze", "ExpandDims", "StopGradient", "Snapshot", "Cast"})

@@ -23,11 +23,11 @@ from typing import Any
 import tensorflow as tf
 from google.protobuf import message
 
-from app.graphdef import tensor_name
-from freeze import graph as g
-from freeze.errors import FreezeError, SourceError
-from freeze.session_source import SessionSource
-from freeze.user_code import import_function
+from . import graph as g
+from ._serving import graphdef
+from .errors import FreezeError, SourceError
+from .session_source import SessionSource
+from .user_code import import_function
 
 log = logging.getLogger(__name__)
 
@@ -210,7 +210,7 @@ def _tensor_names(built: Any) -> tuple[list[str] | None, list[str] | None]:
 
     def names(value: Any) -> list[str]:
         items = value if isinstance(value, (list, tuple)) else [value]
-        return [tensor_name(v if isinstance(v, str) else v.name) for v in items]
+        return [graphdef.tensor_name(v if isinstance(v, str) else v.name) for v in items]
 
     return names(built[0]), names(built[1])
 

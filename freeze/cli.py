@@ -19,8 +19,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from app.manifest import OUTPUT_KINDS, RESIZE_METHODS, SCALE_PRESETS
-from freeze.console import import_tensorflow_quietly, setup_logging
+from ._serving import manifest as manifest_lib
+from .console import import_tensorflow_quietly, setup_logging
 
 EXIT_USER_ERROR = 2
 _CHECKOUT = Path(__file__).resolve().parents[1]
@@ -135,19 +135,19 @@ def build_parser(prog: str = "graphserve freeze") -> argparse.ArgumentParser:
         default=None,
         help="the model takes flat [N, H*W*C] vectors (default: read from the input shape)",
     )
-    image.add_argument("--scale", choices=SCALE_PRESETS, help="pixel scaling (default: [0,1])")
+    image.add_argument("--scale", choices=manifest_lib.SCALE_PRESETS, help="pixel scaling (default: [0,1])")
     image.add_argument("--mean", type=_numbers, help="per-channel mean in 0..255 units (with --scale mean_std)")
     image.add_argument("--std", type=_numbers, help="per-channel std in 0..255 units (with --scale mean_std)")
     image.add_argument(
         "--resize",
-        choices=RESIZE_METHODS,
+        choices=manifest_lib.RESIZE_METHODS,
         metavar="METHOD",
         help="the resize the model was trained with (default: bilinear): TF2's "
-        + ", ".join(m for m in RESIZE_METHODS if "_" not in m)
+        + ", ".join(m for m in manifest_lib.RESIZE_METHODS if "_" not in m)
         + "; TF1's "
-        + ", ".join(m for m in RESIZE_METHODS if m.startswith("tf1_"))
+        + ", ".join(m for m in manifest_lib.RESIZE_METHODS if m.startswith("tf1_"))
         + "; Pillow's "
-        + ", ".join(m for m in RESIZE_METHODS if m.startswith("pillow_")),
+        + ", ".join(m for m in manifest_lib.RESIZE_METHODS if m.startswith("pillow_")),
     )
     image.add_argument(
         "--align-corners", action="store_true", default=None, help="tf1_* resizes: TF1's align_corners=True"
@@ -182,7 +182,7 @@ def build_parser(prog: str = "graphserve freeze") -> argparse.ArgumentParser:
     )
     image.add_argument(
         "--output-kind",
-        choices=OUTPUT_KINDS,
+        choices=manifest_lib.OUTPUT_KINDS,
         help="default: probabilities after a softmax, scores after a ReLU, else logits",
     )
     image.add_argument("--labels", help="labels file (one per line) or a comma-separated list")
@@ -209,7 +209,7 @@ def build_parser(prog: str = "graphserve freeze") -> argparse.ArgumentParser:
 
 
 def _labels(value: str | None) -> list[str] | None:
-    from freeze import ExportError, read_labels
+    from . import ExportError, read_labels
 
     if value is None:
         return None
@@ -221,7 +221,7 @@ def _labels(value: str | None) -> list[str] | None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from freeze import CheckOptions, ImageOptions, LoadOptions, Selection, WriteOptions, freeze_model, inspect_model
+    from . import CheckOptions, ImageOptions, LoadOptions, Selection, WriteOptions, freeze_model, inspect_model
 
     load = LoadOptions(
         graph_fn=args.graph_fn, signature=args.signature, tags=args.tags.split(",") if args.tags else None
@@ -262,7 +262,7 @@ def main(argv: list[str] | None = None, prog: str = "graphserve freeze") -> int:
     args = build_parser(prog).parse_args(argv)
     setup_logging(verbose=args.verbose, prog="freeze")
     import_tensorflow_quietly(verbose=args.verbose)
-    from freeze import FreezeError
+    from . import FreezeError
 
     try:
         return run(args)

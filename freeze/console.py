@@ -17,7 +17,7 @@ import os
 import sys
 import warnings
 
-from app.tensorflow_log import stderr_hidden
+from ._serving import tensorflow_log
 
 
 def import_tensorflow_quietly(*, verbose: bool) -> None:
@@ -31,7 +31,7 @@ def import_tensorflow_quietly(*, verbose: bool) -> None:
         return
     os.environ["TF_CPP_MIN_LOG_LEVEL"] = "3"  # also hides "failed call to cuInit" on CPU machines
     warnings.filterwarnings("ignore")
-    with stderr_hidden():
+    with tensorflow_log.stderr_hidden():
         import tensorflow as tf
 
         tf.get_logger().setLevel(logging.ERROR)

@@ -30,8 +30,8 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from freeze.reference import ReferenceCheck
-    from freeze.verification import Verification
+    from .reference import ReferenceCheck
+    from .verification import Verification
 
 
 class FreezeError(Exception):

@@ -4,7 +4,7 @@ A version folder holds ``model.pb``, ``model.json`` (the manifest, see ``app.man
 and, when labels are given, ``labels.txt`` (line i = class id i). The manifest is built
 from what the frozen graph says about itself (input shape, fixed batch size, whether the
 output is a softmax) plus what only the user knows (scaling), validated with
-``app.manifest.parse`` before anything is written. Versions are never overwritten unless
+``app.manifest_lib.parse`` before anything is written. Versions are never overwritten unless
 asked; a version appears complete or not at all (written beside, then renamed).
 
 Example::
@@ -26,11 +26,11 @@ from typing import Any
 
 import tensorflow as tf
 
-from app.manifest import GRAPH_FILE, LABELS_FILE, MANIFEST_FILE, Manifest, ManifestError, dump, parse
-from freeze import graph as g
-from freeze.candidates import producer
-from freeze.errors import ExportError
-from freeze.source_base import FrozenGraph
+from . import graph as g
+from ._serving import manifest as manifest_lib
+from .candidates import producer
+from .errors import ExportError
+from .source_base import FrozenGraph
 
 log = logging.getLogger(__name__)
 
@@ -140,7 +140,7 @@ def build_manifest(
     image: ImageOptions,
     labels: Sequence[str] | None = None,
     info: dict[str, Any] | None = None,
-) -> Manifest:
+) -> manifest_lib.Manifest:
     """The manifest for serving ``frozen`` as an image classifier, validated."""
     if len(frozen.inputs) != 1:
         names = ", ".join(i.name for i in frozen.inputs)
@@ -184,8 +184,8 @@ def build_manifest(
     if batch_size is not None:
         data["batch_size"] = batch_size
     try:
-        return parse(data, MANIFEST_FILE)
-    except ManifestError as exc:
+        return manifest_lib.parse(data, manifest_lib.MANIFEST_FILE)
+    except manifest_lib.ManifestError as exc:
         raise ExportError(f"invalid manifest: {exc}") from None
 
 
@@ -218,7 +218,7 @@ def write_model(
     graphs_dir: str | Path,
     name: str,
     graph_def: tf.compat.v1.GraphDef,
-    manifest: Manifest,
+    manifest: manifest_lib.Manifest,
     labels: Sequence[str] | None = None,
     version: int | None = None,
     overwrite: bool = False,
@@ -230,10 +230,10 @@ def write_model(
     staging = Path(tempfile.mkdtemp(prefix=f".{version}.writing-", dir=model_dir))
     try:
         staging.chmod(0o755)  # mkdtemp makes it private; a service running as another user must read it
-        (staging / GRAPH_FILE).write_bytes(graph_def.SerializeToString())
-        dump(manifest, staging / MANIFEST_FILE)
+        (staging / manifest_lib.GRAPH_FILE).write_bytes(graph_def.SerializeToString())
+        manifest_lib.dump(manifest, staging / manifest_lib.MANIFEST_FILE)
         if labels is not None:
-            (staging / LABELS_FILE).write_text("".join(f"{label}\n" for label in labels), encoding="utf-8")
+            (staging / manifest_lib.LABELS_FILE).write_text("".join(f"{label}\n" for label in labels), encoding="utf-8")
         if target.exists():
             old = Path(tempfile.mkdtemp(prefix=f".{version}.old-", dir=model_dir))
             target.rename(old / "v")

@@ -17,10 +17,10 @@ from pathlib import Path
 import tensorflow as tf
 from google.protobuf import message, text_format
 
-from freeze import graph as g
-from freeze.errors import GraphError, SourceError
-from freeze.graph import GraphDef
-from freeze.session_source import SessionSource
+from . import graph as g
+from .errors import GraphError, SourceError
+from .graph import GraphDef
+from .session_source import SessionSource
 
 GRAPH_SUFFIXES = (".pb", ".pbtxt")
 

@@ -20,12 +20,12 @@ import numpy as np
 import tensorflow as tf
 from tensorflow.python.framework.convert_to_constants import convert_variables_to_constants_v2
 
-from app.graphdef import node_name, tensor_name
-from freeze import candidates as c
-from freeze import graph as g
-from freeze.candidates import TensorInfo
-from freeze.errors import GraphError, NodeNotFoundError
-from freeze.source_base import FrozenGraph, Inspection, Source, finish
+from . import candidates as c
+from . import graph as g
+from ._serving import graphdef
+from .candidates import TensorInfo
+from .errors import GraphError, NodeNotFoundError
+from .source_base import FrozenGraph, Inspection, Source, finish
 
 
 class FunctionSource(Source):
@@ -72,7 +72,7 @@ class FunctionSource(Source):
             return list(pool)
         resolved = []
         for name in names:
-            full = keys.get(name, tensor_name(name))
+            full = keys.get(name, graphdef.tensor_name(name))
             if full not in pool:
                 known = [*pool, *keys]
                 raise NodeNotFoundError(
@@ -108,8 +108,8 @@ class FunctionSource(Source):
         out_names = self._resolve(outputs, self._output_keys, self._output_names, "output")
         constants = dict(constants or {})
         placeholders = self._resolve(list(constants), self._input_keys, self._input_names, "input")
-        fixed = {node_name(name): value for name, value in zip(placeholders, constants.values())}
-        in_names = [n for n in self._input_names if node_name(n) not in fixed]
+        fixed = {graphdef.node_name(name): value for name, value in zip(placeholders, constants.values())}
+        in_names = [n for n in self._input_names if graphdef.node_name(n) not in fixed]
         if inputs:
             wanted = set(self._resolve(inputs, self._input_keys, self._input_names, "input"))
             if wanted != set(in_names):

@@ -23,9 +23,8 @@ from collections.abc import Iterable, Mapping, Sequence
 import numpy as np
 import tensorflow as tf
 
-from app.graphdef import is_control_input, node_name, output_index, prune, tensor_name, without_nodes
-from app.graphdef import reachable as _reachable
-from freeze.errors import GraphError, NodeNotFoundError
+from ._serving import graphdef
+from .errors import GraphError, NodeNotFoundError
 
 log = logging.getLogger(__name__)
 
@@ -75,15 +74,15 @@ def check_names(graph_def: GraphDef, names: Sequence[str], *, what: str) -> list
     nodes = {n.name for n in graph_def.node}
     out = []
     for name in names:
-        if node_name(name) not in nodes:
+        if graphdef.node_name(name) not in nodes:
             likely = [
                 n.name for n in graph_def.node if n.op not in {"Const", "NoOp", *LOSS_OPS} and not is_training_node(n)
             ]
             raise NodeNotFoundError(
-                f"{what} '{name}' is not a node of the graph{did_you_mean(node_name(name), likely)}; "
+                f"{what} '{name}' is not a node of the graph{did_you_mean(graphdef.node_name(name), likely)}; "
                 "run with --inspect to list candidates"
             )
-        out.append(tensor_name(name))
+        out.append(graphdef.tensor_name(name))
     return out
 
 
@@ -101,12 +100,12 @@ def _inference_edge(inp: str, producer: NodeDef) -> bool:
     """Control inputs are not followed to training ops nor to ``NoOp`` groups: that is how a
     ``^GradientDescent`` or ``^save/restore_all`` dependency is cut instead of pulling the
     training graph back in. Inference never needs them."""
-    return not (is_control_input(inp) and (producer.op == "NoOp" or is_training_node(producer)))
+    return not (graphdef.is_control_input(inp) and (producer.op == "NoOp" or is_training_node(producer)))
 
 
 def reachable(graph_def: GraphDef, outputs: Iterable[str], *, stop_at: Iterable[str] = ()) -> set[str]:
     """Names of the nodes ``outputs`` depend on for inference, not looking past ``stop_at``."""
-    return _reachable(graph_def, outputs, stop_at=stop_at, follow=_inference_edge)
+    return graphdef.reachable(graph_def, outputs, stop_at=stop_at, follow=_inference_edge)
 
 
 def extract_subgraph(graph_def: GraphDef, outputs: Sequence[str]) -> GraphDef:
@@ -115,7 +114,7 @@ def extract_subgraph(graph_def: GraphDef, outputs: Sequence[str]) -> GraphDef:
     Inputs (data or control) to nodes that are dropped are removed, so the result has no
     dangling references.
     """
-    return prune(graph_def, outputs, follow=_inference_edge)
+    return graphdef.prune(graph_def, outputs, follow=_inference_edge)
 
 
 # --------------------------------------------------------------------------- rewriting
@@ -146,7 +145,7 @@ def variables_to_constants(graph_def: GraphDef, values: Mapping[str, np.ndarray]
     variables become plain ops (``ReadVariableOp`` → ``Identity``, ``ResourceGather`` →
     ``GatherV2``). Any other use of a variable is refused rather than frozen wrongly.
     """
-    out = without_nodes(graph_def)
+    out = graphdef.without_nodes(graph_def)
     resources: dict[str, tf.DType] = {n.name: _var_dtype(n) for n in graph_def.node if n.op == "VarHandleOp"}
     for node in graph_def.node:
         if node.op in VARIABLE_OPS:
@@ -154,11 +153,11 @@ def variables_to_constants(graph_def: GraphDef, values: Mapping[str, np.ndarray]
                 raise GraphError(f"no value for variable '{node.name}' (is it in the checkpoint?)")
             out.node.add().CopyFrom(_const_node(node.name, values[node.name], _var_dtype(node)))
             continue
-        resource_inputs = [i for i in node.input if not is_control_input(i) and node_name(i) in resources]
+        resource_inputs = [i for i in node.input if not graphdef.is_control_input(i) and graphdef.node_name(i) in resources]
         if not resource_inputs:
             out.node.add().CopyFrom(node)
             continue
-        dtype = resources[node_name(resource_inputs[0])]
+        dtype = resources[graphdef.node_name(resource_inputs[0])]
         for new in _resource_reader_as_plain_op(node, dtype):
             out.node.add().CopyFrom(new)
     return out
@@ -171,8 +170,8 @@ def _resource_reader_as_plain_op(node: NodeDef, dtype: tf.DType) -> list[NodeDef
         return [new]
     if node.op == "ResourceGather":
         axis = _const_node(f"{node.name}/axis", np.asarray(node.attr["batch_dims"].i, np.int32), tf.int32)
-        data_inputs = [i for i in node.input if not is_control_input(i)]
-        controls = [i for i in node.input if is_control_input(i)]
+        data_inputs = [i for i in node.input if not graphdef.is_control_input(i)]
+        controls = [i for i in node.input if graphdef.is_control_input(i)]
         new = NodeDef(name=node.name, op="GatherV2", input=[*data_inputs[:2], axis.name, *controls])
         new.attr["Tparams"].type = dtype.as_datatype_enum
         new.attr["Tindices"].CopyFrom(node.attr["Tindices"])
@@ -185,7 +184,7 @@ def _resource_reader_as_plain_op(node: NodeDef, dtype: tf.DType) -> list[NodeDef
         new.attr["out_type"].CopyFrom(node.attr["out_type"])
         return [new]
     raise GraphError(
-        f"node '{node.name}' ({node.op}) uses resource variable '{node_name(node.input[0])}' in a way "
+        f"node '{node.name}' ({node.op}) uses resource variable '{graphdef.node_name(node.input[0])}' in a way "
         "this tool cannot freeze; export a SavedModel with tf.saved_model.save and freeze that instead"
     )
 
@@ -221,11 +220,11 @@ def make_input(graph_def: GraphDef, name: str, *, dtype: tf.DType, shape: tf.Ten
     source graph inferred into placeholders whose own ``shape`` attribute is vague (TF
     1.0 graphs), so the frozen graph says what it expects.
     """
-    if output_index(name) != 0:
+    if graphdef.output_index(name) != 0:
         raise GraphError(f"input '{name}' is not the first output of its node; only ':0' can become an input")
     out = _copy(graph_def)
     for node in out.node:
-        if node.name == node_name(name):
+        if node.name == graphdef.node_name(name):
             node.op = "Placeholder"
             del node.input[:]
             node.ClearField("attr")
@@ -270,7 +269,7 @@ def check_frozen(graph_def: GraphDef, *, inputs: Sequence[str], outputs: Sequenc
     leftovers = [n.name for n in graph_def.node if n.op in VARIABLE_OPS]
     if leftovers:
         raise GraphError(f"variables left unfrozen: {', '.join(leftovers[:5])}")
-    input_nodes = {node_name(i) for i in inputs}
+    input_nodes = {graphdef.node_name(i) for i in inputs}
     unfed = [n.name for n in graph_def.node if n.op in PLACEHOLDER_OPS and n.name not in input_nodes]
     if unfed:
         raise GraphError(f"frozen graph still has placeholders that are not inputs: {', '.join(unfed)}")

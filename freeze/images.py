@@ -18,13 +18,12 @@ from pathlib import Path
 import numpy as np
 import tensorflow as tf
 
-from app import exif, recipes
-from app.manifest import Manifest
-from app.preprocessing import build_preprocessing
-from freeze.errors import SourceError
+from ._serving import exif, preprocessing, recipes
+from ._serving import manifest as manifest_lib
+from .errors import SourceError
 
 
-def load_images(paths: Sequence[str | Path], manifest: Manifest) -> np.ndarray:
+def load_images(paths: Sequence[str | Path], manifest: manifest_lib.Manifest) -> np.ndarray:
     """Float32 pixels ``[N, H, W, C]`` in 0..255, as the service's graph makes them from these files."""
     encoded = []
     for path in paths:
@@ -35,11 +34,11 @@ def load_images(paths: Sequence[str | Path], manifest: Manifest) -> np.ndarray:
     return pixels_of(encoded, manifest, names=[str(p) for p in paths])
 
 
-def pixels_of(encoded: Sequence[bytes], manifest: Manifest, *, names: Sequence[str] | None = None) -> np.ndarray:
+def pixels_of(encoded: Sequence[bytes], manifest: manifest_lib.Manifest, *, names: Sequence[str] | None = None) -> np.ndarray:
     """Run the service's preprocessing graph for ``manifest`` on encoded images, one at a time."""
     graph = tf.Graph()
     with graph.as_default():
-        pre = build_preprocessing(manifest, input_dtype=tf.float32)
+        pre = preprocessing.build_preprocessing(manifest, input_dtype=tf.float32)
     pixels = []
     with tf.compat.v1.Session(graph=graph) as session:
         for i, data in enumerate(encoded):
@@ -52,14 +51,14 @@ def pixels_of(encoded: Sequence[bytes], manifest: Manifest, *, names: Sequence[s
     return np.stack(pixels)
 
 
-def random_images(count: int, manifest: Manifest, *, seed: int = 0) -> np.ndarray:
+def random_images(count: int, manifest: manifest_lib.Manifest, *, seed: int = 0) -> np.ndarray:
     """``count`` random uint8 images of the model's size: input in the model's real range."""
     spec = manifest.input
     rng = np.random.default_rng(seed)
     return rng.integers(0, 256, size=(count, spec.height, spec.width, spec.channels), dtype=np.uint8)
 
 
-def to_model_input(pixels: np.ndarray, manifest: Manifest) -> np.ndarray:
+def to_model_input(pixels: np.ndarray, manifest: manifest_lib.Manifest) -> np.ndarray:
     """Scale ``[N, H, W, C]`` pixels in 0..255 as the manifest says (and flatten if asked)."""
     pre = manifest.preprocessing
     x = recipes.scale_pixels(pixels.astype(np.float32), pre, constant=lambda v: np.asarray(v, np.float32))

@@ -20,9 +20,9 @@ from pathlib import Path
 
 import tensorflow as tf
 
-from freeze import graph as g
-from freeze.errors import SourceError
-from freeze.function_source import FunctionSource
+from . import graph as g
+from .errors import SourceError
+from .function_source import FunctionSource
 
 log = logging.getLogger(__name__)
 

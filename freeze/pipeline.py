@@ -39,15 +39,15 @@ from typing import Any
 import numpy as np
 import tensorflow as tf
 
-from app.manifest import Manifest
-from freeze import images
-from freeze.candidates import TensorInfo
-from freeze.errors import ExportError, GraphError
-from freeze.export import ImageOptions, build_manifest, check_destination, write_model
-from freeze.reference import ReferenceCheck, check_reference
-from freeze.source_base import FrozenGraph, Inspection
-from freeze.sources import load_source
-from freeze.verification import DEFAULT_TOLERANCE, Verification, random_feeds, verify, whole_batches
+from . import images
+from ._serving import manifest as manifest_lib
+from .candidates import TensorInfo
+from .errors import ExportError, GraphError
+from .export import ImageOptions, build_manifest, check_destination, write_model
+from .reference import ReferenceCheck, check_reference
+from .source_base import FrozenGraph, Inspection
+from .sources import load_source
+from .verification import DEFAULT_TOLERANCE, Verification, random_feeds, verify, whole_batches
 
 log = logging.getLogger(__name__)
 
@@ -61,7 +61,7 @@ class FreezeResult:
     source: str
     frozen: FrozenGraph
     verification: Verification
-    manifest: Manifest | None
+    manifest: manifest_lib.Manifest | None
     path: Path | None
     seconds: float
     reference: ReferenceCheck | None = None  # with ``reference_preprocess``
@@ -233,7 +233,7 @@ def freeze_model(
 
 
 def _write(
-    frozen: FrozenGraph, manifest: Manifest | None, labels: Sequence[str] | None, write: WriteOptions
+    frozen: FrozenGraph, manifest: manifest_lib.Manifest | None, labels: Sequence[str] | None, write: WriteOptions
 ) -> Path | None:
     """Write the version folder and/or the bare ``.pb``; the path of the last one written."""
     path = None
@@ -257,7 +257,7 @@ def _write(
 
 def _verification_batches(
     frozen: FrozenGraph,
-    manifest: Manifest | None,
+    manifest: manifest_lib.Manifest | None,
     samples: Sequence[str | Path],
     input_shape: Sequence[int] | None,
 ) -> tuple[list[dict[str, np.ndarray]], str]:

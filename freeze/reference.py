@@ -25,13 +25,13 @@ from typing import Any
 import numpy as np
 import tensorflow as tf
 
-from app.manifest import Manifest
-from freeze import graph as g
-from freeze.errors import SourceError, VerificationError
-from freeze.images import load_images, to_model_input
-from freeze.source_base import FrozenGraph
-from freeze.user_code import import_function
-from freeze.verification import whole_batches
+from . import graph as g
+from ._serving import manifest as manifest_lib
+from .errors import SourceError, VerificationError
+from .images import load_images, to_model_input
+from .source_base import FrozenGraph
+from .user_code import import_function
+from .verification import whole_batches
 
 log = logging.getLogger(__name__)
 
@@ -97,7 +97,7 @@ def check_reference(
     *,
     reference: str | Callable[[str], Any],
     frozen: FrozenGraph,
-    manifest: Manifest,
+    manifest: manifest_lib.Manifest,
     samples: Sequence[str | Path],
     tolerance: float,
 ) -> ReferenceCheck:
@@ -154,7 +154,7 @@ def _reference_input(function: Callable[[str], Any], path: str, shape: tuple[int
     return value.reshape(shape)
 
 
-def _run(session: tf.compat.v1.Session, manifest: Manifest, x: np.ndarray) -> np.ndarray:
+def _run(session: tf.compat.v1.Session, manifest: manifest_lib.Manifest, x: np.ndarray) -> np.ndarray:
     """The frozen model's output for each row, fed in batches of the graph's size."""
     name = manifest.input.tensor
     outputs = [session.run(manifest.output.tensor, {name: batch}) for batch in whole_batches(x, manifest.batch_size)]

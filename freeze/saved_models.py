@@ -22,11 +22,11 @@ from typing import Any
 import tensorflow as tf
 from google.protobuf import message, text_format
 
-from freeze import graph as g
-from freeze.errors import NodeNotFoundError, SourceError
-from freeze.function_source import FunctionSource
-from freeze.session_source import SessionSource
-from freeze.source_base import Source
+from . import graph as g
+from .errors import NodeNotFoundError, SourceError
+from .function_source import FunctionSource
+from .session_source import SessionSource
+from .source_base import Source
 
 DEFAULT_SIGNATURE = "serving_default"
 SAVED_MODEL_FILES = ("saved_model.pb", "saved_model.pbtxt")

@@ -23,11 +23,11 @@ from typing import Any
 import numpy as np
 import tensorflow as tf
 
-from app.graphdef import node_name, tensor_name
-from freeze import candidates as c
-from freeze import graph as g
-from freeze.errors import FreezeError, GraphError, SourceError
-from freeze.source_base import FrozenGraph, Inspection, Source, finish
+from . import candidates as c
+from . import graph as g
+from ._serving import graphdef
+from .errors import FreezeError, GraphError, SourceError
+from .source_base import FrozenGraph, Inspection, Source, finish
 
 log = logging.getLogger(__name__)
 
@@ -70,7 +70,7 @@ class SessionSource(Source):
         if outputs:
             return g.check_names(self._graph_def, self._by_key(outputs, 1), what="output"), ""
         if self._signature:
-            names = [tensor_name(n) for n in self._signature[1].values()]
+            names = [graphdef.tensor_name(n) for n in self._signature[1].values()]
             return names, f"the outputs of signature '{self.details.get('signature')}'"
         if self._default_outputs:
             return self._default_outputs, "given by the source"
@@ -89,7 +89,7 @@ class SessionSource(Source):
         outputs = c.candidate_outputs(self.graph)
         if self._signature:
             sig_outputs = [
-                c.tensor_info(self.graph.get_tensor_by_name(tensor_name(t)), f"signature output '{k}'")
+                c.tensor_info(self.graph.get_tensor_by_name(graphdef.tensor_name(t)), f"signature output '{k}'")
                 for k, t in self._signature[1].items()
             ]
             outputs = sig_outputs + [o for o in outputs if o.name not in {s.name for s in sig_outputs}]
@@ -112,11 +112,11 @@ class SessionSource(Source):
         if inputs:
             in_names = g.check_names(self._graph_def, self._by_key(inputs, 0), what="input")
         elif self._signature:
-            in_names = [tensor_name(n) for n in self._signature[0].values()]
+            in_names = [graphdef.tensor_name(n) for n in self._signature[0].values()]
         else:
             in_names = list(self._default_inputs or [])
         needed = c.needed_placeholders(self.graph, self._graph_def, out_names, stop_at=in_names)
-        chosen = {node_name(n) for n in in_names}
+        chosen = {graphdef.node_name(n) for n in in_names}
         auto = []
         for op in needed:
             if op.name in chosen or op.name in constants:
@@ -146,7 +146,7 @@ class SessionSource(Source):
         outputs: Sequence[str] | None = None,
         constants: Mapping[str, Any] | None = None,
     ) -> FrozenGraph:
-        constants = {node_name(k): v for k, v in (constants or {}).items()}
+        constants = {graphdef.node_name(k): v for k, v in (constants or {}).items()}
         for name in constants:
             g.check_names(self._graph_def, [name], what="placeholder to fix")
             if self.graph.get_operation_by_name(name).type not in g.PLACEHOLDER_OPS:

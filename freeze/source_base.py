@@ -23,9 +23,9 @@ from typing import Any, Self
 
 import numpy as np
 
-from freeze import graph as g
-from freeze.candidates import TensorInfo, tensor_info
-from freeze.graph import GraphDef
+from . import graph as g
+from .candidates import TensorInfo, tensor_info
+from .graph import GraphDef
 
 
 @dataclass(frozen=True)

@@ -28,13 +28,13 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from freeze import graph as g
-from freeze.checkpoints import is_checkpoint_prefix, load_checkpoint, prefixes_in
-from freeze.errors import SourceError
-from freeze.frozen_graphs import GRAPH_SUFFIXES, load_frozen_graph
-from freeze.keras_files import KERAS_SUFFIXES, load_keras
-from freeze.saved_models import SAVED_MODEL_FILES, load_saved_model
-from freeze.source_base import FrozenGraph, Inspection, Source
+from . import graph as g
+from .checkpoints import is_checkpoint_prefix, load_checkpoint, prefixes_in
+from .errors import SourceError
+from .frozen_graphs import GRAPH_SUFFIXES, load_frozen_graph
+from .keras_files import KERAS_SUFFIXES, load_keras
+from .saved_models import SAVED_MODEL_FILES, load_saved_model
+from .source_base import FrozenGraph, Inspection, Source
 
 __all__ = ["FrozenGraph", "Inspection", "Source", "load_source"]
 

@@ -18,8 +18,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from freeze import graph as g
-from freeze.errors import SourceError
+from . import graph as g
+from .errors import SourceError
 
 
 def import_function(spec: str, *, flag: str) -> Callable[..., Any]:

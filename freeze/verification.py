@@ -21,11 +21,11 @@ from typing import Any
 import numpy as np
 import tensorflow as tf
 
-from freeze import graph as g
-from freeze.errors import GraphError, VerificationError
-from freeze.candidates import TensorInfo
-from freeze.graph import GraphDef
-from freeze.source_base import FrozenGraph, Source
+from . import graph as g
+from .candidates import TensorInfo
+from .errors import GraphError, VerificationError
+from .graph import GraphDef
+from .source_base import FrozenGraph, Source
 
 log = logging.getLogger(__name__)
 

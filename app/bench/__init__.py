@@ -94,11 +94,11 @@ from pathlib import Path
 
 import psutil
 
-from app import machine
-from app.bench.cli import batching_overrides, parse_args
-from app.bench.cpu import process_tree
-from app.bench.inputs import default_image, stage_model
-from app.bench.peers import (
+from .. import machine
+from .cli import batching_overrides, parse_args
+from .cpu import process_tree
+from .inputs import default_image, stage_model
+from .peers import (
     PEER_LABELS,
     PEER_PATH,
     PEERS,
@@ -109,18 +109,18 @@ from app.bench.peers import (
     peer_top1,
     service_mode,
 )
-from app.bench.phone import (
+from .phone import (
     enlarged,
     full_decode_copy,
     measure_phone,
     phone_photo,
     phone_table,
 )
-from app.bench.points import Point
-from app.bench.protocols import PROTOCOL_LABELS, PROTOCOLS, measure_protocols
-from app.bench.raw import measure_raw
-from app.bench.report import markdown_tables, plot, ratios
-from app.bench.service import http_request, measure_service
+from .points import Point
+from .protocols import PROTOCOL_LABELS, PROTOCOLS, measure_protocols
+from .raw import measure_raw
+from .report import markdown_tables, plot, ratios
+from .service import http_request, measure_service
 
 __all__ = [  # what tests and scripts use, besides main
     "PEERS",

@@ -2,6 +2,6 @@
 
 import sys
 
-from app.bench import main
+from . import main
 
 sys.exit(main(prog="python -m app.bench"))

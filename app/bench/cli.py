@@ -11,9 +11,9 @@ import argparse
 import shutil
 from pathlib import Path
 
-from app.bench.inputs import IN_CHECKOUT, ROOT
-from app.bench.peers import PEERS, missing_requirements
-from app.bench.protocols import PROTOCOLS
+from .inputs import IN_CHECKOUT, ROOT
+from .peers import PEERS, missing_requirements
+from .protocols import PROTOCOLS
 
 DESCRIPTION = "Benchmark one model: the in-process ceiling (``sess.run``) against the service over HTTP."
 MODES = ("batched", "direct")

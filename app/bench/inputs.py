@@ -28,9 +28,9 @@ def default_image() -> bytes:
 
 def stage_model(graphs_dir: Path, model: str, batching: dict[str, float], into: Path) -> Path:
     """Copy the model's newest version alone into ``into`` (a graphs dir); apply batching knobs."""
-    from app.discovery import DiscoveryError, discover
-    from app.manifest import ManifestError
-    from app.manifest import load as load_manifest
+    from ..discovery import DiscoveryError, discover
+    from ..manifest import ManifestError
+    from ..manifest import load as load_manifest
 
     try:
         specs = {spec.name: spec for spec in discover(graphs_dir)}

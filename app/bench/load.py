@@ -21,7 +21,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Protocol
 
-from app.bench.points import Stream
+from .points import Stream
 
 WRK_SCRIPT = Path(__file__).with_name("bench_wrk.lua")
 MULTIPART_BOUNDARY = "graphserve-bench-boundary"  # bench_wrk.lua builds the same body

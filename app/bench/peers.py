@@ -24,9 +24,10 @@ from typing import Any
 
 import psutil
 
-from app.bench.inputs import ROOT
-from app.bench.points import Point, fmt, ratio
-from app.bench.service import free_port, http_request, wait_ready, warm_and_measure
+from ..layout import SERVICE
+from .inputs import ROOT
+from .points import Point, fmt, ratio
+from .service import free_port, http_request, wait_ready, warm_and_measure
 
 PEERS = ("litserve", "flask")
 PEER_LABELS = {
@@ -34,8 +35,8 @@ PEER_LABELS = {
     "flask": "Flask + waitress, Keras model.predict per request, Pillow",
 }
 PEER_MODULES = {  # the peer servers, package modules run with ``python -m`` from ROOT
-    "litserve": "app.bench.peer_servers.litserve_peer",
-    "flask": "app.bench.peer_servers.flask_keras_peer",
+    "litserve": f"{SERVICE}.bench.peer_servers.litserve_peer",
+    "flask": f"{SERVICE}.bench.peer_servers.flask_keras_peer",
 }
 PEER_NEEDS = {"litserve": "litserve"}  # peer -> a package graphserve does not install (scripts/peers/requirements.txt)
 PEER_PATH = "/predict"
@@ -62,7 +63,7 @@ def keras_file(graphs_dir: Path, model: str, given: Path | None) -> Path:
     source = json.loads(manifest_path.read_text(encoding="utf-8")).get("info", {}).get("source", {})
     if source.get("keras_file") and Path(source["keras_file"]).is_file():
         return Path(source["keras_file"])
-    from app.demo import CACHE_DIR, DEMOS, DemoError, fetch_wheels, unpack
+    from ..demo import CACHE_DIR, DEMOS, DemoError, fetch_wheels, unpack
 
     demo = next((d for d in DEMOS if d.name == model), None)
     if demo is None:

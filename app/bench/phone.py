@@ -20,9 +20,9 @@ from typing import Any
 
 import numpy as np
 
-from app.bench.peers import PEER_PATH, keras_file, peer_serving, peer_top1
-from app.bench.points import Point, fmt, ratio
-from app.bench.service import service_top1, serving, warm_and_measure
+from .peers import PEER_PATH, keras_file, peer_serving, peer_top1
+from .points import Point, fmt, ratio
+from .service import service_top1, serving, warm_and_measure
 
 PHONE_SIZE = (4032, 3024)  # a 12 MP phone camera, landscape
 PHONE_TARGETS = ("service", "service-full-decode", "litserve")
@@ -58,8 +58,8 @@ def enlarged(pixels: np.ndarray, size: tuple[int, int], *, seed: int, sigma: flo
 def full_decode_copy(graphs_dir: Path, model: str, into: Path) -> Path | None:
     """The staged model again, with ``preprocessing.scaled_decode`` false; None if the manifest
     does not know the field (a service from before it)."""
-    from app.manifest import ManifestError
-    from app.manifest import load as load_manifest
+    from ..manifest import ManifestError
+    from ..manifest import load as load_manifest
 
     [version_dir] = [path.parent for path in (graphs_dir / model).glob("*/model.json")]
     target = into / model / version_dir.name

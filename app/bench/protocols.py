@@ -22,9 +22,9 @@ from typing import Any
 
 import numpy as np
 
-from app.bench.load import ProcessRun, run_and_report
-from app.bench.points import Point, Stream, fmt, print_progress
-from app.bench.service import free_port, http_request, measured_point, serving
+from .load import ProcessRun, run_and_report
+from .points import Point, Stream, fmt, print_progress
+from .service import free_port, http_request, measured_point, serving
 
 PROTOCOLS = ("multipart", "tfs-rest", "v2-rest", "tfs-grpc", "v2-grpc")
 PROTOCOL_LABELS = {

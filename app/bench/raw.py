@@ -22,15 +22,15 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from app.bench.cpu import CpuSample, cpu_cores, cpu_sample
-from app.bench.points import Point, Stream, latency_summary, print_progress, sleep_until, throughput
+from .cpu import CpuSample, cpu_cores, cpu_sample
+from .points import Point, Stream, latency_summary, print_progress, sleep_until, throughput
 
 
 def measure_raw(
     graphs_dir: Path, model: str, image: bytes, args: argparse.Namespace
 ) -> tuple[list[Point], dict[str, Any]]:
-    from app.discovery import discover
-    from app.servable import ServableError, SessionOptions, load_servable
+    from ..discovery import discover
+    from ..servable import ServableError, SessionOptions, load_servable
 
     [spec] = [s for s in discover(graphs_dir) if s.name == model]
     options = SessionOptions(intra_op_threads=args.intra_op_threads, inter_op_threads=args.inter_op_threads)
@@ -87,7 +87,7 @@ def naive_copy(version_dir: Path, into: Path) -> Path:
 
 def batcher_point(servable: Any, image: bytes, clients: int, args: argparse.Namespace) -> Point:
     """``clients`` threads each submit one image to the service's own Batcher and wait: no HTTP."""
-    from app.batching import Batcher
+    from ..batching import Batcher
 
     knobs = servable.manifest.batching
     sizes: list[int] = []

@@ -11,10 +11,10 @@ import math
 from pathlib import Path
 from typing import Any
 
-from app.bench.peers import peer_tables
-from app.bench.phone import phone_table
-from app.bench.points import Point, fmt
-from app.bench.protocols import protocol_table
+from .peers import peer_tables
+from .phone import phone_table
+from .points import Point, fmt
+from .protocols import protocol_table
 
 TARGET_THROUGHPUT_RATIO = 0.95  # best service img/s >= 0.95 x best naive raw img/s (issue 18)
 TARGET_LATENCY_RATIO = 1.10  # service p50 at concurrency 1 <= 1.10 x naive raw batch-1 p50 (issue 18)

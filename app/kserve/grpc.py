@@ -19,10 +19,10 @@ from typing import Any, Callable, TypeVar
 import grpc
 from tritonclient.grpc import service_pb2, service_pb2_grpc
 
-from app import kserve, observe
-from app.kserve import OutputRequest, V2Error
-from app.observe import Observation
-from app.services import Services
+from .. import kserve, observe
+from ..observe import Observation
+from ..services import Services
+from . import OutputRequest, V2Error
 
 PROTOCOL = "kserve_v2_grpc"  # the protocol label of graphserve_requests_total
 

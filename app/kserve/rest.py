@@ -32,10 +32,10 @@ from flask import Blueprint, Response, jsonify, request
 from flask.typing import ResponseReturnValue
 from werkzeug.exceptions import HTTPException
 
-from app import kserve, observe
-from app.services import current
-from app.kserve import OutputRequest, V2Error
-from app.text import clip
+from .. import kserve, observe
+from ..services import current
+from ..text import clip
+from . import OutputRequest, V2Error
 
 log = logging.getLogger(__name__)
 

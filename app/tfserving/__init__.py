@@ -25,16 +25,16 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from grpc import StatusCode  # not `import grpc`: the submodule app.tfserving.grpc would shadow it here
 import numpy as np
+from grpc import StatusCode  # not `import grpc`: the submodule app.tfserving.grpc would shadow it here
 from tensorflow.core.framework import tensor_shape_pb2, types_pb2
 from tensorflow.core.protobuf import meta_graph_pb2
 from tensorflow_serving.apis import get_model_metadata_pb2, get_model_status_pb2, status_pb2
 
-from app.inference import InferenceCore, Selected
-from app.kinds import Kind, describe
-from app.registry import AVAILABLE, FAILED, LOADING, UNLOADING, ModelHandle, ModelNotFound, ModelRegistry, VersionNotFound
-from app.text import clip
+from ..inference import InferenceCore, Selected
+from ..kinds import Kind, describe
+from ..registry import AVAILABLE, FAILED, LOADING, UNLOADING, ModelHandle, ModelNotFound, ModelRegistry, VersionNotFound
+from ..text import clip
 
 INPUT = "images"
 SCORES = "scores"

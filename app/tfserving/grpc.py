@@ -29,15 +29,18 @@ import grpc
 import numpy as np
 from tensorflow.core.framework import tensor_pb2, tensor_shape_pb2, types_pb2
 from tensorflow_serving.apis import (
-    classification_pb2, get_model_metadata_pb2, model_service_pb2_grpc, predict_pb2, prediction_service_pb2_grpc,
+    classification_pb2,
+    get_model_metadata_pb2,
+    model_service_pb2_grpc,
+    predict_pb2,
+    prediction_service_pb2_grpc,
 )
 
-from app import observe, tfserving
-from app.inference import InferenceCore, Selected
-from app.observe import Observation
-from app.services import Services
-from app.text import clip
-
+from .. import observe, tfserving
+from ..inference import InferenceCore, Selected
+from ..observe import Observation
+from ..services import Services
+from ..text import clip
 
 
 def install(server: grpc.Server, services: Services) -> None:

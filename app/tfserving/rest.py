@@ -27,10 +27,10 @@ import numpy as np
 from flask import Blueprint, jsonify, request
 from flask.typing import ResponseReturnValue
 
-from app import observe, tfserving
-from app.inference import InferenceCore
-from app.services import current
-from app.text import clip
+from .. import observe, tfserving
+from ..inference import InferenceCore
+from ..services import current
+from ..text import clip
 
 bp = Blueprint("tfserving_rest", __name__)
 

@@ -16,9 +16,9 @@ from typing import Any
 
 import numpy as np
 
-from app import recipes
-from app.manifest import Preprocessing
-from app.manifest import load as load_manifest
+from ... import recipes
+from ...manifest import Preprocessing
+from ...manifest import load as load_manifest
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 

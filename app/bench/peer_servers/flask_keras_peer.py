@@ -20,7 +20,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from app.bench.peer_servers import common
+from . import common
 
 
 def create_app(model: Any, recipe: common.Recipe) -> Any:

@@ -31,7 +31,7 @@ import litserve.server as ls_server
 import numpy as np
 from fastapi import HTTPException
 
-from app.bench.peer_servers import common
+from . import common
 
 
 class RawImageHandler(ls_server.RegularRequestHandler):
