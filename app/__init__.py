@@ -1,12 +1,15 @@
 """graphserve: serve TensorFlow image classifiers from frozen graphs, several side by side.
 
-``create_app`` is the application factory: ``waitress-serve --call app:create_app`` or
-``python -m app`` run it; tests call ``create_app({"GRAPHS_DIR": tmp_path})``.
+``create_app`` is the application factory. ``graphserve serve`` (``python -m app`` in the
+checkout) runs it in our hardened waitress server (``app/lifecycle.py``), with the deadlines,
+the SIGTERM drain, gRPC and JSON errors; plain ``waitress-serve --call`` would run it without
+them. Tests call ``create_app({"GRAPHS_DIR": tmp_path})``.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Mapping
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
 
 from .config import Settings
 

@@ -10,8 +10,9 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any
 
 ENV_PREFIX = "GRAPHSERVE_"
 
@@ -29,19 +30,19 @@ class Settings:
     grpc_max_message_bytes: int = 32 * 1024 * 1024  # largest gRPC request or response (grpcio's default: 4 MiB in)
     threads: int = 32  # about 2x a model's max_batch_size, so a full batch can queue while one runs
     default_model: str = ""  # empty: the only model if there is one, else every model
-    default_top_k: int = 5
-    max_top_k: int = 1000
-    max_body_bytes: int = 32 * 1024 * 1024
-    max_image_bytes: int = 16 * 1024 * 1024
+    default_top_k: int = 5  # classes per image when a request gives no top_k
+    max_top_k: int = 1000  # the largest top_k a request may ask for; beyond: 400 bad_top_k
+    max_body_bytes: int = 32 * 1024 * 1024  # a request body over this is refused (413) before it is read
+    max_image_bytes: int = 16 * 1024 * 1024  # one encoded image over this: 413 image_too_large
     max_image_pixels: int = 40_000_000  # width x height from the header; beyond: 413, never decoded
     max_request_pixels: int = 64_000_000  # sum over a request's uploads, checked before any decode
     max_inflight_pixels: int = 128_000_000  # being decoded by all requests at once; beyond: wait
-    max_images_per_request: int = 64
+    max_images_per_request: int = 64  # more uploads in one request: 413 too_many_images
     intra_op_threads: int = 0  # 0: TensorFlow's default (number of cores)
-    inter_op_threads: int = 0
+    inter_op_threads: int = 0  # 0: TensorFlow's default; threads running independent ops at once
     gpu_memory_fraction: float = 0.0  # 0: allow growth, never grab the whole card
     batching: bool = True  # False: each request runs its own sess.run, no queue
-    request_timeout_s: float = 30.0  # time a request may wait for its results, else 503/504
+    request_timeout_s: float = 30.0  # from when the app gets a request (every door) to its answer; else 504
     strict_startup: bool = True  # a version that fails to load stops start-up; False: refused, others serve
     poll_interval_s: float = 5.0  # re-read graphs/ this often and reload what changed (TF Serving polls too); 0: off
     admin_token: str = dataclasses.field(default="", repr=False)  # set: POST /admin/reload exists, with "Authorization: Bearer <token>"; empty: 404

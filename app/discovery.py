@@ -19,7 +19,7 @@ renames it to ``3``), so a version only ever appears complete. A version folder 
       # or  "policy": "specific", "versions": [1, 3]
       "labels": {"stable": 1, "canary": 2},        # names a request may use (version_label=...)
       "device": "/GPU:0",                          # placement of every version (default: TF's choice)
-      "gpu_memory_mb": 2048                        # GPU memory budget per version (see README)
+      "gpu_memory_mb": 2048                        # GPU memory budget per version (see docs/models.md)
     }
 
 ``scan(graphs_dir)`` reads everything into ``ModelSource`` objects; ``discover(graphs_dir)``
@@ -126,10 +126,12 @@ def scan(graphs_dir: Path | str, *, strict: bool = True) -> tuple[list[ModelSour
             errors.append(exc)
             continue
         if strict and not source.versions:
-            raise DiscoveryError(
+            error = DiscoveryError(
                 f"'{model_dir}' has no version folder with a {GRAPH_FILE} "
                 f"(expected {model_dir}/<integer version>/{GRAPH_FILE})"
             )
+            error.model = model_dir.name
+            raise error
         sources.append(source)
     return sources, errors
 
@@ -138,11 +140,13 @@ def read_model(model_dir: Path) -> ModelSource:
     """One model folder (with no versions when none is complete yet)."""
     if not MODEL_NAME.match(model_dir.name):
         raise DiscoveryError(f"'{model_dir}': model folder names use letters, digits, '_', '.', '-' (max 64)")
-    versions = {
-        int(p.name): p
-        for p in model_dir.iterdir()
-        if p.is_dir() and p.name.isascii() and p.name.isdigit() and (p / GRAPH_FILE).is_file()
-    }
+    versions: dict[int, Path] = {}
+    for path in sorted(model_dir.iterdir()):
+        if path.is_dir() and path.name.isascii() and path.name.isdigit() and (path / GRAPH_FILE).is_file():
+            other = versions.setdefault(int(path.name), path)
+            if other is not path:  # "1" and "01": which one is served must not depend on listing order
+                raise DiscoveryError(f"'{model_dir}': folders '{other.name}' and '{path.name}' are both version "
+                                     f"{int(path.name)}; keep one")
     policy = load_policy(model_dir / POLICY_FILE, available=sorted(versions)) if versions else VersionPolicy()
     return ModelSource(name=model_dir.name, directory=model_dir, versions=dict(sorted(versions.items())), policy=policy)
 

@@ -26,9 +26,9 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass
 
-from . import images
+from . import images, wire
 from .batching import BatcherClosed, DeadlineExceeded, QueueFull
-from .registry import BadModelSelection, ModelNotFound, ModelUnavailable, NoModels, VersionNotFound
+from .registry import BadModelSelection, BadVersion, ModelNotFound, ModelUnavailable, NoModels, VersionNotFound
 from .servable import ModelRunError, UndecodableImage
 
 
@@ -51,8 +51,10 @@ class Described:
 
 
 # Domain exception -> what it is. Looked up along the exception's MRO (most specific first).
-DOMAIN: dict[type[BaseException], Described] = {
+DOMAIN: dict[type[Exception], Described] = {
     BadModelSelection: Described(Kind.INVALID, "bad_model_selection"),
+    BadVersion: Described(Kind.INVALID, "bad_version"),
+    wire.BadBase64: Described(Kind.INVALID, "invalid_base64"),
     ModelNotFound: Described(Kind.NOT_FOUND, "model_not_found"),
     VersionNotFound: Described(Kind.NOT_FOUND, "version_not_found"),
     ModelUnavailable: Described(Kind.UNAVAILABLE, "model_unavailable", retry=True),

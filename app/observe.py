@@ -30,6 +30,7 @@ from typing import Any, TypeVar
 import grpc
 from flask import Flask, Response, current_app, g, request
 
+from . import wire
 from .services import Services, services_of
 
 log = logging.getLogger(__name__)
@@ -45,6 +46,7 @@ class Observation:
     """What one request did, filled in by the door that served it."""
 
     started: float = field(default_factory=time.perf_counter)
+    arrived: float = field(default_factory=time.monotonic)  # the clock of deadlines (``http_deadline``)
     models: list[tuple[str, int]] = field(default_factory=list)  # (model, version) that answered
     images: int = 0
     timing: list[tuple[str, float]] = field(default_factory=list)  # (stage, seconds), also Server-Timing
@@ -130,4 +132,9 @@ def rpc(services: Services, protocol: str, path: str, context: grpc.ServicerCont
 def grpc_deadline(context: grpc.ServicerContext, timeout_s: float) -> float:
     """A gRPC call's deadline (monotonic): its own, when shorter than ``request_timeout_s``."""
     remaining: Any = context.time_remaining()
-    return time.monotonic() + (timeout_s if remaining is None else max(0.0, min(timeout_s, remaining)))
+    return wire.deadline(timeout_s, remaining=remaining)
+
+
+def http_deadline(timeout_s: float) -> float:
+    """This HTTP request's deadline (monotonic): ``timeout_s`` after the app got it, on every door."""
+    return wire.deadline(timeout_s, started=current().arrived)

@@ -15,13 +15,15 @@ runs with are built by ``app.runners``.
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import CancelledError, ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
-from typing import Any, Callable
+from typing import Any
 
 from .config import Settings
 from .discovery import DiscoveryError, ModelSource, fingerprint, scan
@@ -73,6 +75,7 @@ class Reconciler:
         self._reload_lock = threading.Lock()  # one reconcile at a time
         self._last_errors: dict[str, str] = {}
         self._unloaders: list[threading.Thread] = []
+        self._unloaders_lock = threading.Lock()
         self._loader: ThreadPoolExecutor | None = None
         self._poller: threading.Thread | None = None
         self._options = SessionOptions(
@@ -98,7 +101,9 @@ class Reconciler:
 
     def _stop(self, end: float | None) -> None:
         """The registry is closed and drained: join the unloaders, stop the loader."""
-        for thread in list(self._unloaders):
+        with self._unloaders_lock:
+            unloaders = list(self._unloaders)
+        for thread in unloaders:
             thread.join(None if end is None else max(0.0, end - time.monotonic()))
         if self._loader is not None:
             self._loader.shutdown(wait=False, cancel_futures=True)
@@ -183,7 +188,7 @@ class Reconciler:
                 if self._closing.is_set():
                     break
                 if name in broken:
-                    self._publish(name, lambda e, reason=broken[name]: replace(e, error=reason))
+                    self._publish(name, functools.partial(replace, error=broken[name]))
                     continue
                 source = found.get(name)
                 self._reconcile_model(name, source, report, strict=strict)
@@ -238,7 +243,7 @@ class Reconciler:
             for version in todo:
                 assert source is not None
                 marks = fingerprint(on_disk[version])
-                self._publish(name, lambda e, v=version: _with_version(e, VersionStatus(v, LOADING)))
+                self._publish(name, functools.partial(_with_version, status=VersionStatus(version, LOADING)))
                 try:
                     handle = self._make_handle(load_servable(source.spec(version), self._options, _placement(source)))
                 except ModelLoadError as exc:
@@ -246,11 +251,11 @@ class Reconciler:
                         raise
                     log.error("refused model %s version %d: %s", name, version, exc)
                     failed[version] = VersionStatus(version, FAILED, reason=str(exc), fingerprint=marks)
-                    self._publish(name, lambda e, st=failed[version]: _with_version(e, st))
+                    self._publish(name, functools.partial(_with_version, status=failed[version]))
                     report.refused.append({"model": name, "version": version, "reason": str(exc)})
                     continue
                 except BaseException:
-                    self._publish(name, lambda e, v=version: _without_version(e, v))
+                    self._publish(name, functools.partial(_without_version, version=version))
                     raise
                 loaded[version] = handle
                 report.loaded.append({"model": name, "version": version})
@@ -306,13 +311,17 @@ class Reconciler:
         def unload() -> None:
             self._lower_priority()  # freeing a session's memory is background work too
             handle.wait_idle()
-            handle.close()
-            log.info("unloaded model %s version %d", handle.name, handle.version)
+            try:
+                handle.close()
+                log.info("unloaded model %s version %d", handle.name, handle.version)
+            except Exception:  # noqa: BLE001 - still gone from the snapshot: a reload may load it again
+                log.exception("unloading model %s version %d failed", handle.name, handle.version)
             self._publish(handle.name, lambda e: _without_version(e, handle.version, only=handle))
 
         thread = threading.Thread(target=unload, name=f"unload-{handle.name}-{handle.version}", daemon=True)
-        self._unloaders = [t for t in self._unloaders if t.is_alive()] + [thread]
-        thread.start()
+        with self._unloaders_lock:  # started before it is listed: _stop joins only started threads
+            thread.start()
+            self._unloaders = [t for t in self._unloaders if t.is_alive()] + [thread]
 
     def _refuse(self, report: ReloadReport, model: str, version: int | None, reason: str) -> None:
         report.refused.append({"model": model, **({"version": version} if version is not None else {}),

@@ -32,10 +32,10 @@ import functools
 import logging
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field
-from typing import Any, Callable, Sequence
+from typing import Any
 
 from .batching import Batcher, Completed, Runner
 from .config import Settings
@@ -47,15 +47,24 @@ log = logging.getLogger(__name__)
 LOADING, AVAILABLE, UNLOADING, FAILED = "loading", "available", "unloading", "failed"
 
 
-class ModelNotFound(LookupError):
+class ModelLookupError(LookupError):
+    """A request's model cannot answer; ``model`` names it (as data: doors and logs need not
+    parse the message)."""
+
+    def __init__(self, message: str, *, model: str | None = None) -> None:
+        super().__init__(message)
+        self.model = model
+
+
+class ModelNotFound(ModelLookupError):
     pass
 
 
-class VersionNotFound(LookupError):
+class VersionNotFound(ModelLookupError):
     pass
 
 
-class ModelUnavailable(LookupError):
+class ModelUnavailable(ModelLookupError):
     pass
 
 
@@ -65,6 +74,16 @@ class NoModels(LookupError):
 
 class BadModelSelection(ValueError):
     """``model=`` names no model (``model=,``) or has an empty name (``model=a,``)."""
+
+
+class BadVersion(BadModelSelection):
+    """A version that is not a number, or a version and a label both (``app.wire`` parses them)."""
+
+
+def one_of(version: object, label: str | None) -> None:
+    """Every door's rule: a request names a version, a label, or neither (the newest)."""
+    if version is not None and label is not None:
+        raise BadVersion("give a version or a version label, not both")
 
 
 # (model, version, batch size, longest queue wait s, run s): every runner's observer, model bound
@@ -125,6 +144,9 @@ class ModelHandle:
 
     def release(self) -> None:
         with self._idle:
+            if self._refs == 0:  # a bug in the caller; going negative would stall every drain
+                log.error("%s/%s released more often than acquired", self.name, self.version)
+                return
             self._refs -= 1
             if self._refs == 0:
                 self._idle.notify_all()
@@ -148,11 +170,16 @@ class ModelHandle:
         return self._closed.wait(timeout)
 
     def close(self) -> None:
-        """Stop the runner (queued items, if any, fail), then close the session."""
+        """Stop the runner (queued items, if any, fail), then close the session. Closed even
+        when one of them raises (the error is raised after), so nobody waits on it forever."""
         self.retire()
-        self.runner.close()
-        self.servable.close()
-        self._closed.set()
+        try:
+            self.runner.close()
+        finally:
+            try:
+                self.servable.close()
+            finally:
+                self._closed.set()
 
     def __repr__(self) -> str:
         return f"<ModelHandle {self.name}/{self.version} {self.state} refs={self._refs}>"
@@ -245,7 +272,10 @@ class ModelRegistry:
                 drained = False
                 log.warning("closing %s/%s with %d request(s) still in flight", handle.name, handle.version,
                             handle.in_flight)
-            handle.close()
+            try:
+                handle.close()
+            except Exception:  # noqa: BLE001 - one session failing to close must not keep the others open
+                log.exception("closing %s/%s failed", handle.name, handle.version)
         for stop in self._on_close:
             stop(end)
         return drained
@@ -295,8 +325,7 @@ class ModelRegistry:
         snapshot = self._models
         if not snapshot:
             raise NoModels("no models are being served")
-        if version is not None and version_label is not None:
-            raise BadModelSelection("give version or version_label, not both")
+        one_of(version, version_label)
         if models is None:
             names = [name for name, entry in sorted(snapshot.items()) if entry.available()]
             if not names:
@@ -310,14 +339,15 @@ class ModelRegistry:
         if entry is None or all(status.state == UNLOADING for status in entry.versions.values()):
             # unknown, or removed and only draining: not served any more
             known = ", ".join(sorted(n for n, e in models.items() if e.available())) or "none"
-            raise ModelNotFound(f"unknown model '{clip(name)}' (served: {clip(known, 200)})")
+            raise ModelNotFound(f"unknown model '{clip(name)}' (served: {clip(known, 200)})", model=name)
         available = entry.available()
         served = ", ".join(map(str, available)) or "none"
         if label is not None:
             if label not in entry.labels:
                 labels = ", ".join(sorted(entry.labels)) or "none"
                 raise VersionNotFound(
-                    f"model '{name}' has no version label '{clip(label)}' (labels: {labels}; versions served: {served})"
+                    f"model '{name}' has no version label '{clip(label)}' (labels: {labels}; versions served: {served})",
+                    model=name,
                 )
             version = entry.labels[label]
         if version is not None:
@@ -326,13 +356,14 @@ class ModelRegistry:
                 state = f" (it is {status.state})" if status is not None else ""
                 via = f"label '{label}' points at " if label is not None else ""
                 raise VersionNotFound(
-                    f"model '{name}': {via}version {clip(str(version))} is not served{state}; versions served: {served}"
+                    f"model '{name}': {via}version {clip(str(version))} is not served{state}; versions served: {served}",
+                    model=name,
                 )
             return available[version]
         handle = entry.default()
         if handle is None:
             states = ", ".join(f"{v}: {s.state}" for v, s in entry.versions.items()) or "no versions"
-            raise ModelUnavailable(f"model '{name}' has no available version ({states})")
+            raise ModelUnavailable(f"model '{name}' has no available version ({states})", model=name)
         return handle
 
     def get(self, name: str, version: int | None = None) -> ModelHandle:

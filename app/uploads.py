@@ -10,12 +10,11 @@ front doors alike.
 
 from __future__ import annotations
 
-import base64
-import binascii
 import json
 
 from flask import Request
 
+from . import wire
 from .errors import BadRequest, InvalidImage, UnsupportedMediaType
 from .text import clip
 
@@ -67,7 +66,7 @@ def _from_json(request: Request) -> list[tuple[str, bytes]]:
         if not isinstance(encoded, str):
             raise BadRequest(f'{name} must be an object {{"b64": "<base64 image>"}}')
         try:
-            raw.append((name, base64.b64decode(encoded, validate=True)))
-        except (binascii.Error, ValueError):
-            raise InvalidImage(f"{name}: 'b64' is not valid base64") from None
+            raw.append((name, wire.decode_base64(encoded)))
+        except wire.BadBase64 as exc:
+            raise InvalidImage(f"{name}: 'b64' is not valid base64 ({exc})") from None
     return raw

@@ -15,7 +15,7 @@ from typing import Any
 from flask import Blueprint, Response, jsonify, request
 from flask.typing import ResponseReturnValue
 
-from . import observe
+from . import observe, wire
 from .config import Settings
 from .errors import BadRequest
 from .inference import ModelResult
@@ -67,7 +67,8 @@ def classify() -> ResponseReturnValue:
         observation.models = selected.models
         raw = read_uploads(request)
         observation.images = len(raw)
-        result = selected.classify_uploads(raw, top_k=top_k, profile=profile, started=started)
+        result = selected.classify_uploads(raw, top_k=top_k, profile=profile, started=started,
+                                           deadline=observe.http_deadline(settings.request_timeout_s))
     checks = result.checks_seconds
 
     timing = [("checks", checks)]
@@ -107,16 +108,8 @@ def model_names(selector: str | None, default_model: str = "") -> list[str] | No
 
 
 def _version() -> tuple[int | None, str | None]:
-    """``version=N`` or ``version_label=name`` (empty: not given)."""
-    raw, label = _param("version") or None, _param("version_label") or None
-    if raw is not None and label is not None:
-        raise BadRequest("give version or version_label, not both", code="bad_version")
-    if raw is None:
-        return None, label
-    if not (raw.isascii() and raw.isdigit()) or len(raw) > 18:
-        raise BadRequest(f"version must be a non-negative integer of at most 18 digits, got {clip(raw)!r}",
-                         code="bad_version")
-    return int(raw), None
+    """``version=N`` or ``version_label=name`` (empty: not given); ``app.wire``'s rules."""
+    return wire.version_or_label(_param("version"), _param("version_label"))
 
 
 def _encode_model(model: ModelResult) -> dict[str, Any]:

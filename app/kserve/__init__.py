@@ -35,6 +35,7 @@ from ..registry import ModelNotFound, VersionNotFound
 from ..services import Services
 from ..text import clip
 from ..version import package_version
+from ..wire import MAX_VERSION_DIGITS
 
 SERVER_NAME = "graphserve"
 SERVER_VERSION = package_version()  # the package's, as Triton reports its own
@@ -130,7 +131,7 @@ def parse_version(version: str | None) -> tuple[int | None, str | None]:
     if not version:
         return None, None
     if version.isascii() and version.isdigit():
-        if len(version) > 18:
+        if len(version) > MAX_VERSION_DIGITS:
             raise VersionNotFound(f"version {clip(version)} is not served")
         return int(version), None
     return None, version
@@ -139,7 +140,7 @@ def parse_version(version: str | None) -> tuple[int | None, str | None]:
 def check_model_name(name: str) -> str:
     """One model, by its exact name: our selector syntax (``all``, ``a,b``) does not apply here."""
     if not name or name == "all" or "," in name or name.strip() != name:
-        raise ModelNotFound(f"unknown model '{clip(name)}'")
+        raise ModelNotFound(f"unknown model '{clip(name)}'", model=name)
     return name
 
 
@@ -178,7 +179,7 @@ def model_metadata(services: Services, name: str, version: str | None) -> dict[s
     }
 
 
-def check_input(name: str, datatype: str, shape: list[int]) -> int:
+def check_input(name: str, datatype: str, shape: object) -> int:
     """The number of images an input tensor carries; V2Error unless it is ``image`` BYTES [n]."""
     if name != INPUT:
         raise V2Error(f"unexpected inference input '{clip(name)}'; the model takes one input '{INPUT}' "

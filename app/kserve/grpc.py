@@ -14,7 +14,8 @@ counts in the metrics with ``protocol="kserve_v2_grpc"`` and logs one ``graphser
 
 from __future__ import annotations
 
-from typing import Any, Callable, TypeVar
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 import grpc
 from tritonclient.grpc import service_pb2, service_pb2_grpc

@@ -21,8 +21,6 @@ with the status of ``app.kserve.ERRORS``.
 
 from __future__ import annotations
 
-import base64
-import binascii
 import json
 import logging
 import zlib
@@ -32,7 +30,7 @@ from flask import Blueprint, Response, jsonify, request
 from flask.typing import ResponseReturnValue
 from werkzeug.exceptions import HTTPException
 
-from .. import kserve, observe
+from .. import kserve, observe, wire
 from ..services import current
 from ..text import clip
 from . import OutputRequest, V2Error
@@ -108,7 +106,9 @@ def infer(model: str, version: str | None = None) -> ResponseReturnValue:
         observation.models = selected.models
         observation.images = len(inputs)
 
-    result, tensors = kserve.infer(current(), model, version, inputs, outputs, on_select=remember)
+    services = current()
+    deadline = observe.http_deadline(services.settings.request_timeout_s)
+    result, tensors = kserve.infer(services, model, version, inputs, outputs, deadline=deadline, on_select=remember)
     answer: dict[str, Any] = {"model_name": result.name, "model_version": str(result.version)}
     if isinstance(header.get("id"), str):
         answer["id"] = header["id"]
@@ -241,10 +241,9 @@ def _json_bytes(data: Any, count: int, what: str) -> list[bytes]:
     for i, item in enumerate(flat):
         if not isinstance(item, str):
             raise V2Error(f"{what}: element {i} must be a string, the image's base64")
-        text = item.strip().replace("-", "+").replace("_", "/")
         try:
-            images.append(base64.b64decode(text + "=" * (-len(text) % 4), validate=True))
-        except (binascii.Error, ValueError):
+            images.append(wire.decode_base64(item))
+        except wire.BadBase64:
             raise V2Error(f"{what}: element {i} is not valid base64 (in JSON a BYTES element is the image's "
                           "base64; or send binary data, as tritonclient does by default)") from None
     return images

@@ -35,6 +35,7 @@ from ..inference import InferenceCore, Selected
 from ..kinds import Kind, describe
 from ..registry import AVAILABLE, FAILED, LOADING, UNLOADING, ModelHandle, ModelNotFound, ModelRegistry, VersionNotFound
 from ..text import clip
+from ..wire import one_of
 
 INPUT = "images"
 SCORES = "scores"
@@ -110,8 +111,7 @@ def check_name(registry: ModelRegistry, name: str, version: int | None = None, l
 @contextmanager
 def select(core: InferenceCore, name: str, version: int | None, label: str | None) -> Iterator[Selected]:
     """Borrow one version of model ``name`` (TF Serving: a ``ServableHandle``) until the block ends."""
-    if version is not None and label is not None:
-        raise invalid("give a version or a version label, not both")
+    one_of(version, label)
     check_name(core.registry, name, version, label)
     try:
         selected = core.select(name, version=version, version_label=label)
@@ -145,8 +145,7 @@ def model_status(registry: ModelRegistry, name: str, version: int | None = None,
     entry = next((e for e in registry.entries() if e.name == name), None)
     if entry is None or not entry.versions:
         raise TFServingError(StatusCode.NOT_FOUND, f"Could not find any versions of model {clip(name)}")
-    if version is not None and label is not None:
-        raise invalid("give a version or a version label, not both")
+    one_of(version, label)
     if label is not None:
         if label not in entry.labels:
             raise TFServingError(StatusCode.NOT_FOUND,

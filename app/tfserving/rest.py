@@ -16,18 +16,15 @@ padding optional). The signatures are described in ``app/tfserving/__init__.py``
 
 from __future__ import annotations
 
-import base64
-import binascii
 import json
 import re
-import time
 from typing import Any
 
 import numpy as np
 from flask import Blueprint, jsonify, request
 from flask.typing import ResponseReturnValue
 
-from .. import observe, tfserving
+from .. import observe, tfserving, wire
 from ..inference import InferenceCore
 from ..services import current
 from ..text import clip
@@ -44,12 +41,7 @@ def _core() -> InferenceCore:
 
 
 def _version(match: re.Match[str]) -> int | None:
-    raw = match["version"]
-    if raw is None:
-        return None
-    if raw.startswith("-") or len(raw) > 18:
-        raise tfserving.invalid(f"version must be a non-negative integer, got {clip(raw)}")
-    return int(raw)
+    return None if match["version"] is None else wire.version_number(match["version"])
 
 
 @bp.errorhandler(tfserving.TFServingError)
@@ -100,7 +92,7 @@ def post(rest: str) -> ResponseReturnValue:
                                            "graphserve serves classifiers: use :predict or :classify, not :regress")
         body = _json_body()
         signature = tfserving.signature_name(body.get("signature_name") or "")
-        deadline = time.monotonic() + current().settings.request_timeout_s
+        deadline = observe.http_deadline(current().settings.request_timeout_s)
         with tfserving.select(_core(), match["name"], _version(match), match["label"]) as selected:
             observation = observe.current()
             observation.models = selected.models
@@ -141,15 +133,12 @@ def _b64(value: Any, where: str) -> tuple[str, bytes]:
     text = value["b64"]
     if not isinstance(text, str):
         raise tfserving.invalid(f"{where}: the value of \"b64\" must be a string, got {type(text).__name__}")
-    text = "".join(text.split()).translate(_URLSAFE)  # line breaks are common in pasted base64
-    text += "=" * (-len(text) % 4)
     try:
-        return where, base64.b64decode(text, validate=True)
-    except (binascii.Error, ValueError) as exc:
+        return where, wire.decode_base64(text)
+    except wire.BadBase64 as exc:
         raise tfserving.invalid(f"{where}: \"b64\" is not valid base64 ({exc})") from None
 
 
-_URLSAFE = str.maketrans("-_", "+/")
 
 
 def _named(value: dict[str, Any], where: str) -> Any:
