@@ -80,6 +80,7 @@ class Channel(HTTPChannel):
 
     task_class = Task
     error_task_class = JsonErrorTask
+    request: Any  # waitress's: the request now arriving (its parser), or None
     cut_at: float | None = None
     served = 0
     response_started = False

@@ -28,7 +28,15 @@ from dataclasses import dataclass
 
 from . import images, wire
 from .batching import BatcherClosed, DeadlineExceeded, QueueFull
-from .registry import BadModelSelection, BadVersion, ModelNotFound, ModelUnavailable, NoModels, VersionNotFound
+from .registry import (
+    BadModelSelection,
+    BadVersion,
+    ModelLookupError,
+    ModelNotFound,
+    ModelUnavailable,
+    NoModels,
+    VersionNotFound,
+)
 from .servable import ModelRunError, UndecodableImage
 
 
@@ -55,6 +63,7 @@ DOMAIN: dict[type[Exception], Described] = {
     BadModelSelection: Described(Kind.INVALID, "bad_model_selection"),
     BadVersion: Described(Kind.INVALID, "bad_version"),
     wire.BadBase64: Described(Kind.INVALID, "invalid_base64"),
+    ModelLookupError: Described(Kind.NOT_FOUND, "model_not_found"),  # the base of the three below
     ModelNotFound: Described(Kind.NOT_FOUND, "model_not_found"),
     VersionNotFound: Described(Kind.NOT_FOUND, "version_not_found"),
     ModelUnavailable: Described(Kind.UNAVAILABLE, "model_unavailable", retry=True),

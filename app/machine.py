@@ -35,7 +35,7 @@ EXTENSIONS: tuple[tuple[str, str], ...] = (
 
 def parse_cpuinfo(text: str) -> tuple[str, set[str]]:
     """The first processor's model name and flags from ``/proc/cpuinfo`` text."""
-    model, flags = "", set()
+    model, flags = "", set[str]()
     for line in text.splitlines():
         key, _, value = line.partition(":")
         key = key.strip()

@@ -36,7 +36,7 @@ import json
 import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, overload
 
 from .recipes import RESIZE_METHODS, RESIZES, SCALE_PRESETS
 
@@ -323,6 +323,10 @@ class _Object:
             raise ManifestError(self._path, self._name(key), "is required")
         return value
 
+    @overload
+    def object(self, key: str, *, required: Literal[True]) -> _Object: ...
+    @overload
+    def object(self, key: str, *, required: bool) -> _Object | None: ...
     def object(self, key: str, *, required: bool) -> _Object | None:
         value = self._required(key, required)
         return None if value is None else _Object(value, self._path, self._name(key))
@@ -333,6 +337,10 @@ class _Object:
             raise ManifestError(self._path, self._name(key), "must be a non-empty tensor name such as 'input:0'")
         return value if ":" in value else f"{value}:0"
 
+    @overload
+    def integer(self, key: str, *, required: Literal[True], minimum: int | None = None) -> int: ...
+    @overload
+    def integer(self, key: str, *, required: bool = False, minimum: int | None = None) -> int | None: ...
     def integer(self, key: str, *, required: bool = False, minimum: int | None = None) -> int | None:
         value = self._required(key, required)
         if value is None:

@@ -49,7 +49,7 @@ def release_free_memory() -> bool:
 
     Decoding a big image frees tens to hundreds of MB that glibc keeps for reuse in its
     arenas, so RSS stays at the peak of the biggest request ever seen. Called after big
-    requests only: a trim walks the free lists (measured in the README's limits section).
+    requests only: a trim walks the free lists (measured in docs/performance.md, "Hardening: before and after").
     """
     if not sys.platform.startswith("linux"):
         return False

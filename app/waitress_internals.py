@@ -114,7 +114,7 @@ def missing_waitress_internals() -> list[str]:
     def attributes(owner: Any, *names: str) -> None:
         missing.extend(f"{_name(owner)}.{name}" for name in names if not hasattr(owner, name))
 
-    def set_in_init(cls: type, *names: str) -> None:
+    def set_in_init(cls: Any, *names: str) -> None:
         """Instance attributes ``cls.__init__`` sets: read from its code, so no socket is needed."""
         code = getattr(cls.__init__, "__code__", None)
         used = set(code.co_names) if code is not None else set()

@@ -17,7 +17,7 @@ Keyword-only functions that raise ``FreezeError`` (see ``freeze.errors``);
 The names below are loaded on first use, so ``import freeze.console`` (what the scripts
 do first, to silence TensorFlow's start-up) does not import TensorFlow.
 
-Example (tiny.keras: the five lines of Keras in README.md, "Freeze your own model")::
+Example (tiny.keras: the five lines of Keras in docs/freeze.md, "Freeze your own model")::
 
     python scripts/freeze.py tiny.keras --inspect
 """

@@ -15,10 +15,9 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from app import exif, graphdef, manifest, preprocessing, recipes, tensorflow_log
 
-MODULES = ("exif", "graphdef", "manifest", "preprocessing", "recipes", "tensorflow_log")
+__all__ = ["exif", "graphdef", "manifest", "preprocessing", "recipes", "tensorflow_log"]  # the imports above
+MODULES = tuple(__all__)
 SERVICE = "app" if __package__ == "freeze" else (__package__ or "").rpartition(".")[0]
-
-__all__ = list(MODULES)
 
 
 def __getattr__(name: str) -> ModuleType:

@@ -18,7 +18,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, overload
 
 import tensorflow as tf
 from google.protobuf import message
@@ -57,6 +57,7 @@ def resolve_checkpoint(path: Path) -> tuple[Path | None, Path]:
     directory wins; then the named path if it exists; then the newest prefix in the
     directory, with a warning.
     """
+    meta: Path | None
     if path.suffix == ".meta":
         if not path.is_file():
             raise SourceError(f"{path}: no such file")
@@ -92,6 +93,10 @@ def resolve_checkpoint(path: Path) -> tuple[Path | None, Path]:
     return meta, prefix
 
 
+@overload
+def _prefix_from_directory(directory: Path, *, missing_ok: Literal[False] = False) -> Path: ...
+@overload
+def _prefix_from_directory(directory: Path, *, missing_ok: bool) -> Path | None: ...
 def _prefix_from_directory(directory: Path, *, missing_ok: bool = False) -> Path | None:
     state_file = directory / "checkpoint"
     named = None

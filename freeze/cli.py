@@ -5,7 +5,7 @@ frozen graph against its source; ``--inspect`` lists the graph's inputs and outp
 A thin layer over the ``freeze`` library: errors are one line on stderr and exit status 2.
 ``scripts/freeze.py`` is a wrapper around ``main`` for checkouts.
 
-Examples (tiny.keras: the five lines of Keras in README.md, "Freeze your own model")::
+Examples (tiny.keras: the five lines of Keras in docs/freeze.md, "Freeze your own model")::
 
     graphserve freeze tiny.keras --inspect
     graphserve freeze tiny.keras --name tiny --labels cat,dog,bird --sample docs/samples/cat.jpg
@@ -82,7 +82,7 @@ EPILOG = """\
 Without --name or --output-pb nothing is written: the model is frozen and
 verified only.
 
-examples (tiny.keras: the five lines of Keras in README.md, "Freeze your own model"):
+examples (tiny.keras: the five lines of Keras in docs/freeze.md, "Freeze your own model"):
   %(prog)s tiny.keras --inspect
   %(prog)s tiny.keras --name tiny --labels cat,dog,bird
   %(prog)s tiny.keras --output-pb /tmp/tiny.pb"""

@@ -90,8 +90,8 @@ def _image_size(shape: tuple[int | None, ...] | None, options: ImageOptions) -> 
         if options.flatten is False:
             raise ExportError(f"input shape {list(shape)} is a flat vector; it needs flatten preprocessing")
         size = shape[1]
-        if all(v is not None for v in given):
-            h, w, c = given  # type: ignore[misc]
+        h, w, c = given
+        if h is not None and w is not None and c is not None:
             if size is not None and h * w * c != size:
                 raise ExportError(
                     f"--height {h} x --width {w} x --channels {c} = {h * w * c}, but the input takes {size} values"
@@ -106,9 +106,9 @@ def _image_size(shape: tuple[int | None, ...] | None, options: ImageOptions) -> 
                 fits.append((side, side, c))
         if len(fits) != 1:
             if any(v is not None for v in given):
-                h, w, c = ("?" if v is None else v for v in given)
+                shown = "x".join("?" if v is None else str(v) for v in given)
                 raise ExportError(
-                    f"a flat input of {size} values is not {h}x{w}x{c}; give --height, --width and --channels"
+                    f"a flat input of {size} values is not {shown}; give --height, --width and --channels"
                 )
             raise ExportError(
                 f"cannot tell the image size from a flat input of {size} values; give --height, --width and --channels"

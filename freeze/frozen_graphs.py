@@ -4,7 +4,7 @@ Refused with a clear error when it is not a GraphDef or still has variables (the
 checkpoint or SavedModel it came from is what to freeze). The result is a
 ``freeze.session_source.SessionSource`` with an empty session: there is nothing to restore.
 
-Example (``tiny.keras`` from README.md, frozen once, then made a servable version)::
+Example (``tiny.keras`` from docs/freeze.md, frozen once, then made a servable version)::
 
     python scripts/freeze.py tiny.keras --output-pb /tmp/tiny.pb
     python scripts/freeze.py /tmp/tiny.pb --name tiny --labels cat,dog,bird

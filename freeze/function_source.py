@@ -5,7 +5,7 @@ functions TF2 keeps its layers in); the result is then pruned and checked like a
 graph. The loaders that build one are ``freeze.saved_models`` (TF2) and
 ``freeze.keras_files``.
 
-Example (``tiny.keras``: the five lines of Keras in README.md, "Freeze your own model")::
+Example (``tiny.keras``: the five lines of Keras in docs/freeze.md, "Freeze your own model")::
 
     python scripts/freeze.py tiny.keras --inspect
 """

@@ -19,6 +19,7 @@ from __future__ import annotations
 import difflib
 import logging
 from collections.abc import Iterable, Mapping, Sequence
+from typing import TypeAlias
 
 import numpy as np
 import tensorflow as tf
@@ -28,8 +29,8 @@ from .errors import GraphError, NodeNotFoundError
 
 log = logging.getLogger(__name__)
 
-GraphDef = tf.compat.v1.GraphDef
-NodeDef = tf.compat.v1.NodeDef
+GraphDef: TypeAlias = tf.compat.v1.GraphDef
+NodeDef: TypeAlias = tf.compat.v1.NodeDef
 
 VARIABLE_OPS = frozenset({"Variable", "VariableV2", "VarHandleOp"})
 PLACEHOLDER_OPS = frozenset({"Placeholder", "PlaceholderV2"})

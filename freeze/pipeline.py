@@ -14,7 +14,7 @@ options come in small groups, each a frozen dataclass whose defaults are the CLI
 ``WriteOptions``    where it goes: ``graphs_dir`` + ``name`` (+ ``version``), or ``output_pb``
 ==================  ========================================================================
 
-Example (``tiny.keras``: the five lines of Keras in README.md, "Freeze your own model")::
+Example (``tiny.keras``: the five lines of Keras in docs/freeze.md, "Freeze your own model")::
 
     from freeze import ImageOptions, WriteOptions, freeze_model
 

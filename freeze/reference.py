@@ -7,7 +7,7 @@ array, and compares it with what the service's graph makes of the same file: inp
 input, then the frozen model's output on each. A TF1 model served with TF2's resize, for
 example, moves a score by 0.09 and fails here; with the ``tf1_bilinear`` recipe it passes.
 
-Example (the ``nudity`` package's 2019 graph; see the README's "Real photos")::
+Example (the ``nudity`` package's 2019 graph; see docs/freeze.md, "Checking a model's preprocessing")::
 
     python scripts/freeze.py retrained_graph.pb --name nudity --height 224 --width 224 \\
         --scale "(x-128)/128" --resize tf1_bilinear --labels not_nude,nude \\

@@ -6,7 +6,7 @@ builders) is TF1: it is loaded into a session, a ``freeze.session_source.Session
 whose inputs and outputs default to the signature's. Tags default to ``serve``, the
 signature to ``serving_default`` (or the only one).
 
-Example (``tiny.keras`` from README.md, exported as a TF2 SavedModel by Keras)::
+Example (``tiny.keras`` from docs/freeze.md, exported as a TF2 SavedModel by Keras)::
 
     python -c "import keras; keras.models.load_model('tiny.keras').export('/tmp/tiny_savedmodel')"
     python scripts/freeze.py /tmp/tiny_savedmodel --inspect

@@ -7,7 +7,7 @@ and outputs (a signature's, the user's, or the obvious ones), fixes training swi
 Const read from the session (``freeze.graph``). The loaders that build one are
 ``freeze.checkpoints``, ``freeze.saved_models`` and ``freeze.frozen_graphs``.
 
-Example (``tiny.keras`` from README.md; a frozen ``.pb`` loads as a session source too)::
+Example (``tiny.keras`` from docs/freeze.md; a frozen ``.pb`` loads as a session source too)::
 
     python scripts/freeze.py tiny.keras --output-pb /tmp/tiny.pb
     python scripts/freeze.py /tmp/tiny.pb --inspect

@@ -89,7 +89,7 @@ class Source(abc.ABC):
     def run(self, feeds: Mapping[str, np.ndarray], fetches: Sequence[str]) -> list[np.ndarray]:
         """Run the source itself, with frozen-graph tensor names, for verification."""
 
-    def close(self) -> None:
+    def close(self) -> None:  # noqa: B027 (a no-op unless the source holds something: not abstract)
         """Free what the source holds (its session)."""
 
     def __enter__(self) -> Self:

@@ -16,7 +16,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import tensorflow as tf
@@ -92,7 +92,7 @@ def random_feeds(
                     f"input '{info.name}' has shape {list(info.shape or [])} with unknown dimensions; "
                     "give one with --input-shape (e.g. 1,224,224,3)"
                 )
-            shape = dims
+            shape = cast(list[int], dims)  # no None left
         dtype = tf.as_dtype(info.dtype)
         if dtype.is_floating:
             value = rng.random(shape).astype(dtype.as_numpy_dtype)

@@ -2,7 +2,7 @@
 """Freeze a model for the service: the checkout's spelling of ``graphserve freeze`` (see freeze/cli.py).
 
 Runs with any Python 3.11+ that has requirements.txt, the checkout installed or not.
-Example (tiny.keras: the five lines of Keras in README.md, "Freeze your own model")::
+Example (tiny.keras: the five lines of Keras in docs/freeze.md, "Freeze your own model")::
 
     .venv/bin/python scripts/freeze.py tiny.keras --inspect
 """

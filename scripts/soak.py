@@ -46,6 +46,7 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 LOCAL_HOSTS = {"127.0.0.1", "localhost", "::1"}
+LOCAL = "127.0.0.1"  # a URL without a host (main() lets only local hosts through)
 
 
 def real_photos() -> list[bytes]:
@@ -204,7 +205,7 @@ def start_server(
 
 def get_json(url: str, path: str) -> tuple[int, dict]:
     parsed = urlparse(url)
-    connection = http.client.HTTPConnection(parsed.hostname, parsed.port, timeout=30)
+    connection = http.client.HTTPConnection(parsed.hostname or LOCAL, parsed.port, timeout=30)
     try:
         connection.request("GET", path)
         response = connection.getresponse()
@@ -258,7 +259,7 @@ class Driver:
         return None, index % len(self.photos)
 
     def run_client(self) -> None:
-        connection = http.client.HTTPConnection(self.url.hostname, self.url.port, timeout=60)
+        connection = http.client.HTTPConnection(self.url.hostname or LOCAL, self.url.port, timeout=60)
         while (index := self.next_index()) is not None:
             hostile, photo = self.pick(index)
             started = time.perf_counter()
@@ -273,7 +274,7 @@ class Driver:
                 status = response.status
             except (OSError, http.client.HTTPException) as exc:
                 connection.close()
-                connection = http.client.HTTPConnection(self.url.hostname, self.url.port, timeout=60)
+                connection = http.client.HTTPConnection(self.url.hostname or LOCAL, self.url.port, timeout=60)
                 status, body, error = 0, b"", f"connection error: {exc!r}"
             else:
                 error = (self.judge_good(photo, status, body) if hostile is None
@@ -334,7 +335,7 @@ def judge_hostile(hostile: Hostile, status: int, body: bytes) -> str:
 def reference_answers(url: str, path: str, photos: list[bytes]) -> list[dict[str, list[int]]]:
     """Each photo's top-1 per model, asked once before the run (a failure here stops the soak)."""
     parsed = urlparse(url)
-    connection = http.client.HTTPConnection(parsed.hostname, parsed.port, timeout=60)
+    connection = http.client.HTTPConnection(parsed.hostname or LOCAL, parsed.port, timeout=60)
     try:
         expected = []
         for i, photo in enumerate(photos):

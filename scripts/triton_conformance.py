@@ -15,7 +15,7 @@ The script serves a stand-in model on Triton with our model's name, interface an
 both servers, and prints, per request, the status codes and the JSON *shapes* (keys and value
 types; values that are expected to differ, such as scores, are not compared; metadata values
 are shown). Exit code 1 when a shape or status differs in a way not listed in ``KNOWN`` (the
-differences the README documents).
+differences docs/compatible-apis.md documents).
 
 Triton's Python stub in the pytriton 0.7.0 wheel links an older libpython 3.11 than a 3.11.7
 stdlib expects (``'_thread.RLock' object has no attribute '_recursion_count'`` when the model
@@ -38,7 +38,7 @@ from typing import Any
 import numpy as np
 import requests
 
-# Differences we know of and keep (README, "KServe v2" / "What differs from Triton"), by request.
+# Differences we know of and keep (docs/compatible-apis.md, "KServe v2" / "What differs from Triton"), by request.
 KNOWN = {
     "metadata": "values: platform 'tensorflow_graphdef' (Triton's Python backend: 'python'); input shape [-1]"
                 " (Triton with batching: [-1, 1] for a [1] input)",

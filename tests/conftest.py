@@ -17,6 +17,20 @@ with stderr_hidden():  # TensorFlow's import notices (oneDNN, CUDA) come before 
 
 from tests.digits import DigitData, digit_data, train_weights, write_model  # noqa: E402
 
+# Fixtures that download (pip, from PyPI): the default tier (not slow) must need none of them.
+DOWNLOADING_FIXTURES = frozenset({"demo_graphs", "nudity_graph"})
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Refuse a test that asks for a downloading fixture without ``@pytest.mark.slow``."""
+    unmarked = [
+        item.nodeid
+        for item in items
+        if DOWNLOADING_FIXTURES & set(getattr(item, "fixturenames", ())) and item.get_closest_marker("slow") is None
+    ]
+    if unmarked:
+        raise pytest.UsageError(f"these tests download but are not marked slow (@pytest.mark.slow): {unmarked}")
+
 
 @pytest.fixture(scope="session")
 def digits() -> DigitData:

@@ -9,8 +9,8 @@ from typing import Any
 
 from flask import Flask
 
-from app.services import services_of
 from app.lifecycle import GraphServer, build_server
+from app.services import services_of
 
 
 @contextlib.contextmanager

@@ -18,11 +18,11 @@ import pytest
 
 from app.batching import (
     Batcher,
-    DirectRunner,
     BatcherClosed,
     BatchingError,
     Completed,
     DeadlineExceeded,
+    DirectRunner,
     QueueFull,
 )
 

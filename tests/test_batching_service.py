@@ -13,9 +13,9 @@ import numpy as np
 import pytest
 import requests
 
-from app.services import services_of
 from app import create_app
 from app.batching import Batcher
+from app.services import services_of
 from tests.digits import png_bytes
 from tests.server import running
 

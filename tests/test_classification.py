@@ -135,7 +135,7 @@ def test_graph_node_count_unchanged_after_many_requests(app, client, digits):
     before = {h.name: len(h.servable.graph.as_graph_def().node) for h in registry.handles()}
     assert all(h.servable.graph.finalized for h in registry.handles())
     data = png_bytes(digits.test_images[0])
-    for i in range(200):
+    for _ in range(200):
         response = client.post("/image_classification?model=all", data=data, content_type="image/png")
         assert response.status_code == 200
     after = {h.name: len(h.servable.graph.as_graph_def().node) for h in registry.handles()}

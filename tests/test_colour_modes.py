@@ -1,4 +1,4 @@
-"""Every format the README lists, in every colour mode it can hold, still and animated,
+"""Every format docs/models.md lists, in every colour mode it can hold, still and animated,
 answers what its true RGB equivalent answers (issue 22: RGBA WebP was refused as corrupt).
 
 The models are "probes" whose scores are the image itself: the mean of each channel over a

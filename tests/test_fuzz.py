@@ -688,9 +688,8 @@ def _fuzz_everything(app, client, case):
 
 
 @pytest.mark.slow
-def test_fuzz_everything_long(app, client, request):
-    if "slow" not in (request.config.option.markexpr or ""):
-        pytest.skip("a long fuzz run: select it with -m slow (size: GRAPHSERVE_FUZZ_EXAMPLES)")
+def test_fuzz_everything_long(app, client):
+    """A long fuzz run (size: GRAPHSERVE_FUZZ_EXAMPLES)."""
     _fuzz_everything(app, client)
 
 

@@ -57,8 +57,12 @@ def test_the_core_does_not_import_flask():
         for node in ast.parse(path.read_text()).body:  # module level: what `import` runs
             if isinstance(node, ast.Import):
                 names = [alias.name for alias in node.names]
-            elif isinstance(node, ast.ImportFrom) and node.module:
-                names = [node.module] + [f"{node.module}.{alias.name}" for alias in node.names]
+            elif isinstance(node, ast.ImportFrom) and (node.module or node.level):
+                base = module if path.name == "__init__.py" else module.rpartition(".")[0]
+                for _ in range(node.level - 1):  # app/ imports itself relatively
+                    base = base.rpartition(".")[0]
+                absolute = node.module or "" if not node.level else ".".join(p for p in (base, node.module) if p)
+                names = [absolute] + [f"{absolute}.{alias.name}" for alias in node.names]
             else:
                 continue
             for name in names:

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-import grpc
 import importlib.metadata
+
+import grpc
 import numpy as np
 import pytest
 
@@ -11,7 +12,7 @@ tritongrpc = pytest.importorskip("tritonclient.grpc")
 from tritonclient.grpc import service_pb2, service_pb2_grpc  # noqa: E402
 from tritonclient.utils import InferenceServerException  # noqa: E402
 
-from app.services import services_of
+from app.services import services_of  # noqa: E402
 from tests.digits import LABELS, png_bytes  # noqa: E402
 from tests.helpers import own_api_scores  # noqa: E402
 from tests.server import running  # noqa: E402

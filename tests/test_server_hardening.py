@@ -16,9 +16,9 @@ import time
 import pytest
 import requests
 
-from app.services import services_of
 from app.config import Settings
 from app.lifecycle import FD_RESERVE, FDS_PER_CONNECTION, connection_limit
+from app.services import services_of
 from tests.digits import png_bytes
 from tests.server import serving
 

@@ -78,10 +78,8 @@ def test_soak_good_and_hostile_traffic(graphs_dir, tmp_path):
 
 
 @pytest.mark.slow
-def test_soak_script_long(graphs_dir, tmp_path, request):
+def test_soak_script_long(graphs_dir, tmp_path):
     """The script as a user runs it (it starts the server), 20,000 requests: a few minutes."""
-    if "slow" not in (request.config.option.markexpr or ""):
-        pytest.skip("a long soak: select it with -m slow")
     data = run_soak_script(graphs_dir, tmp_path, requests=20_000, baseline=2_000, every=2_000, max_seconds=900,
                            timeout=1200)
     check_report(data, 20_000, MAX_GROWTH_LONG_MB)

@@ -8,10 +8,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from app.services import services_of
 from app import create_app
 from app.discovery import DiscoveryError
 from app.servable import ModelLoadError
+from app.services import services_of
 from tests.digits import png_bytes, write_model
 
 

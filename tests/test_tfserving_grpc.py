@@ -11,12 +11,16 @@ import pytest
 import requests
 import tensorflow as tf
 from tensorflow_serving.apis import (
-    classification_pb2, get_model_metadata_pb2, get_model_status_pb2, model_service_pb2_grpc, predict_pb2,
+    classification_pb2,
+    get_model_metadata_pb2,
+    get_model_status_pb2,
+    model_service_pb2_grpc,
+    predict_pb2,
     prediction_service_pb2_grpc,
 )
 
-from app.services import services_of
 from app.grpc_server import start_grpc_server
+from app.services import services_of
 from tests.digits import LABELS, png_bytes, write_two_versions
 from tests.helpers import class_scores
 from tests.server import running, serving

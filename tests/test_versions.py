@@ -10,10 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from app.services import services_of
 from app import create_app
 from app.config import Settings
 from app.discovery import PolicyError, parse_policy, scan
+from app.services import services_of
 from tests.digits import png_bytes, write_model
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import psutil
@@ -22,7 +22,7 @@ class CpuSample:
     machine: float  # busy CPU seconds of the whole machine
     processes: dict[str, float]  # role -> CPU seconds of that role's processes
 
-def cpu_sample(roles: dict[str, Sequence[int]]) -> CpuSample:
+def cpu_sample(roles: Mapping[str, Sequence[int]]) -> CpuSample:
     times = psutil.cpu_times()
     busy = times.user + times.nice + times.system + getattr(times, "irq", 0.0) + getattr(times, "softirq", 0.0)
     processes = {}

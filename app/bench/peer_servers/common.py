@@ -71,8 +71,8 @@ def preprocess(data: bytes, recipe: Recipe) -> np.ndarray:
     from PIL import Image, ImageOps, UnidentifiedImageError
 
     try:
-        with Image.open(io.BytesIO(data)) as image:
-            image = ImageOps.exif_transpose(image).convert("RGB")
+        with Image.open(io.BytesIO(data)) as opened:
+            image = ImageOps.exif_transpose(opened).convert("RGB")
             pixels = np.asarray(image.resize((recipe.width, recipe.height), recipe.resample), dtype=np.float32)
     except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as exc:
         raise BadImage(f"cannot decode the image: {exc}") from None

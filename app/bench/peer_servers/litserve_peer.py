@@ -61,7 +61,7 @@ class KerasClassifier(ls.LitAPI):
         self.model.predict_on_batch(blank)  # trace once before the first request
 
     # no annotation on ``request``: LitServe would take it as the body's type and validate against it
-    def decode_request(self, request):  # type: ignore[no-untyped-def]
+    def decode_request(self, request):
         try:
             return common.preprocess(request["image"], self.recipe)
         except common.BadImage as exc:
