@@ -56,6 +56,7 @@ log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 R = TypeVar("R")
+T_in = TypeVar("T_in", contravariant=True)  # a Runner only takes items in
 
 
 class BatchingError(Exception):
@@ -87,12 +88,12 @@ class Completed(Generic[R]):
 BatchObserver = Callable[[int, float, float], None]  # (batch size, longest queue wait, run seconds)
 
 
-class Runner(Protocol[T, R]):
+class Runner(Protocol[T_in, R]):
     """How a servable is run: ``Batcher`` (queued, batched) or ``DirectRunner`` (in the caller)."""
 
     name: str
 
-    def submit(self, items: Sequence[T], *, deadline: float | None = None) -> list[Future[Completed[R]]]: ...
+    def submit(self, items: Sequence[T_in], *, deadline: float | None = None) -> list[Future[Completed[R]]]: ...
 
     def queue_depth(self) -> int: ...
 

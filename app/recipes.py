@@ -109,13 +109,21 @@ def resize_recipe(name: str) -> ResizeRecipe:
 class _Preprocessing(Protocol):
     """The fields of ``manifest.Preprocessing`` this module reads (no import cycle)."""
 
-    resize: str
-    antialias: bool
-    scale: str
-    mean: tuple[float, ...] | None
-    std: tuple[float, ...] | None
-    central_crop: float | None
-    scaled_decode: bool | None
+    # read-only (properties), as the frozen dataclass's fields are
+    @property
+    def resize(self) -> str: ...
+    @property
+    def antialias(self) -> bool: ...
+    @property
+    def scale(self) -> str: ...
+    @property
+    def mean(self) -> tuple[float, ...] | None: ...
+    @property
+    def std(self) -> tuple[float, ...] | None: ...
+    @property
+    def central_crop(self) -> float | None: ...
+    @property
+    def scaled_decode(self) -> bool | None: ...
 
 
 def antialiased(pre: _Preprocessing) -> bool:
@@ -155,8 +163,9 @@ def scale_pixels(pixels: T, pre: _Preprocessing, *, constant: Any = None) -> T:
     if pre.scale == "mean_std":
         assert pre.mean is not None and pre.std is not None  # guaranteed by manifest.parse
         make = constant or (lambda v: v)
-        return (pixels - make(pre.mean)) / make(pre.std)  # type: ignore[operator]
+        return (pixels - make(pre.mean)) / make(pre.std)
     preset = SCALES[pre.scale]
     if preset.multiply == 1.0 and preset.add == 0.0:
         return pixels
-    return pixels * preset.multiply + preset.add  # type: ignore[operator]
+    array: Any = pixels  # an array or a tensor: the arithmetic is its own
+    return array * preset.multiply + preset.add
