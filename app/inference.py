@@ -259,7 +259,7 @@ def _inputs(handles: list[ModelHandle], images: Sequence[Image]) -> list[tuple[M
         items = encoded
         if len(group) > 1:
             try:
-                items = list(group[0].servable.preprocess(encoded))
+                items = list(group[0].servable.preprocess([image.data for image in images]))
             except UndecodableImage:
                 items = encoded  # let each model find and name the bad upload
         inputs.extend((handle, items) for handle in group)

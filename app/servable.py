@@ -221,7 +221,7 @@ class Servable:
         if encoded:
             self._predict_encoded([items[i] for i in encoded], encoded, rows)  # type: ignore[misc]
         if decoded:
-            pixels = np.stack([items[i] for i in decoded])  # type: ignore[arg-type]
+            pixels = np.stack([items[i] for i in decoded])
             try:
                 scores = self._run_chunks(self._classify_pixels, [pixels])
                 for j, i in enumerate(decoded):
