@@ -26,9 +26,10 @@ import io
 import logging
 import threading
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Sequence, Union
+from typing import TypeAlias
 
 import numpy as np
 import tensorflow as tf
@@ -45,8 +46,8 @@ from .preprocessing import build_preprocessing, geometry_key
 
 log = logging.getLogger(__name__)
 
-Item = Union[bytes, np.ndarray]  # encoded image, or float32 [H, W, C] pixels
-Row = Union[np.ndarray, BaseException]
+Item: TypeAlias = bytes | np.ndarray  # encoded image, or float32 [H, W, C] pixels
+Row: TypeAlias = np.ndarray | BaseException
 
 
 class ServableError(Exception):
