@@ -8,12 +8,16 @@ here decodes more than it must::
       ─ request budget: Σ width × height ≤ max_request_pixels, before ANY decode
       ─ prepare ─┬─ JPEG, the models allow a scaled decode: ONE strict libjpeg decode at the
                  │    smallest scale that covers the models' input, turned upright (EXIF),
-                 │    passed on as BMP (corrupt/truncated → refused)
+                 │    passed on as pixels (corrupt/truncated → refused)
                  ├─ other JPEG: strict libjpeg check at 1/8 scale; the graph decodes it
                  ├─ PNG (every colour type and depth), uncompressed 24/32-bit BMP, still WebP
                  │    without alpha: unchanged; the graph decodes it
                  └─ GIF, animated WebP, WebP with alpha, every other BMP: decoded by Pillow
-                      (an animation's first frame only), alpha dropped, passed on as 24-bit BMP
+                      (an animation's first frame only), alpha dropped, passed on as pixels
+
+"Passed on as pixels": ``Upload.decoded`` holds the RGB array and the graph takes it as it is
+(``app.preprocessing``: only crop and resize follow), so nothing is decoded twice. ``Upload.data``
+still gives such an upload as an uncompressed BMP, built on demand, for tools and tests.
 
 The graph decodes with ``channels=3``; what it gets from here, it decodes right, in every
 colour mode. One rule for alpha, in every format: it is dropped and each pixel keeps the
@@ -43,7 +47,7 @@ Why a JPEG is decoded here when the models allow a scaled decode (``recipes.scal
 the strict check must read all of the entropy data anyway, and for a 12 MP phone photo
 that is most of the decode (~40 ms). Decoding once, at the scale the graph would have
 chosen, instead of checking here and decoding again in the graph, halves that cost. The
-graph then reads an uncompressed BMP of ~500×380 pixels (a copy).
+graph then takes the ~500×380 decoded pixels as they are (a copy).
 
 ``PixelBudget`` bounds the pixels being decoded by all requests at once, so several big
 but legal requests queue for memory instead of all taking it together.
@@ -123,14 +127,26 @@ class DecodeBusy(Exception):
 @dataclass(frozen=True, slots=True)
 class Upload:
     name: str  # how the client knows it (clipped): file name, "body", or "instances[i]"
-    data: bytes  # what the graph decodes: the upload itself, or its first frame as BMP
+    encoded: bytes | None  # what the graph decodes: the upload itself; None when ``decoded`` here
     format: str  # the upload's own format ("gif" stays "gif" after the first frame is taken)
     width: int
     height: int
+    decoded: np.ndarray | None = None  # uint8 [height, width, 3] RGB, upright: decoded here, fed to the graph as is
 
     @property
     def pixels(self) -> int:
         return self.width * self.height
+
+    @property
+    def data(self) -> bytes:
+        """The upload as the graph could decode it: its own bytes, or (decoded here) its pixels as
+        an uncompressed BMP, built on each call: for tools and tests; requests feed ``decoded``."""
+        if self.encoded is not None:
+            return self.encoded
+        assert self.decoded is not None
+        buffer = io.BytesIO()
+        Image.fromarray(self.decoded).save(buffer, format="BMP")
+        return buffer.getvalue()
 
 
 def check_images(
@@ -181,7 +197,7 @@ def _read_header(name: str, data: bytes, settings: Settings) -> Upload:
         )
     if width == 0 or height == 0:
         raise CorruptImage(f"upload '{name}' has no pixels ({width}x{height})")
-    return Upload(name=name, data=data, format=SUPPORTED_FORMATS[image_format], width=width, height=height)
+    return Upload(name=name, encoded=data, format=SUPPORTED_FORMATS[image_format], width=width, height=height)
 
 
 def _prepare(upload: Upload, jpeg_min_size: tuple[int, int] | None) -> Upload:
@@ -203,11 +219,11 @@ def _decodes_to_rgb(upload: Upload) -> bool:
 
 
 def _decode_jpeg_scaled(upload: Upload, min_size: tuple[int, int]) -> Upload:
-    """Strict libjpeg decode at the smallest scale covering ``min_size`` once upright, as BMP."""
+    """Strict libjpeg decode at the smallest scale covering ``min_size`` once upright, as pixels."""
     orientation = jpeg_orientation(upload.data)
     height, width = min_size if orientation < 5 else min_size[::-1]  # 5–8 are stored turned
     pixels = _strict_jpeg_decode(upload, colorspace="RGB", min_height=height, min_width=width)
-    return _as_bmp(upload, Image.fromarray(np.ascontiguousarray(upright(pixels, orientation))))
+    return _as_pixels(upload, upright(pixels, orientation))
 
 
 def _check_jpeg(upload: Upload) -> None:
@@ -233,7 +249,7 @@ def _decoded_unless_the_graph_can(upload: Upload) -> Upload:
             frame = image.convert("RGB")  # loads frame 0 only; drops alpha, keeps the colour under it
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
         raise CorruptImage(f"upload '{upload.name}' is a damaged {upload.format.upper()} ({clip(str(exc), 120)})") from None
-    return _as_bmp(upload, frame)
+    return _as_pixels(upload, np.asarray(frame))
 
 
 def _the_graph_decodes(upload: Upload, image: Image.Image) -> bool:
@@ -256,11 +272,11 @@ def _plain_bmp(data: bytes) -> bool:
     return header_size >= 40 and bits in (24, 32) and compression == 0
 
 
-def _as_bmp(upload: Upload, rgb: Image.Image) -> Upload:
-    """The upload's decoded pixels as an uncompressed BMP: the graph reads it back with a copy."""
-    buffer = io.BytesIO()
-    rgb.save(buffer, format="BMP")
-    return Upload(name=upload.name, data=buffer.getvalue(), format=upload.format, width=rgb.width, height=rgb.height)
+def _as_pixels(upload: Upload, rgb: np.ndarray) -> Upload:
+    """The upload, decoded here: uint8 [h, w, 3] RGB pixels the graph takes as they are."""
+    rgb = np.ascontiguousarray(rgb, dtype=np.uint8)
+    height, width = rgb.shape[:2]
+    return Upload(name=upload.name, encoded=None, format=upload.format, width=width, height=height, decoded=rgb)
 
 
 class PixelBudget:

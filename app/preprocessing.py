@@ -10,13 +10,20 @@ The pipeline, per image (every choice is a recipe from ``app.recipes``)::
     encoded bytes ─┬─ JPEG: pick the largest libjpeg scale (1/8, 1/4, 1/2, 1) that still
                    │        leaves the model's size after the crop ─ decode at that scale
                    │        ─ turn upright by the EXIF orientation
-                   └─ PNG/GIF/BMP/WebP: full decode
+                   ├─ PNG/GIF/BMP/WebP: full decode
+                   └─ decoded before the graph (``rgb_size`` [h, w] > 0): the bytes are
+                            the RGB pixels themselves, uint8 [h, w, 3], upright; only reshaped
       ─ to the model's channels ─ central crop (optional) ─ resize ─┬─ "pixels" (float32, 0..255)
                                                                     └─ scale ─ flatten ─ model input
 
 Scaled decode costs a 12 MP phone JPEG ~32 ms instead of 140–200 ms; it is on by default
 only for antialiased resizes, whose averaging makes the result nearly the same (the
-README's "Real photos" section has the measured differences).
+measured differences are in docs/performance.md, "Scaled JPEG decode").
+
+Decoded before the graph: the upload check (``app.images``) decodes some images itself (a JPEG
+at reduced scale, an animation's first frame); their pixels are fed as the bytes of the same
+string feed with their size in ``rgb_size``, so the graph does not decode them again and
+crops and resizes them exactly as it would have its own decode's.
 
 ``pixels`` is a named tensor so that a caller who already has decoded, resized pixels (for
 example from another model with the same geometry) can feed them and skip decoding.
@@ -35,6 +42,7 @@ from .manifest import Manifest, Preprocessing
 
 ENCODED_NAME = "graphserve/encoded"
 ORIENTATION_NAME = "graphserve/orientation"
+RGB_SIZE_NAME = "graphserve/rgb_size"
 PIXELS_NAME = "graphserve/pixels"
 
 _JPEG_RATIOS = (8, 4, 2, 1)
@@ -44,6 +52,7 @@ _JPEG_RATIOS = (8, 4, 2, 1)
 class PreprocessingTensors:
     encoded: tf.Tensor  # string [N]: the feed for a batch of encoded images
     orientation: tf.Tensor  # int32 [N]: EXIF orientation per image (1: upright; defaults to all 1)
+    rgb_size: tf.Tensor  # int32 [N, 2]: (h, w) of an item fed as RGB pixels, (0, 0) for encoded (the default)
     pixels: tf.Tensor  # float32 [N, H, W, C] in 0..255, after crop + resize
     model_input: tf.Tensor  # what replaces the model's input placeholder
 
@@ -65,12 +74,23 @@ def build_preprocessing(manifest: Manifest, *, input_dtype: tf.DType) -> Preproc
     orientation = tf.compat.v1.placeholder_with_default(
         tf.ones_like(encoded, dtype=tf.int32), shape=[None], name=ORIENTATION_NAME
     )
+    rgb_size = tf.compat.v1.placeholder_with_default(
+        tf.zeros(tf.stack([tf.size(encoded), 2]), dtype=tf.int32), shape=[None, 2], name=RGB_SIZE_NAME
+    )
     decode = _decoder(manifest)
     resize = _resizer(pre, spec.height, spec.width)
 
-    def decode_one(args: tuple[tf.Tensor, tf.Tensor]) -> tf.Tensor:
-        data, upright = args
-        image = decode(data, upright if pre.exif_orientation else tf.constant(1))
+    def decode_one(args: tuple[tf.Tensor, tf.Tensor, tf.Tensor]) -> tf.Tensor:
+        data, upright, size = args
+
+        def fed() -> tf.Tensor:  # decoded before the graph: the bytes are the pixels
+            return tf.reshape(tf.io.decode_raw(data, tf.uint8), tf.concat([size, [3]], 0))
+
+        def decoded() -> tf.Tensor:
+            return decode(data, upright if pre.exif_orientation else tf.constant(1))
+
+        image = tf.cond(size[0] > 0, fed, decoded)
+        image.set_shape([None, None, 3])
         if spec.channels == 1:
             image = tf.image.rgb_to_grayscale(image)
         if pre.central_crop is not None and pre.central_crop < 1:
@@ -81,7 +101,7 @@ def build_preprocessing(manifest: Manifest, *, input_dtype: tf.DType) -> Preproc
 
     decoded = tf.map_fn(
         decode_one,
-        (encoded, orientation),
+        (encoded, orientation, rgb_size),
         fn_output_signature=tf.TensorSpec([spec.height, spec.width, spec.channels], tf.float32),
         parallel_iterations=8,
     )
@@ -91,7 +111,9 @@ def build_preprocessing(manifest: Manifest, *, input_dtype: tf.DType) -> Preproc
         scaled = tf.reshape(scaled, [-1, spec.height * spec.width * spec.channels])
     if scaled.dtype != input_dtype:
         scaled = tf.saturate_cast(scaled, input_dtype) if input_dtype.is_integer else tf.cast(scaled, input_dtype)
-    return PreprocessingTensors(encoded=encoded, orientation=orientation, pixels=pixels, model_input=scaled)
+    return PreprocessingTensors(
+        encoded=encoded, orientation=orientation, rgb_size=rgb_size, pixels=pixels, model_input=scaled
+    )
 
 
 # -- decode ----------------------------------------------------------------------------
@@ -198,7 +220,7 @@ def _pillow_resize(image: tf.Tensor, height: int, width: int, kernel: str) -> tf
 
     Pillow's filters are TensorFlow's ``ScaleAndTranslate`` kernels with the support
     widened by the scale factor (antialiasing), and both use pixel centres; what is left
-    is Pillow's fixed-point arithmetic (the README gives the measured residual).
+    is Pillow's fixed-point arithmetic (docs/models.md gives the measured residual).
     """
     x = tf.cast(image, tf.float32)[tf.newaxis]
     in_height = tf.shape(x)[1]

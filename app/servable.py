@@ -6,10 +6,18 @@ Lifecycle, in the order a model lives it (TF Serving's loader, at small scale)::
     rows = servable.predict([jpeg_bytes, png_bytes])   # per batch: ONE sess.run
     servable.close()
 
-``predict`` takes encoded images (or already-decoded ``pixels`` arrays, see
-``preprocessing``) and returns one row of class scores per item, or an exception instance
-for an item that could not be decoded, so one bad upload fails only itself. Nothing here
-knows about HTTP or batching; both wrap this.
+``predict`` takes items of three kinds and returns one row of class scores per item, or an
+exception instance for an item that could not be decoded, so one bad upload fails only
+itself (a batch that fails is halved until the bad items are found: a bad item among N
+costs about log2 N extra runs, not N)::
+
+    bytes           an encoded image: the graph decodes, crops, resizes it
+    Decoded         RGB pixels the upload check decoded (``app.images``): the graph only crops
+                    and resizes them, exactly as it would its own decode's
+    np.ndarray      float32 [H, W, C] pixels of the model's geometry (``preprocess``, the shared
+                    decode of models with equal geometry): the graph only scales them
+
+Nothing here knows about HTTP or batching; both wrap this.
 
 Exceptions::
 
@@ -39,6 +47,7 @@ from tensorflow.core.protobuf import config_pb2
 from . import manifest as manifest_lib
 from . import memory, recipes
 from . import optimize as optimize_lib
+from .batching import Batcher, BatcherClosed
 from .exif import jpeg_orientation
 from .graphdef import node_name
 from .manifest import Manifest
@@ -46,7 +55,15 @@ from .preprocessing import build_preprocessing, geometry_key
 
 log = logging.getLogger(__name__)
 
-Item: TypeAlias = bytes | np.ndarray  # encoded image, or float32 [H, W, C] pixels
+
+@dataclass(frozen=True, slots=True)
+class Decoded:
+    """An image decoded before the graph: uint8 [h, w, 3] RGB, upright (``images.Upload.decoded``)."""
+
+    rgb: np.ndarray
+
+
+Item: TypeAlias = bytes | Decoded | np.ndarray  # encoded image, decoded RGB, or float32 [H, W, C] model pixels
 Row: TypeAlias = np.ndarray | BaseException
 
 
@@ -171,6 +188,7 @@ class Servable:
         session: tf.compat.v1.Session,
         encoded: tf.Tensor,
         orientation: tf.Tensor,
+        rgb_size: tf.Tensor,
         pixels: tf.Tensor,
         scores: tf.Tensor,
         stats: LoadStats,
@@ -185,18 +203,23 @@ class Servable:
         self.stats = stats
         # Pre-built TF callables: one sess.run each, without Session.run's per-call parsing
         # of feeds and fetches (measured: 290 -> 180 us per call on a tiny model).
-        self._classify_encoded = _session_callable(session, [encoded, orientation], scores)
+        self._classify_encoded = _session_callable(session, [encoded, orientation, rgb_size], scores)
         self._classify_pixels = _session_callable(session, [pixels], scores)
-        self._decode = _session_callable(session, [encoded, orientation], pixels)
+        self._decode = _session_callable(session, [encoded, orientation, rgb_size], pixels)
         self.num_classes = 0
         self.geometry = geometry_key(manifest)
-        # What a JPEG must keep for this model if the upload check decodes it (None: in full, in the graph).
+        # What a JPEG must keep for this model if the upload check decodes it (None: in full, in the
+        # graph). The check turns it upright, so not for a model that ignores EXIF orientation.
         pre = manifest.preprocessing
         self.jpeg_min_size = (
-            recipes.decoded_size(manifest.input.height, manifest.input.width, pre) if recipes.scaled_decode(pre) else None
+            recipes.decoded_size(manifest.input.height, manifest.input.width, pre)
+            if recipes.scaled_decode(pre) and pre.exif_orientation
+            else None
         )
         self.node_count = self.current_node_count()
         self._closed = threading.Event()
+        self._decoder: Batcher[bytes | Decoded, np.ndarray] | None = None  # the shared decode's, made on first use
+        self._decoder_lock = threading.Lock()
 
     @property
     def name(self) -> str:
@@ -217,27 +240,36 @@ class Servable:
     def predict(self, items: Sequence[Item]) -> list[Row]:
         """Score a batch; one row (or exception) per item, in order. Never raises for one bad item."""
         rows: list[Row] = [None] * len(items)  # type: ignore[list-item]
-        encoded = [i for i, item in enumerate(items) if isinstance(item, bytes)]
-        decoded = [i for i, item in enumerate(items) if not isinstance(item, bytes)]
-        if encoded:
-            self._predict_encoded([items[i] for i in encoded], encoded, rows)  # type: ignore[misc]
-        if decoded:
-            pixels = np.stack([items[i] for i in decoded])
+        graph = [i for i, item in enumerate(items) if not isinstance(item, np.ndarray)]
+        pixels = [i for i, item in enumerate(items) if isinstance(item, np.ndarray)]
+        if graph:
+            self._run_bisected(self._classify_encoded, [items[i] for i in graph], graph, rows)  # type: ignore[misc]
+        if pixels:
             try:
-                scores = self._run_chunks(self._classify_pixels, [pixels])
-                for j, i in enumerate(decoded):
+                scores = self._run_chunks(self._classify_pixels, [np.stack([item for item in items if isinstance(item, np.ndarray)])])
+                for j, i in enumerate(pixels):
                     rows[i] = scores[j]
             except tf.errors.OpError as exc:
-                for i in decoded:
+                for i in pixels:
                     rows[i] = ModelRunError(f"model '{self.name}' failed: {exc.message}")
         return rows
+
+    def decode(self, items: Sequence[bytes | Decoded]) -> list[Row]:
+        """Decoded, resized pixels (float32 [H, W, C], 0..255) per item, or the item's exception:
+        ``preprocess`` with per-item errors, for the shared decode's runner."""
+        try:
+            return list(self.preprocess(items))
+        except UndecodableImage:  # some item is bad: the batch is known to fail, find which
+            rows: list[Row] = [None] * len(items)  # type: ignore[list-item]
+            self._run_bisected(self._decode, list(items), list(range(len(items))), rows, fails=True)
+            return rows
 
     def classify_encoded(self, images: Sequence[bytes]) -> np.ndarray:
         """Scores [n, classes] in one ``sess.run``, without per-item error handling: the raw
         ceiling that ``scripts/bench.py`` measures the service against."""
-        return self._classify_encoded(_encoded_feeds(images))
+        return self._classify_encoded(_graph_feeds(images))
 
-    def run(self, images: Sequence[bytes]) -> np.ndarray:
+    def run(self, images: Sequence[bytes | Decoded]) -> np.ndarray:
         """Scores as one array [n, classes]; raises the first per-item error. For tools and tests."""
         rows = self.predict(images)
         for row in rows:
@@ -245,37 +277,78 @@ class Servable:
                 raise row
         return np.stack(rows)  # type: ignore[arg-type]
 
-    def preprocess(self, images: Sequence[bytes]) -> np.ndarray:
+    def preprocess(self, images: Sequence[bytes | Decoded]) -> np.ndarray:
         """Decoded, resized pixels [n, H, W, C] (float32, 0..255): shareable by equal geometries."""
         try:
-            return self._run_chunks(self._decode, _encoded_feeds(images))
+            return self._run_chunks(self._decode, _graph_feeds(images))
         except tf.errors.InvalidArgumentError as exc:
             raise UndecodableImage(_decode_message(exc)) from None
+
+    def shared_decoder(self, max_batch_size: int) -> Batcher[bytes | Decoded, np.ndarray]:
+        """The runner of the decode that models of this geometry share: ``decode`` behind a
+        ``Batcher`` with this model's queue and workers, no batch timeout, and batches of up to
+        ``max_batch_size`` (at least the model's; a request's images are best decoded together).
+        Made on first use (the first caller's size holds), closed with the servable; raises
+        ``BatcherClosed`` once closed."""
+        with self._decoder_lock:
+            if self._decoder is None:
+                if self._closed.is_set():
+                    raise BatcherClosed(f"model '{self.name}' version {self.version} is closed")
+                knobs = self.manifest.batching
+                self._decoder = Batcher(
+                    self.decode, name=f"{self.name}/{self.version}/decode",
+                    max_batch_size=max(max_batch_size, knobs.max_batch_size),
+                    batch_timeout_s=0.0, max_queue=knobs.max_queue, workers=knobs.workers,
+                )
+            return self._decoder
 
     def close(self) -> None:
         if not self._closed.is_set():
             self._closed.set()
+            with self._decoder_lock:
+                decoder, self._decoder = self._decoder, None
+            if decoder is not None:
+                decoder.close()
             self.session.close()
 
     # -- internals ---------------------------------------------------------------------
 
-    def _predict_encoded(self, images: list[bytes], positions: list[int], rows: list[Row]) -> None:
-        try:
-            scores = self._run_chunks(self._classify_encoded, _encoded_feeds(images))
-            for j, i in enumerate(positions):
-                rows[i] = scores[j]
-            return
-        except tf.errors.InvalidArgumentError as exc:
-            if len(images) == 1:
-                rows[positions[0]] = _classify_error(self.name, exc)
-                return
-        except tf.errors.OpError as exc:
-            for i in positions:
-                rows[i] = ModelRunError(f"model '{self.name}' failed: {exc.message}")
-            return
-        # Some image in the batch is bad: find which, so only that one fails.
-        for image, i in zip(images, positions):
-            self._predict_encoded([image], [i], rows)
+    def _run_bisected(
+        self,
+        run: Callable[[list[np.ndarray]], np.ndarray],
+        items: list[bytes | Decoded],
+        positions: list[int],
+        rows: list[Row],
+        *,
+        fails: bool = False,
+    ) -> bool:
+        """``run`` the graph-decoded ``items`` in one go and put row ``j`` at ``rows[positions[j]]``;
+        True if that one run succeeded.
+
+        When the run fails on some input (``InvalidArgumentError``: an image that does not
+        decode), the batch is halved and each half run again, so only the bad items fail and
+        every good one is answered as alone: one bad item among N costs about log2 N extra runs.
+        ``fails``: the caller knows this batch fails (its parent failed, its other half ran), so
+        it is split without being run. A single item is always run alone: its error is its own.
+        """
+        if not fails or len(items) == 1:
+            try:
+                values = self._run_chunks(run, _graph_feeds(items))
+                for j, i in enumerate(positions):
+                    rows[i] = values[j]
+                return True
+            except tf.errors.InvalidArgumentError as exc:
+                if len(items) == 1:
+                    rows[positions[0]] = _classify_error(self.name, exc)
+                    return False
+            except tf.errors.OpError as exc:
+                for i in positions:
+                    rows[i] = ModelRunError(f"model '{self.name}' failed: {exc.message}")
+                return False
+        half = len(items) // 2
+        first_ran = self._run_bisected(run, items[:half], positions[:half], rows)
+        self._run_bisected(run, items[half:], positions[half:], rows, fails=first_ran)
+        return False
 
     def _run_chunks(self, run: Callable[[list[np.ndarray]], np.ndarray], feeds: list[np.ndarray]) -> np.ndarray:
         """``run`` the batch (``feeds``: one array per placeholder, rows aligned), in chunks
@@ -292,12 +365,22 @@ class Servable:
         return np.concatenate(outputs)
 
 
-def _encoded_feeds(images: Sequence[bytes]) -> list[np.ndarray]:
-    """The feeds for encoded images: the bytes, and each JPEG's EXIF orientation (~5 us each)."""
-    return [
-        np.asarray(images, dtype=object),
-        np.fromiter((jpeg_orientation(image) for image in images), dtype=np.int32, count=len(images)),
-    ]
+def _graph_feeds(items: Sequence[bytes | Decoded]) -> list[np.ndarray]:
+    """The feeds of the graph's decode, rows aligned: per item its bytes (an encoded image's, or
+    a ``Decoded`` one's RGB pixels), its EXIF orientation (read from a JPEG's header, ~5 us; 1
+    for decoded pixels, already upright) and its (h, w) when decoded ((0, 0): encoded)."""
+    n = len(items)
+    data = np.empty(n, dtype=object)
+    orientation = np.ones(n, dtype=np.int32)
+    size = np.zeros((n, 2), dtype=np.int32)
+    for i, item in enumerate(items):
+        if isinstance(item, Decoded):
+            data[i] = item.rgb.tobytes()
+            size[i] = item.rgb.shape[:2]
+        else:
+            data[i] = item
+            orientation[i] = jpeg_orientation(item)
+    return [data, orientation, size]
 
 
 def _session_callable(
@@ -329,6 +412,10 @@ def load_servable(
     placement = placement or Placement()
     device = resolve_device(spec.name, placement.device)
     started = time.perf_counter()
+    # Heap memory freed before this load (other requests', an earlier version's) goes back first:
+    # glibc would otherwise hand some of it back on its own in the middle of the load, and the
+    # load would read as shrinking the process (seen: -9 MB for a 5 MB model after a test run).
+    memory.release_free_memory()
     rss_before, gpu_before = memory.rss_bytes(), memory.gpu_bytes_in_use()
     try:
         manifest = manifest_lib.load(spec.manifest_path)
@@ -375,7 +462,8 @@ def load_servable(
     session = tf.compat.v1.Session(graph=graph, config=config)
     servable = Servable(
         spec=spec, manifest=manifest, labels=labels, graph=graph, session=session,
-        encoded=pre.encoded, orientation=pre.orientation, pixels=pre.pixels, scores=scores, stats=stats, device=device,
+        encoded=pre.encoded, orientation=pre.orientation, rgb_size=pre.rgb_size, pixels=pre.pixels, scores=scores,
+        stats=stats, device=device,
     )
     stats.load_seconds = time.perf_counter() - started
     stats.rss_after_load = memory.rss_bytes()
@@ -414,6 +502,7 @@ def _warm_up(servable: Servable) -> None:
         for _ in range(2):
             rows = servable.run([buffer.getvalue()])
             servable.predict(list(servable.preprocess([buffer.getvalue()])))  # the shared-decode path
+            servable.run([Decoded(noise)])  # pixels the upload check decoded
     except ServableError as exc:
         raise ModelLoadError(spec.name, spec.graph_path, f"warm-up run failed: {exc}") from None
     servable.num_classes = int(rows.shape[1])

@@ -18,9 +18,9 @@ from flask.typing import ResponseReturnValue
 from . import observe, wire
 from .config import Settings
 from .errors import BadRequest
-from .inference import ModelResult
+from .inference import InferenceCore, ModelResult, Selected
 from .metrics import CONTENT_TYPE
-from .registry import BadModelSelection
+from .registry import BadModelSelection, ModelNotFound
 from .services import current
 from .text import clip
 from .uploads import read_uploads
@@ -33,10 +33,48 @@ def _settings() -> Settings:
 
 
 def _param(name: str) -> str | None:
+    """A request parameter: from the query string, else from the multipart form once it has been
+    read. Never reads the body itself: the handler decides when the form is parsed."""
     value = request.args.get(name)
-    if value is None and request.mimetype == "multipart/form-data":
+    if value is None and _form_read():
         value = request.form.get(name)
     return value
+
+
+def _form_read() -> bool:
+    """Whether the multipart form has been parsed (werkzeug caches it in ``request.__dict__``)."""
+    return request.mimetype == "multipart/form-data" and "form" in request.__dict__
+
+
+# The parameters that choose the models; in the query string, else (as every parameter) in the form.
+_SELECTION = ("model", "version", "version_label")
+
+
+def _form_may_choose() -> bool:
+    """A multipart request whose query string leaves some of the selection to its form fields."""
+    return request.mimetype == "multipart/form-data" and any(name not in request.args for name in _SELECTION)
+
+
+def _selection(settings: Settings) -> tuple[list[str] | None, int | None, str | None]:
+    version, version_label = _version()
+    return model_names(_param("model"), settings.default_model), version, version_label
+
+
+def _select(core: InferenceCore, settings: Settings) -> tuple[Selected, tuple[object, ...]]:
+    """Borrow the models the query string names, before the body is read: an unknown model named
+    there is refused (404) without the form being parsed. Where the query leaves the choice to
+    the form and the query alone chooses nothing servable, the form is read and decides."""
+    chosen = _selection(settings)
+    names, version, version_label = chosen
+    try:
+        return core.select(names, version=version, version_label=version_label), chosen
+    except LookupError as exc:
+        if (isinstance(exc, ModelNotFound) and "model" in request.args) or not _form_may_choose():
+            raise
+    request.form  # noqa: B018 - parse the body: its fields may choose other models
+    chosen = _selection(settings)
+    names, version, version_label = chosen
+    return core.select(names, version=version, version_label=version_label), chosen
 
 
 def _top_k(settings: Settings) -> int:
@@ -57,11 +95,17 @@ def classify() -> ResponseReturnValue:
     started = time.perf_counter()
     settings = _settings()
     observation = observe.current()
-    # Model and version first, from the query string: an unknown model is refused before a
-    # multipart body is parsed (werkzeug spools parts over 500 KiB to disk).
-    version, version_label = _version()
-    names = model_names(_param("model"), settings.default_model)
-    with current().core.select(names, version=version, version_label=version_label) as selected:
+    core = current().core
+    # The models first, from the query string: an unknown model is refused before a multipart
+    # body is parsed (werkzeug spools parts over 500 KiB to disk). Then the form, whose fields
+    # may choose the models instead (every parameter can be sent either way), then the rest.
+    selected, chosen = _select(core, settings)
+    try:
+        if request.mimetype == "multipart/form-data" and not _form_read():
+            request.form  # noqa: B018 - parse the body, now that the query's models are known
+            if _form_may_choose() and _selection(settings) != chosen:
+                selected.release()
+                selected, chosen = _select(core, settings)
         top_k = _top_k(settings)
         profile = _param("profile") in ("1", "true")
         observation.models = selected.models
@@ -69,6 +113,8 @@ def classify() -> ResponseReturnValue:
         observation.images = len(raw)
         result = selected.classify_uploads(raw, top_k=top_k, profile=profile, started=started,
                                            deadline=observe.http_deadline(settings.request_timeout_s))
+    finally:
+        selected.release()
     checks = result.checks_seconds
 
     timing = [("checks", checks)]
