@@ -17,6 +17,7 @@ import os
 import subprocess
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Protocol
@@ -148,8 +149,25 @@ def client_process(
     streams = [Stream() for _ in range(connections)]
 
     def loop(stream: Stream) -> None:
-        connection = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
-        while (sent := time.monotonic()) < window[1]:
+        for sent, done, status, error in keep_alive_posts(port, path, body, headers, window[1]):
+            if error:  # socket errors count at any time, as wrk counts them
+                stream.error(error)
+            elif window[0] <= done < window[1]:
+                if 200 <= status < 300:
+                    stream.completed(sent, done)
+                else:
+                    stream.error(f"HTTP {status}")
+
+    run_and_report([threading.Thread(target=loop, args=(stream,)) for stream in streams], streams, results)
+
+def keep_alive_posts(
+    port: int, path: str, body: bytes, headers: dict[str, str], end: float
+) -> Iterator[tuple[float, float, int, str]]:
+    """POST ``body`` over one keep-alive connection until ``end``: (sent, done, status, socket
+    error) per request; a socket error (status 0) closes the connection and opens a new one."""
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+    try:
+        while (sent := time.monotonic()) < end:
             try:
                 connection.request("POST", path, body=body, headers=headers)
                 response = connection.getresponse()
@@ -159,17 +177,9 @@ def client_process(
                 connection.close()
                 connection = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
                 status, error = 0, repr(exc)
-            done = time.monotonic()
-            if error:  # socket errors count at any time, as wrk counts them
-                stream.error(error)
-            elif window[0] <= done < window[1]:
-                if 200 <= status < 300:
-                    stream.completed(sent, done)
-                else:
-                    stream.error(f"HTTP {status}")
+            yield sent, time.monotonic(), status, error
+    finally:
         connection.close()
-
-    run_and_report([threading.Thread(target=loop, args=(stream,)) for stream in streams], streams, results)
 
 def run_and_report(threads: list[threading.Thread], streams: list[Stream], results: Any) -> None:
     """Run a client process's connection threads to the end and hand their streams back."""

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import http.client
 import json
 import multiprocessing
 import os
@@ -22,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from .load import ProcessRun, run_and_report
+from .load import ProcessRun, keep_alive_posts, run_and_report
 from .points import Point, Stream, fmt, print_progress
 from .service import free_port, http_request, measured_point, serving
 
@@ -199,19 +198,8 @@ def protocol_client_process(
     end = window[1]
 
     def http_loop(stream: Stream) -> None:
-        connection = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
-        while (sent := time.monotonic()) < end:
-            try:
-                connection.request("POST", wire.target, body=wire.body, headers=wire.headers)
-                response = connection.getresponse()
-                response.read()
-                status, error = response.status, ""
-            except (OSError, http.client.HTTPException) as exc:
-                connection.close()
-                connection = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
-                status, error = 0, repr(exc)
-            record(stream, sent, time.monotonic(), error or ("" if 200 <= status < 300 else f"HTTP {status}"))
-        connection.close()
+        for sent, done, status, error in keep_alive_posts(port, wire.target, wire.body, wire.headers, end):
+            record(stream, sent, done, error or ("" if 200 <= status < 300 else f"HTTP {status}"))
 
     def grpc_loop(stream: Stream, channel: Any) -> None:
         import grpc
