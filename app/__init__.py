@@ -30,6 +30,9 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
 
     settings = Settings.from_env().replace(test_config or {})
     app = Flask(__name__, static_folder=None)  # app/static is served by app/page.py only
+    # No 308 redirects with an HTML body: "//" and a decoded "%2F" reach the routes as they are,
+    # and each door answers them in its own shape (a 400 or 404).
+    app.url_map.merge_slashes = False
     app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
     app.config["MAX_FORM_PARTS"] = settings.max_images_per_request + 16  # files plus a few fields
     app.json.sort_keys = False  # type: ignore[attr-defined]  # keep models in the order asked

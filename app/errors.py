@@ -7,6 +7,10 @@ exceptions from the servable, registry and batcher know nothing of HTTP: ``app.k
 each a kind and a code, and ``STATUS`` below is this door's kind → HTTP status table.
 Anything else is a bug: logged with its traceback, answered with a plain 500 that leaks
 nothing.
+
+Under a borrowed protocol's prefix (``/v1`` TF Serving, ``/v2`` KServe v2) an error that no
+blueprint handled (no route matched, a method not allowed, a bug) answers in that protocol's
+shape, ``{"error": "<message>"}``, which both share: a TF Serving or Triton client parses it.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ from flask import Flask, jsonify, request
 from flask.typing import ResponseReturnValue
 from werkzeug.exceptions import HTTPException
 
+from . import observe
 from .kinds import DOMAIN, Kind, describe
 
 log = logging.getLogger(__name__)
@@ -67,7 +72,19 @@ STATUS: dict[Kind, int] = {
 }
 
 
+PROTOCOL_PREFIXES = ("/v1", "/v2")  # TF Serving REST, KServe v2 REST: errors are {"error": "<message>"}
+
+
+def under_protocol_prefix(path: str) -> bool:
+    """Whether ``path`` is a borrowed protocol's, as a client sees it (leading slashes merged)."""
+    path = "/" + path.lstrip("/")
+    return any(path == prefix or path.startswith(prefix + "/") for prefix in PROTOCOL_PREFIXES)
+
+
 def error_response(status: int, code: str, message: str, headers: dict[str, str] | None = None) -> ResponseReturnValue:
+    if under_protocol_prefix(request.path):
+        observe.current().error_code = code  # counted as our own errors are (app.observe)
+        return jsonify(error=message), status, headers or {}
     return jsonify(error={"code": code, "message": message}), status, headers or {}
 
 

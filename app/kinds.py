@@ -63,6 +63,11 @@ DOMAIN: dict[type[Exception], Described] = {
     BadModelSelection: Described(Kind.INVALID, "bad_model_selection"),
     BadVersion: Described(Kind.INVALID, "bad_version"),
     wire.BadBase64: Described(Kind.INVALID, "invalid_base64"),
+    wire.BadJson: Described(Kind.INVALID, "invalid_json"),
+    wire.JsonTooLarge: Described(Kind.TOO_LARGE, "json_too_large"),
+    wire.BadEncoding: Described(Kind.INVALID, "invalid_encoding"),
+    wire.UnsupportedEncoding: Described(Kind.UNSUPPORTED, "unsupported_encoding"),
+    wire.BodyTooLarge: Described(Kind.TOO_LARGE, "payload_too_large"),
     ModelLookupError: Described(Kind.NOT_FOUND, "model_not_found"),  # the base of the three below
     ModelNotFound: Described(Kind.NOT_FOUND, "model_not_found"),
     VersionNotFound: Described(Kind.NOT_FOUND, "version_not_found"),

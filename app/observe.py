@@ -8,9 +8,12 @@ and v2's string errors do not)::
 
     observe.current().models = selected.models
 
-gRPC (TF Serving and KServe v2 servicers): ``rpc(...)`` runs the call, turns an exception into
-the status the door's ``answer`` gives it (a bug is logged with its traceback and answered
-INTERNAL), counts it and logs its line, then aborts the call with that status.
+gRPC (TF Serving and KServe v2 servicers): ``rpc(...)`` runs the call, parsing of the
+request bytes included (``app/grpc_server.py`` wraps every method in it), turns an exception
+into the status the door's ``answer`` gives it (a bug is logged with its traceback and answered
+INTERNAL), counts it and logs its line, then aborts the call with that status (its message
+clipped to ``MAX_DETAILS`` characters: it travels in the trailers). A servicer method tells it
+what the call did through ``current_rpc()``, as HTTP doors do through ``current()``.
 
 The log line (logger ``graphserve.request``, level ``log_requests``; health and metrics
 probes are not logged)::
@@ -24,6 +27,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -32,6 +36,7 @@ from flask import Flask, Response, current_app, g, request
 
 from . import wire
 from .services import Services, services_of
+from .text import clip
 
 log = logging.getLogger(__name__)
 request_log = logging.getLogger("graphserve.request")
@@ -39,6 +44,8 @@ UNLOGGED = ("/metrics", "/healthz", "/readyz")
 T = TypeVar("T")
 # A door's translation of an exception: (gRPC code, HTTP status its protocol gives it, message); None: a bug.
 Answer = Callable[[BaseException], "tuple[grpc.StatusCode, int, str] | None"]
+MAX_DETAILS = 1024  # a gRPC status message's characters: it goes back in HTTP/2 trailers, whose size peers cap
+_rpc_observation: ContextVar[Observation | None] = ContextVar("graphserve_rpc_observation", default=None)
 
 
 @dataclass
@@ -99,11 +106,18 @@ def server_timing(timing: list[tuple[str, float]]) -> str:
     return ", ".join(f"{name};dur={value * 1000:.3f}" for name, value in timing)
 
 
+def current_rpc() -> Observation:
+    """This gRPC call's observation (``rpc`` makes it; outside a call, a throwaway one)."""
+    observation = _rpc_observation.get()
+    return Observation() if observation is None else observation
+
+
 def rpc(services: Services, protocol: str, path: str, context: grpc.ServicerContext, answer: Answer,
         run: Callable[[Observation], T]) -> T:
     """Run one gRPC call: ``run(observation)``, counted and logged; an error aborts the call
     with the status ``answer`` gives it. ``path`` is ``/package.Service/Method``."""
     observation = Observation()
+    token = _rpc_observation.set(observation)
     code, status, message = grpc.StatusCode.OK, 200, ""
     try:
         return run(observation)
@@ -115,8 +129,9 @@ def rpc(services: Services, protocol: str, path: str, context: grpc.ServicerCont
         else:
             code, status, message = found
             if status == 500:
-                log.error("%s: %s", path, message)
+                log.error("%s: %s", path, clip(message, MAX_DETAILS))
     finally:
+        _rpc_observation.reset(token)
         ok = code is grpc.StatusCode.OK
         services.metrics.observe_rpc(protocol, path.rsplit("/", 1)[-1], code.name, status,
                                      observation.models, None if ok else code.name.lower())
@@ -125,7 +140,7 @@ def rpc(services: Services, protocol: str, path: str, context: grpc.ServicerCont
             request_log.log(level, "method=gRPC path=%s status=%s models=%s images=%d ms=%.2f", path, code.name,
                             ",".join(name for name, _ in observation.models) or "-", observation.images,
                             (time.perf_counter() - observation.started) * 1000)
-    context.abort(code, message)
+    context.abort(code, clip(message, MAX_DETAILS))
     raise AssertionError("unreachable")  # context.abort raises
 
 

@@ -10,8 +10,6 @@ front doors alike.
 
 from __future__ import annotations
 
-import json
-
 from flask import Request
 
 from . import wire
@@ -53,9 +51,9 @@ def _from_multipart(request: Request) -> list[tuple[str, bytes]]:
 def _from_json(request: Request) -> list[tuple[str, bytes]]:
     shape = 'JSON body must be {"instances": [{"b64": "<base64 image>"}, ...]}'
     try:
-        body = json.loads(request.get_data(cache=False))
-    except (ValueError, RecursionError):  # RecursionError: nesting deeper than Python's stack allows
-        raise BadRequest(f"body is not valid JSON; {shape}") from None
+        body = wire.load_json(request.get_data(cache=False))  # counted first: JsonTooLarge is a 413
+    except wire.BadJson as exc:
+        raise BadRequest(f"body is not valid JSON ({exc}); {shape}") from None
     instances = body.get("instances") if isinstance(body, dict) else None
     if not isinstance(instances, list):
         raise BadRequest(shape)

@@ -24,16 +24,18 @@ status code, the one table both front doors read.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
+from ..images import TooManyImages
 from ..inference import ModelResult
 from ..kinds import Kind, describe
 from ..registry import ModelNotFound, VersionNotFound
 from ..services import Services
-from ..text import clip
+from ..text import clip, shown
 from ..version import package_version
 from ..wire import MAX_VERSION_DIGITS
 
@@ -43,6 +45,7 @@ EXTENSIONS = ["binary_tensor_data", "classification"]
 PLATFORM = "tensorflow_graphdef"
 INPUT = "image"
 OUTPUT = "scores"
+MAX_OUTPUTS = 16  # output requests in one infer: the model has one output, asked a few ways at most
 
 
 class V2Error(ValueError):
@@ -105,24 +108,44 @@ def serialize_bytes(items: list[bytes]) -> bytes:
     return b"".join(len(item).to_bytes(4, "little") + item for item in items)
 
 
-def deserialize_bytes(raw: bytes, count: int, what: str) -> list[bytes]:
-    """``count`` elements, each a 4-byte little-endian length and that many bytes."""
+def read_bytes_elements(read: Callable[[int], bytes], count: int, what: str) -> tuple[list[bytes], int]:
+    """``count`` BYTES elements from ``read`` (each a 4-byte little-endian length, then that many
+    bytes) and the bytes they took. Reads no further than ``count`` elements (``count`` is within
+    the images limit already), so data of millions of empty elements costs what one does."""
     items: list[bytes] = []
-    offset = 0
-    view = memoryview(raw)
-    while offset < len(raw):
-        if offset + 4 > len(raw):
-            raise V2Error(f"{what}: element {len(items)} is cut short (a BYTES element is a 4-byte "
-                          "little-endian length, then that many bytes)")
-        length = int.from_bytes(view[offset:offset + 4], "little")
-        offset += 4
-        if offset + length > len(raw):
-            raise V2Error(f"{what}: element {len(items)} says {length} bytes but only "
-                          f"{len(raw) - offset} follow")
-        items.append(bytes(view[offset:offset + length]))
-        offset += length
+    consumed = 0
+    for _ in range(count):
+        prefix = read(4)
+        if len(prefix) < 4:
+            if prefix:
+                raise V2Error(f"{what}: element {len(items)} is cut short (a BYTES element is a 4-byte "
+                              "little-endian length, then that many bytes)")
+            break
+        length = int.from_bytes(prefix, "little")
+        item = read(length)
+        if len(item) < length:
+            raise V2Error(f"{what}: element {len(items)} says {length} bytes but only {len(item)} follow")
+        items.append(item)
+        consumed += 4 + length
     if len(items) != count:
         raise V2Error(f"{what}: the shape says {count} elements but the data holds {len(items)}")
+    return items, consumed
+
+
+def deserialize_bytes(raw: bytes | memoryview, count: int, what: str) -> list[bytes]:
+    """Exactly ``count`` BYTES elements in ``raw`` (``read_bytes_elements``), nothing after them."""
+    view = memoryview(raw)
+    offset = 0
+
+    def read(size: int) -> bytes:
+        nonlocal offset
+        chunk = bytes(view[offset:offset + size])
+        offset += len(chunk)
+        return chunk
+
+    items, _ = read_bytes_elements(read, count, what)
+    if offset != len(view):
+        raise V2Error(f"{what}: the shape says {count} elements but {len(view) - offset} more bytes follow them")
     return items
 
 
@@ -179,22 +202,31 @@ def model_metadata(services: Services, name: str, version: str | None) -> dict[s
     }
 
 
-def check_input(name: str, datatype: str, shape: object) -> int:
-    """The number of images an input tensor carries; V2Error unless it is ``image`` BYTES [n]."""
+def check_input(name: object, datatype: object, shape: object, limit: int) -> int:
+    """The number of images an input tensor carries; V2Error unless it is ``image`` BYTES [n],
+    TooManyImages past ``limit`` (``max_images_per_request``): before any element is read."""
     if name != INPUT:
-        raise V2Error(f"unexpected inference input '{clip(name)}'; the model takes one input '{INPUT}' "
+        raise V2Error(f"unexpected inference input '{shown(name)}'; the model takes one input '{INPUT}' "
                       "(BYTES, shape [-1]: one encoded image per element)")
     if datatype != "BYTES":
-        raise V2Error(f"input '{INPUT}' has datatype {clip(str(datatype))!r}; it must be BYTES "
+        raise V2Error(f"input '{INPUT}' has datatype {shown(datatype)}; it must be BYTES "
                       "(one encoded image per element)")
-    if not isinstance(shape, list) or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0
-                                              for d in shape) or len(shape) not in (1, 2):
-        raise V2Error(f"input '{INPUT}' has shape {clip(str(shape))}; give [n] (or [n, 1])")
+    if not isinstance(shape, list) or len(shape) not in (1, 2) or not all(
+            isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape):
+        raise V2Error(f"input '{INPUT}' has shape {_shape_shown(shape)}; give [n] (or [n, 1])")
     if len(shape) == 2 and shape[1] != 1:
         raise V2Error(f"input '{INPUT}' has shape {shape}; give [n] (or [n, 1])")
     if shape[0] < 1:
         raise V2Error(f"input '{INPUT}' holds no image")
-    return shape[0]
+    if shape[0] > limit:
+        raise TooManyImages(f"{shape[0]} images in one request; the limit is {limit}")
+    return int(shape[0])
+
+
+def _shape_shown(shape: object) -> str:
+    if isinstance(shape, list) and len(shape) <= 4:
+        return "[" + ", ".join(shown(d) for d in shape) + "]"
+    return shown(shape) if not isinstance(shape, list) else f"a list of {len(shape)} dimensions"
 
 
 def check_outputs(outputs: list[OutputRequest]) -> list[OutputRequest]:

@@ -10,81 +10,85 @@ what ``tritonclient.grpc`` sends) or as ``contents.bytes_contents``, and answers
 parameter). The call's gRPC deadline, when shorter, replaces ``request_timeout_s``. Other RPCs
 of the service answer UNIMPLEMENTED. Errors map through ``app.kserve.ERRORS``. Every call
 counts in the metrics with ``protocol="kserve_v2_grpc"`` and logs one ``graphserve.request`` line.
+
+Total and bounded: ``app.grpc_server.add_servicer`` parses the request bytes inside the
+counted call (undecodable bytes: INVALID_ARGUMENT, unimplemented methods: UNIMPLEMENTED, both
+without a traceback); repeated fields (``shape``, ``bytes_contents``, ``outputs``) are counted
+with ``len()`` before any per-element Python object is built; ``model_version`` is read by
+``kserve.parse_version`` (ASCII digits only), as the REST door reads it.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import Any
 
 import grpc
 from tritonclient.grpc import service_pb2, service_pb2_grpc
 
 from .. import kserve, observe
-from ..observe import Observation
+from ..grpc_server import add_servicer
 from ..services import Services
 from . import OutputRequest, V2Error
 
 PROTOCOL = "kserve_v2_grpc"  # the protocol label of graphserve_requests_total
 
-T = TypeVar("T")
-
 
 def install(server: grpc.Server, services: Services) -> None:
-    service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(InferenceServicer(services), server)
+    add_servicer(server, service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server, InferenceServicer(services),
+                 services=services, protocol=PROTOCOL, answer=_answer)
 
 
 class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
+    """Plain ``(request, context)`` methods: ``add_servicer`` counts, logs and answers errors."""
+
     def __init__(self, services: Services) -> None:
         self.services = services
 
     def ServerLive(self, request: Any, context: grpc.ServicerContext) -> Any:
-        return self._call("ServerLive", context, lambda observation: service_pb2.ServerLiveResponse(live=True))
+        return service_pb2.ServerLiveResponse(live=True)
 
     def ServerReady(self, request: Any, context: grpc.ServicerContext) -> Any:
-        return self._call("ServerReady", context,
-                          lambda observation: service_pb2.ServerReadyResponse(ready=kserve.server_ready(self.services)))
+        return service_pb2.ServerReadyResponse(ready=kserve.server_ready(self.services))
 
     def ModelReady(self, request: Any, context: grpc.ServicerContext) -> Any:
-        return self._call("ModelReady", context, lambda observation: service_pb2.ModelReadyResponse(
-            ready=kserve.model_ready(self.services, request.name, request.version)))
+        return service_pb2.ModelReadyResponse(ready=kserve.model_ready(self.services, request.name, request.version))
 
     def ServerMetadata(self, request: Any, context: grpc.ServicerContext) -> Any:
-        return self._call("ServerMetadata", context,
-                          lambda observation: service_pb2.ServerMetadataResponse(**kserve.server_metadata()))
+        return service_pb2.ServerMetadataResponse(**kserve.server_metadata())
 
     def ModelMetadata(self, request: Any, context: grpc.ServicerContext) -> Any:
-        def run(observation: Observation) -> Any:
-            metadata = kserve.model_metadata(self.services, request.name, request.version)
-            tensor = service_pb2.ModelMetadataResponse.TensorMetadata
-            return service_pb2.ModelMetadataResponse(
-                name=metadata["name"],
-                versions=metadata["versions"],
-                platform=metadata["platform"],
-                inputs=[tensor(**t) for t in metadata["inputs"]],
-                outputs=[tensor(**t) for t in metadata["outputs"]],
-            )
-
-        return self._call("ModelMetadata", context, run)
+        metadata = kserve.model_metadata(self.services, request.name, request.version)
+        tensor = service_pb2.ModelMetadataResponse.TensorMetadata
+        return service_pb2.ModelMetadataResponse(
+            name=metadata["name"],
+            versions=metadata["versions"],
+            platform=metadata["platform"],
+            inputs=[tensor(**t) for t in metadata["inputs"]],
+            outputs=[tensor(**t) for t in metadata["outputs"]],
+        )
 
     def ModelInfer(self, request: Any, context: grpc.ServicerContext) -> Any:
-        return self._call("ModelInfer", context, lambda observation: self._infer(request, context, observation))
-
-    def _infer(self, request: Any, context: grpc.ServicerContext, observation: Observation) -> Any:
+        observation = observe.current_rpc()
         if len(request.inputs) != 1:
             raise V2Error(f"the request has {len(request.inputs)} inputs; give one, '{kserve.INPUT}' "
                           "(BYTES, shape [-1])")
         tensor = request.inputs[0]
-        count = kserve.check_input(tensor.name, tensor.datatype, list(tensor.shape))
+        if len(tensor.shape) > 2:  # before list(): a shape can hold millions of dimensions
+            raise V2Error(f"input '{kserve.INPUT}' has {len(tensor.shape)} dimensions; give [n] (or [n, 1])")
+        count = kserve.check_input(tensor.name, tensor.datatype, list(tensor.shape),
+                                   self.services.settings.max_images_per_request)
         what = f"input '{kserve.INPUT}'"
         if request.raw_input_contents:
             if len(request.raw_input_contents) != 1:
                 raise V2Error(f"raw_input_contents has {len(request.raw_input_contents)} entries for 1 input")
             images = kserve.deserialize_bytes(request.raw_input_contents[0], count, what)
         else:
+            held = len(tensor.contents.bytes_contents)  # before list(): millions of empty elements fit in a message
+            if held != count:
+                raise V2Error(f"{what}: the shape says {count} elements but bytes_contents holds {held}")
             images = list(tensor.contents.bytes_contents)
-            if len(images) != count:
-                raise V2Error(f"{what}: the shape says {count} elements but bytes_contents holds {len(images)}")
+        if len(request.outputs) > kserve.MAX_OUTPUTS:
+            raise V2Error(f"the request asks for {len(request.outputs)} outputs; at most {kserve.MAX_OUTPUTS}")
         outputs = []
         for output in request.outputs:
             parameter = output.parameters.get("classification")
@@ -102,11 +106,6 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
             response.outputs.add(name=out.name, datatype=out.datatype, shape=out.shape)
             response.raw_output_contents.append(out.raw())
         return response
-
-    def _call(self, method: str, context: grpc.ServicerContext, run: Callable[[Observation], T]) -> T:
-        """``run(observation)``, counted and logged (``app.observe.rpc``); an error aborts the call
-        with the status ``app.kserve.ERRORS`` gives it (anything else is a bug: logged, INTERNAL)."""
-        return observe.rpc(self.services, PROTOCOL, f"/inference.GRPCInferenceService/{method}", context, _answer, run)
 
 
 def _answer(exc: BaseException) -> tuple[grpc.StatusCode, int, str] | None:

@@ -12,7 +12,11 @@ length in the ``Inference-Header-Content-Length`` header, each binary input's by
 bytes. That is what ``tritonclient.http`` sends by default. In plain JSON (``binary_data=False``)
 a BYTES element is a string; images are not text, so graphserve reads each string as the
 image's **base64** (standard or URL-safe). The body may be gzip or deflate compressed
-(``Content-Encoding``); it may grow to ``max_body_bytes`` once inflated.
+(``Content-Encoding``: one gzip member or one deflate stream, nothing after it); it may grow
+to ``max_body_bytes`` once inflated. The JSON is counted before it is parsed
+(``app.wire.load_json``) and BYTES elements are read no further than the shape's count, which
+is checked against ``max_images_per_request`` first: a request never costs more than its
+body, its inflated body and the images it may hold.
 
 Outputs come back in JSON unless asked in binary: per output ``parameters.binary_data``, or for
 every output ``parameters.binary_data_output`` on the request. Errors are ``{"error": "..."}``
@@ -23,7 +27,6 @@ from __future__ import annotations
 
 import json
 import logging
-import zlib
 from typing import Any
 
 from flask import Blueprint, Response, jsonify, request
@@ -32,7 +35,7 @@ from werkzeug.exceptions import HTTPException
 
 from .. import kserve, observe, wire
 from ..services import current
-from ..text import clip
+from ..text import clip, shown
 from . import OutputRequest, V2Error
 
 log = logging.getLogger(__name__)
@@ -131,71 +134,54 @@ def infer(model: str, version: str | None = None) -> ResponseReturnValue:
     return response
 
 
-def _body() -> bytes:
-    """The request body, inflated when ``Content-Encoding`` says gzip or deflate."""
-    body = request.get_data(cache=False)
-    encoding = request.headers.get("Content-Encoding", "identity").strip().lower()
-    if encoding in ("", "identity"):
-        return body
-    limit = current().settings.max_body_bytes
-    if encoding in ("gzip", "x-gzip"):
-        return _inflate(body, zlib.MAX_WBITS | 16, limit, encoding)
-    if encoding == "deflate":  # zlib-wrapped as the RFC says (and tritonclient sends); raw deflate too
-        try:
-            return _inflate(body, zlib.MAX_WBITS, limit, encoding)
-        except V2Error:
-            return _inflate(body, -zlib.MAX_WBITS, limit, encoding)
-    raise V2Error(f"Content-Encoding {clip(encoding)!r} is not supported; send gzip, deflate or identity", 415)
+def _body() -> wire.Body:
+    """The request body, inflated as it is read when ``Content-Encoding`` says gzip or deflate."""
+    return wire.Body(request.get_data(cache=False), request.headers.get("Content-Encoding", ""),
+                     current().settings.max_body_bytes)
 
 
-def _inflate(body: bytes, wbits: int, limit: int, encoding: str) -> bytes:
-    inflater = zlib.decompressobj(wbits)
-    try:
-        data = inflater.decompress(body, limit + 1)
-    except zlib.error as exc:
-        raise V2Error(f"the body is not valid {encoding} ({exc})") from None
-    if len(data) > limit:
-        raise V2Error(f"the body inflates to more than {limit} bytes (max_body_bytes)", 413)
-    if not inflater.eof:
-        raise V2Error(f"the {encoding} body is cut short")
-    return data
-
-
-def _split(body: bytes) -> tuple[dict[str, Any], memoryview]:
-    """The JSON header and the binary data after it."""
+def _split(body: wire.Body) -> tuple[dict[str, Any], wire.Body]:
+    """The JSON header, and the body left at the binary data after it."""
     raw_length = request.headers.get(HEADER_LENGTH)
-    length = len(body)
-    if raw_length is not None:
-        if not raw_length.strip().isdigit() or int(raw_length) > len(body):
+    if raw_length is None:
+        text = body.rest()
+    else:
+        given = wire.ascii_count(raw_length.strip())
+        text = body.read(given) if given is not None else b""
+        if given is None or len(text) < given:
             raise V2Error(f"{HEADER_LENGTH} is {clip(raw_length)!r}; it must be the JSON header's byte count "
-                          f"(at most the body's {len(body)} bytes)")
-        length = int(raw_length)
+                          f"in ASCII digits (at most the body's {len(text)} bytes)")
     try:
-        header = json.loads(bytes(body[:length]))
-    except (ValueError, UnicodeDecodeError) as exc:
+        header = wire.load_json(text)
+    except wire.BadJson as exc:
         hint = f" (binary data needs the {HEADER_LENGTH} header)" if raw_length is None else ""
-        raise V2Error(f"the request is not valid JSON: {clip(str(exc))}{hint}") from None
+        raise V2Error(f"the request is not valid JSON: {exc}{hint}") from None
     if not isinstance(header, dict):
         raise V2Error("the request must be a JSON object with 'inputs'")
-    return header, memoryview(body)[length:]
+    return header, body
 
 
-def _parse(header: dict[str, Any], binary: memoryview) -> tuple[list[bytes], list[OutputRequest], bool]:
+def _parse(header: dict[str, Any], binary: wire.Body) -> tuple[list[bytes], list[OutputRequest], bool]:
     inputs = header.get("inputs")
     if not isinstance(inputs, list) or len(inputs) != 1 or not isinstance(inputs[0], dict):
         raise V2Error(f"'inputs' must hold one tensor, '{kserve.INPUT}' (BYTES, shape [-1])")
     tensor = inputs[0]
-    count = kserve.check_input(str(tensor.get("name")), str(tensor.get("datatype")), tensor.get("shape"))
+    count = kserve.check_input(tensor.get("name"), tensor.get("datatype"), tensor.get("shape"),
+                               current().settings.max_images_per_request)
     parameters = _parameters(tensor, f"input '{kserve.INPUT}'")
     size = parameters.get("binary_data_size")
     what = f"input '{kserve.INPUT}'"
     if size is not None:
-        if not isinstance(size, int) or isinstance(size, bool) or size < 0 or size != len(binary):
-            raise V2Error(f"{what}: binary_data_size is {clip(str(size))} but {len(binary)} bytes follow the JSON")
-        data = kserve.deserialize_bytes(bytes(binary), count, what)
+        if not isinstance(size, int) or isinstance(size, bool) or size < 0:
+            raise V2Error(f"{what}: binary_data_size is {shown(size)}; it must be the input's byte count")
+        data, consumed = kserve.read_bytes_elements(binary.read, count, what)  # the shape's count, no more
+        if consumed != size or not binary.at_end():
+            more = "" if binary.at_end() else ", and more bytes follow them"
+            raise V2Error(f"{what}: binary_data_size is {size} but the shape's {count} element(s) take "
+                          f"{consumed} bytes{more}")
     else:
-        if len(binary):
-            raise V2Error(f"{len(binary)} bytes follow the JSON but no input gives a binary_data_size")
+        if not binary.at_end():
+            raise V2Error("bytes follow the JSON but no input gives a binary_data_size")
         data = _json_bytes(tensor.get("data"), count, what)
 
     request_parameters = _parameters(header, "the request")
@@ -204,15 +190,17 @@ def _parse(header: dict[str, Any], binary: memoryview) -> tuple[list[bytes], lis
     requested = header.get("outputs", [])
     if not isinstance(requested, list):
         raise V2Error("'outputs' must be a list")
+    if len(requested) > kserve.MAX_OUTPUTS:
+        raise V2Error(f"'outputs' asks for {len(requested)} outputs; at most {kserve.MAX_OUTPUTS}")
     for output in requested:
-        if not isinstance(output, dict):
-            raise V2Error("each output must be an object with a 'name'")
-        out_parameters = _parameters(output, f"output '{clip(str(output.get('name')))}'")
+        if not isinstance(output, dict) or not isinstance(output.get("name"), str):
+            raise V2Error("each output must be an object with a 'name' (a string)")
+        out_parameters = _parameters(output, f"output '{clip(output['name'])}'")
         classification = out_parameters.get("classification", 0)
         if not isinstance(classification, int) or isinstance(classification, bool):
-            raise V2Error(f"classification must be an integer, got {clip(str(classification))}")
+            raise V2Error(f"classification must be an integer, got {shown(classification)}")
         flag = out_parameters.get("binary_data")
-        outputs.append(OutputRequest(str(output.get("name")), classification, flag if isinstance(flag, bool) else None))
+        outputs.append(OutputRequest(output["name"], classification, flag if isinstance(flag, bool) else None))
     return data, outputs, binary_default
 
 
@@ -224,19 +212,23 @@ def _parameters(obj: dict[str, Any], what: str) -> dict[str, Any]:
 
 
 def _json_bytes(data: Any, count: int, what: str) -> list[bytes]:
-    """BYTES elements in JSON: base64 strings (nested lists are flattened, as v2 allows)."""
+    """BYTES elements in JSON: base64 strings (nested lists are flattened, as v2 allows; walked
+    without recursion, and no further than ``count`` + 1 elements)."""
+    if not isinstance(data, list):
+        raise V2Error(f"{what}: 'data' must be a list of {count} base64 strings, got {shown(data)}")
     flat: list[Any] = []
-
-    def walk(value: Any) -> None:
-        if isinstance(value, list):
-            for item in value:
-                walk(item)
+    stack = [iter(data)]
+    while stack and len(flat) <= count:
+        item = next(stack[-1], stack)  # the stack itself: this level is done
+        if item is stack:
+            stack.pop()
+        elif isinstance(item, list):
+            stack.append(iter(item))
         else:
-            flat.append(value)
-
-    walk(data)
-    if data is None or len(flat) != count:
-        raise V2Error(f"{what}: the shape says {count} elements but 'data' holds {len(flat) if data else 0}")
+            flat.append(item)
+    if len(flat) != count:
+        held = f"more than {count}" if len(flat) > count else str(len(flat))
+        raise V2Error(f"{what}: the shape says {count} elements but 'data' holds {held}")
     images = []
     for i, item in enumerate(flat):
         if not isinstance(item, str):
@@ -247,4 +239,3 @@ def _json_bytes(data: Any, count: int, what: str) -> list[bytes]:
             raise V2Error(f"{what}: element {i} is not valid base64 (in JSON a BYTES element is the image's "
                           "base64; or send binary data, as tritonclient does by default)") from None
     return images
-

@@ -21,7 +21,7 @@ Signatures (every model, every version)::
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
@@ -34,7 +34,7 @@ from tensorflow_serving.apis import get_model_metadata_pb2, get_model_status_pb2
 from ..inference import InferenceCore, Selected
 from ..kinds import Kind, describe
 from ..registry import AVAILABLE, FAILED, LOADING, UNLOADING, ModelHandle, ModelNotFound, ModelRegistry, VersionNotFound
-from ..text import clip
+from ..text import clip, shown
 from ..wire import one_of
 
 INPUT = "images"
@@ -117,16 +117,33 @@ def select(core: InferenceCore, name: str, version: int | None, label: str | Non
         selected = core.select(name, version=version, version_label=label)
     except (ModelNotFound, VersionNotFound) as exc:
         raise TFServingError(StatusCode.NOT_FOUND,
-                             f"Servable not found for request: {_request(name, version, label)}: {exc}") from None
+                             f"Servable not found for request: {_request(clip(name), version, clip(label) if label else label)}: "
+                             f"{exc}") from None
     with selected:
         yield selected
 
 
-def signature_name(requested: str) -> str:
+def signature_name(requested: object) -> str:
+    """The signature asked for (empty or absent: ``serving_default``); REST may send any JSON here."""
+    if not isinstance(requested, str):
+        raise invalid(f"signature_name must be a string, got {shown(requested)}")
     name = requested or DEFAULT_SIGNATURE
     if name not in SIGNATURES:
         raise invalid(f"Serving signature key \"{clip(name)}\" not found (signatures: {', '.join(SIGNATURES)})")
     return name
+
+
+def wanted_outputs(signature: str, output_filter: Sequence[str]) -> tuple[str, ...]:
+    """The outputs a Predict answers: ``output_filter`` (each an output of the signature), or all."""
+    outputs = SIGNATURES[signature]
+    if len(output_filter) > len(outputs):  # before reading the names: a filter may hold millions
+        raise invalid(f"output_filter has {len(output_filter)} names; signature '{signature}' has "
+                      f"{len(outputs)} output(s): {', '.join(outputs)}")
+    unknown = [name for name in output_filter if name not in outputs]
+    if unknown:
+        raise invalid(f"output_filter names {', '.join(repr(clip(name)) for name in unknown)}, not an output of "
+                      f"signature '{signature}' (outputs: {', '.join(outputs)})")
+    return tuple(output_filter) or outputs
 
 
 # -- status and metadata, as TF Serving's protos (REST answers them as JSON) ---------------

@@ -15,13 +15,17 @@ them to the process's gRPC server (``app/grpc_server.py``). A client, unchanged:
 Errors abort the RPC with the code of ``app.tfserving``'s one table (NOT_FOUND,
 INVALID_ARGUMENT, RESOURCE_EXHAUSTED, DEADLINE_EXCEEDED, UNAVAILABLE, INTERNAL). The RPC's
 own deadline (``context.time_remaining()``), capped at ``request_timeout_s``, is the core's.
+
+Total and bounded: ``app.grpc_server.add_servicer`` parses the request bytes inside the
+counted call (undecodable bytes: INVALID_ARGUMENT); every client-set field is read so that
+it can only raise a domain error (an unknown ``DataType`` value is named by number, repeated
+fields are counted with ``len()`` against the shape and ``max_images_per_request`` before any
+per-element Python object is built, client text in messages is clipped).
 """
 
 from __future__ import annotations
 
-import functools
-import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
@@ -37,35 +41,22 @@ from tensorflow_serving.apis import (
 )
 
 from .. import observe, tfserving
+from ..grpc_server import add_servicer
+from ..images import TooManyImages
 from ..inference import InferenceCore, Selected
-from ..observe import Observation
 from ..services import Services
 from ..text import clip
+
+PROTOCOL = "tfserving_grpc"  # graphserve_requests_total{protocol=...}
+SHOWN_NAMES = 3  # client names repeated in one error message
 
 
 def install(server: grpc.Server, services: Services) -> None:
     """Add TF Serving's PredictionService and ModelService to ``server`` (``app/grpc_server.py``)."""
-    prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(PredictionServicer(services), server)
-    model_service_pb2_grpc.add_ModelServiceServicer_to_server(ModelServicer(services), server)
-
-
-PROTOCOL = "tfserving_grpc"  # graphserve_requests_total{protocol=...}
-
-
-def _rpc(method: Callable[..., Any]) -> Callable[..., Any]:
-    """Count and log the call (``app.observe.rpc``); domain errors -> the table's status code;
-    anything else is a bug: logged, INTERNAL. The method finds its observation in ``self.local``."""
-
-    @functools.wraps(method)
-    def call(self: _Servicer, request: Any, context: grpc.ServicerContext) -> Any:
-        def run(observation: Observation) -> Any:
-            self.local.observation = observation
-            return method(self, request, context)
-
-        path = f"/tensorflow.serving.{type(self).SERVICE}/{method.__name__}"
-        return observe.rpc(self.services, PROTOCOL, path, context, _answer, run)
-
-    return call
+    for add, servicer in ((prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server,
+                           PredictionServicer(services)),
+                          (model_service_pb2_grpc.add_ModelServiceServicer_to_server, ModelServicer(services))):
+        add_servicer(server, add, servicer, services=services, protocol=PROTOCOL, answer=_answer)
 
 
 def _answer(exc: BaseException) -> tuple[grpc.StatusCode, int, str] | None:
@@ -79,17 +70,25 @@ def _spec(request: Any) -> tuple[str, int | None, str | None]:
     return spec.name, version, spec.version_label or None
 
 
-class _Servicer:
-    SERVICE = ""
+def _names(names: list[str], total: int) -> str:
+    """Up to ``SHOWN_NAMES`` client names, clipped, and how many more there were."""
+    shown = ", ".join(repr(clip(n)) for n in names[:SHOWN_NAMES])
+    return shown + (f" (+{total - SHOWN_NAMES} more)" if total > SHOWN_NAMES else "")
 
+
+def _dtype_name(dtype: int) -> str:
+    """A DataType's name; a value the enum does not have (the client's to set) by its number."""
+    return types_pb2.DataType.Name(dtype) if dtype in types_pb2.DataType.values() else f"unknown DataType {dtype}"
+
+
+class _Servicer:
     def __init__(self, services: Services) -> None:
         self.services = services
-        self.local = threading.local()  # .observation: this thread's call (app.observe)
 
     @contextmanager
     def select(self, request: Any) -> Iterator[Selected]:
         with tfserving.select(self.core, *_spec(request)) as selected:
-            self.local.observation.models = selected.models
+            observe.current_rpc().models = selected.models
             yield selected
 
     @property
@@ -100,21 +99,18 @@ class _Servicer:
         return observe.grpc_deadline(context, self.services.settings.request_timeout_s)
 
 
-class PredictionServicer(_Servicer, prediction_service_pb2_grpc.PredictionServiceServicer):
-    SERVICE = "PredictionService"
+    @property
+    def max_images(self) -> int:
+        return self.services.settings.max_images_per_request
 
-    @_rpc
+
+class PredictionServicer(_Servicer, prediction_service_pb2_grpc.PredictionServiceServicer):
     def Predict(self, request: predict_pb2.PredictRequest,
                 context: grpc.ServicerContext) -> predict_pb2.PredictResponse:
         signature = tfserving.signature_name(request.model_spec.signature_name)
-        outputs = tfserving.SIGNATURES[signature]
-        wanted = list(request.output_filter) or list(outputs)
-        unknown = [name for name in wanted if name not in outputs]
-        if unknown:
-            raise tfserving.invalid(f"output_filter names {', '.join(repr(clip(n)) for n in unknown)}, not an output "
-                                    f"of signature '{signature}' (outputs: {', '.join(outputs)})")
-        raw = _images(request.inputs)
-        self.local.observation.images = len(raw)
+        wanted = tfserving.wanted_outputs(signature, request.output_filter)
+        raw = _images(request.inputs, self.max_images)
+        observe.current_rpc().images = len(raw)
         with self.select(request) as selected:
             handle, scores = tfserving.classify(selected, raw, self.deadline(context))
         response = predict_pb2.PredictResponse()
@@ -125,12 +121,11 @@ class PredictionServicer(_Servicer, prediction_service_pb2_grpc.PredictionServic
             response.outputs[tfserving.CLASSES].CopyFrom(_labels_tensor(tfserving.labels(handle), len(scores)))
         return response
 
-    @_rpc
     def Classify(self, request: classification_pb2.ClassificationRequest,
                  context: grpc.ServicerContext) -> classification_pb2.ClassificationResponse:
         signature = tfserving.signature_name(request.model_spec.signature_name)
-        raw = _examples(request.input)
-        self.local.observation.images = len(raw)
+        raw = _examples(request.input, self.max_images)
+        observe.current_rpc().images = len(raw)
         with self.select(request) as selected:
             handle, scores = tfserving.classify(selected, raw, self.deadline(context))
         names = tfserving.labels(handle)
@@ -142,13 +137,12 @@ class PredictionServicer(_Servicer, prediction_service_pb2_grpc.PredictionServic
                 classifications.classes.add(label=label, score=float(score))
         return response
 
-    @_rpc
     def GetModelMetadata(self, request: get_model_metadata_pb2.GetModelMetadataRequest,
                          context: grpc.ServicerContext) -> get_model_metadata_pb2.GetModelMetadataResponse:
-        fields = list(request.metadata_field)
-        if fields != ["signature_def"]:
+        fields = request.metadata_field
+        if len(fields) != 1 or fields[0] != "signature_def":
             raise tfserving.invalid(f"metadata_field must be ['signature_def'] (the only metadata served), "
-                                    f"got {fields}")
+                                    f"got [{_names(list(fields[:SHOWN_NAMES]), len(fields))}]")
         with self.select(request) as selected:
             handle = selected.handles[0]
             response = get_model_metadata_pb2.GetModelMetadataResponse()
@@ -158,36 +152,42 @@ class PredictionServicer(_Servicer, prediction_service_pb2_grpc.PredictionServic
 
 
 class ModelServicer(_Servicer, model_service_pb2_grpc.ModelServiceServicer):
-    SERVICE = "ModelService"
-
-    @_rpc
     def GetModelStatus(self, request: Any, context: grpc.ServicerContext) -> Any:
         return tfserving.model_status(self.services.registry, *_spec(request))
 
 
 # -- tensors and examples ------------------------------------------------------------------
 
-def _images(inputs: Any) -> list[tuple[str, bytes]]:
-    names = list(inputs)
-    if names != [tfserving.INPUT]:
-        raise tfserving.invalid(f"inputs named {', '.join(repr(clip(n)) for n in names) or 'none'}; the signature "
+def _images(inputs: Any, max_images: int) -> list[tuple[str, bytes]]:
+    """The encoded images of input ``images``; every count checked (``len()``) before a list is built."""
+    if len(inputs) != 1 or tfserving.INPUT not in inputs:
+        names = [name for name, _ in zip(inputs, range(SHOWN_NAMES))]
+        raise tfserving.invalid(f"inputs named {_names(names, len(inputs)) or 'none'}; the signature "
                                 f"has one input, '{tfserving.INPUT}' (DT_STRING [-1], encoded images)")
     tensor = inputs[tfserving.INPUT]
     if tensor.dtype != types_pb2.DT_STRING:
         raise tfserving.invalid(f"input '{tfserving.INPUT}' must be DT_STRING (encoded images), got "
-                                f"{types_pb2.DataType.Name(tensor.dtype)}")
-    dims = [d.size for d in tensor.tensor_shape.dim]
-    if len(dims) != 1 or dims[0] != len(tensor.string_val):
+                                f"{_dtype_name(tensor.dtype)}")
+    dims, values = tensor.tensor_shape.dim, len(tensor.string_val)
+    if len(dims) != 1 or dims[0].size != values:
+        shown = ", ".join(str(d.size) for d in dims[:4]) + (", ..." if len(dims) > 4 else "")
         raise tfserving.invalid(f"input '{tfserving.INPUT}' must have shape [n] (one encoded image per element), "
-                                f"got shape {dims} with {len(tensor.string_val)} value(s)")
+                                f"got shape [{shown}] with {values} value(s)")
+    _check_count(values, max_images)
     return [(f"{tfserving.INPUT}[{i}]", value) for i, value in enumerate(tensor.string_val)]
 
 
-def _examples(request_input: Any) -> list[tuple[str, bytes]]:
+def _check_count(count: int, max_images: int) -> None:
+    if count > max_images:  # the core's own refusal, before a list of ``count`` objects exists
+        raise TooManyImages(f"{count} images in one request; the limit is {max_images}")
+
+
+def _examples(request_input: Any, max_images: int) -> list[tuple[str, bytes]]:
     kind = request_input.WhichOneof("kind")
     if kind is None:
         raise tfserving.invalid("input has no example_list")
     listed = getattr(request_input, kind)
+    _check_count(len(listed.examples), max_images)
     context = listed.context.features.feature if kind == "example_list_with_context" else {}
     raw = []
     for i, example in enumerate(listed.examples):

@@ -16,7 +16,6 @@ padding optional). The signatures are described in ``app/tfserving/__init__.py``
 
 from __future__ import annotations
 
-import json
 import re
 from typing import Any
 
@@ -25,13 +24,15 @@ from flask import Blueprint, jsonify, request
 from flask.typing import ResponseReturnValue
 
 from .. import observe, tfserving, wire
+from ..images import TooManyImages
 from ..inference import InferenceCore
 from ..services import current
-from ..text import clip
+from ..text import clip, shown
 
 bp = Blueprint("tfserving_rest", __name__)
 
-_PATH = re.compile(r"(?P<name>[^/:]+)(?:/versions/(?P<version>-?\d+)|/labels/(?P<label>[^/:]+))?")
+# ASCII digits only: \d would take "١" (Arabic-Indic one), which int() reads as 1.
+_PATH = re.compile(r"(?P<name>[^/:]+)(?:/versions/(?P<version>[0-9]+)|/labels/(?P<label>[^/:]+))?")
 _GET = re.compile(_PATH.pattern + r"(?P<metadata>/metadata)?")
 _POST = re.compile(_PATH.pattern + r":(?P<verb>predict|classify|regress)")
 
@@ -91,7 +92,8 @@ def post(rest: str) -> ResponseReturnValue:
             raise tfserving.TFServingError(tfserving.StatusCode.UNIMPLEMENTED,
                                            "graphserve serves classifiers: use :predict or :classify, not :regress")
         body = _json_body()
-        signature = tfserving.signature_name(body.get("signature_name") or "")
+        signature = tfserving.signature_name(body.get("signature_name", ""))
+        wanted = tfserving.wanted_outputs(signature, _output_filter(body))
         deadline = observe.http_deadline(current().settings.request_timeout_s)
         with tfserving.select(_core(), match["name"], _version(match), match["label"]) as selected:
             observation = observe.current()
@@ -105,7 +107,7 @@ def post(rest: str) -> ResponseReturnValue:
             raw, columnar = _predict_inputs(body)
             observation.images = len(raw)
             handle, scores = tfserving.classify(selected, raw, deadline)
-        return jsonify(_predict_answer(signature, tfserving.labels(handle), scores, columnar))
+        return jsonify(_predict_answer(wanted, tfserving.labels(handle), scores, columnar))
     except Exception as exc:
         return _translated(exc)
 
@@ -114,12 +116,20 @@ def post(rest: str) -> ResponseReturnValue:
 
 def _json_body() -> dict[str, Any]:
     try:
-        body = json.loads(request.get_data(cache=False))
-    except (ValueError, UnicodeDecodeError) as exc:
+        body = wire.load_json(request.get_data(cache=False))
+    except wire.BadJson as exc:
         raise tfserving.invalid(f"JSON Parse error: {exc}") from None
     if not isinstance(body, dict):
         raise tfserving.invalid("JSON Parse error: the request body must be a JSON object")
     return body
+
+
+def _output_filter(body: dict[str, Any]) -> list[str]:
+    """``output_filter`` (a graphserve extension on REST, as on gRPC): a list of output names."""
+    names = body.get("output_filter", [])
+    if not isinstance(names, list) or not all(isinstance(name, str) for name in names):
+        raise tfserving.invalid(f"output_filter must be a list of output names, got {shown(names)}")
+    return names
 
 
 def _b64(value: Any, where: str) -> tuple[str, bytes]:
@@ -161,6 +171,7 @@ def _predict_inputs(body: dict[str, Any]) -> tuple[list[tuple[str, bytes]], bool
         instances = body["instances"]
         if not isinstance(instances, list):
             raise tfserving.invalid("\"instances\" must be a list")
+        _check_count(len(instances))
         raw = []
         for i, instance in enumerate(instances):
             where = f"instances[{i}]"
@@ -176,6 +187,7 @@ def _predict_inputs(body: dict[str, Any]) -> tuple[list[tuple[str, bytes]], bool
         where += f".{tfserving.INPUT}"
     if not isinstance(inputs, list):
         raise tfserving.invalid(f"{where} must be a list of images (the input's shape is [-1])")
+    _check_count(len(inputs))
     return [_b64(value, f"{where}[{i}]") for i, value in enumerate(inputs)], True
 
 
@@ -186,6 +198,7 @@ def _examples(body: dict[str, Any]) -> list[tuple[str, bytes]]:
     context = body.get("context") or {}
     if not isinstance(context, dict):
         raise tfserving.invalid("\"context\" must be an object")
+    _check_count(len(examples))
     raw = []
     for i, example in enumerate(examples):
         if not isinstance(example, dict):
@@ -204,12 +217,19 @@ def _examples(body: dict[str, Any]) -> list[tuple[str, bytes]]:
     return raw
 
 
+def _check_count(count: int) -> None:
+    """The core's images limit, before a single base64 string is decoded."""
+    limit = current().settings.max_images_per_request
+    if count > limit:
+        raise TooManyImages(f"{count} images in one request; the limit is {limit}")
+
+
 # -- writing the answer ---------------------------------------------------------------------
 
-def _predict_answer(signature: str, names: list[str], scores: np.ndarray, columnar: bool) -> dict[str, Any]:
+def _predict_answer(outputs: tuple[str, ...], names: list[str], scores: np.ndarray,
+                    columnar: bool) -> dict[str, Any]:
     """TF Serving's shapes: one output -> its values; several -> one object per row (row format)
     or one list per output (columnar)."""
-    outputs = tfserving.SIGNATURES[signature]
     rows = scores.tolist()
     values = {tfserving.SCORES: rows, tfserving.CLASSES: [names] * len(rows)}
     if columnar:
