@@ -10,7 +10,11 @@ Each call needs ``Authorization: Bearer <token>``: 401 without it, 403 with a wr
 The answer (200) says what the reload did::
 
     {"loaded": [{"model": "m", "version": 3}], "unloaded": [{"model": "m", "version": 1}],
-     "refused": [{"model": "m", "version": 4, "reason": "..."}], "seconds": 1.2}
+     "refused": [{"model": "m", "version": 4, "reason": "..."}],
+     "changed": [{"model": "m", "version": 2, "action": "kept", "reason": "..."}], "seconds": 1.2}
+
+It never holds a server thread longer than ``reload_wait_s``: past it, 503 ``reload_running``
+(the round carries on; ``GET /models`` shows its outcome). Concurrent calls share one round.
 """
 
 from __future__ import annotations
@@ -35,6 +39,11 @@ class Unauthorized(ApiError):
 class Forbidden(ApiError):
     status_code = 403
     code = "forbidden"
+
+
+class ReloadRunning(ApiError):
+    status_code = 503
+    code = "reload_running"
 
 
 class AdminDisabled(ApiError):
@@ -77,4 +86,11 @@ def _check_token() -> None:
 @bp.post("/reload")
 def reload() -> ResponseReturnValue:
     """Re-read graphs/ and every versions.json; load, switch, drain and unload; say what happened."""
-    return jsonify(current().reconciler.reload().to_json())
+    services = current()
+    wait = services.settings.reload_wait_s
+    try:
+        report = services.reconciler.reload(wait)
+    except TimeoutError:
+        raise ReloadRunning(f"the reload is still running after {wait:g} s (reload_wait_s); it carries on: "
+                            "GET /models shows each version's state", headers={"Retry-After": "5"}) from None
+    return jsonify(report.to_json())

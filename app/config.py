@@ -47,6 +47,8 @@ class Settings:
     poll_interval_s: float = 5.0  # re-read graphs/ this often and reload what changed (TF Serving polls too); 0: off
     admin_token: str = dataclasses.field(default="", repr=False)  # set: POST /admin/reload exists, with "Authorization: Bearer <token>"; empty: 404
     loader_nice: int = 10  # reloads load and warm up on a thread this much nicer than request threads (Linux)
+    file_read_timeout_s: float = 10.0  # reading one model file (or scanning graphs/) longer than this refuses it for the round (a hung mount)
+    reload_wait_s: float = 60.0  # POST /admin/reload answers 503 reload_running if the round takes longer (it carries on)
     log_level: str = "INFO"
     log_requests: str = "INFO"  # level of the one-line-per-request log; "OFF" to silence
     # Connections and shutdown (app/http_server.py, app/lifecycle.py; the figures behind them are in docs/operations.md).
@@ -68,6 +70,9 @@ class Settings:
             raise ConfigError(f"setting 'poll_interval_s' must be >= 0 (0: off), got {self.poll_interval_s!r}")
         if not 0 <= self.loader_nice <= 19:
             raise ConfigError(f"setting 'loader_nice' must be 0 (off) to 19, got {self.loader_nice!r}")
+        for name in ("file_read_timeout_s", "reload_wait_s"):
+            if not getattr(self, name) > 0:
+                raise ConfigError(f"setting '{name}' must be greater than 0, got {getattr(self, name)!r}")
         for name in ("connection_limit", "read_header_timeout_s", "read_timeout_s", "idle_timeout_s", "max_header_bytes"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"setting '{name}' must be greater than 0, got {getattr(self, name)!r}")

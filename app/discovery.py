@@ -9,14 +9,20 @@ Layout::
 Folders whose names start with ``.`` or ``_`` or are not all digits are ignored: that is
 where half-written versions live (``scripts/freeze.py`` writes ``.3.writing-*`` and then
 renames it to ``3``), so a version only ever appears complete. A version folder without a
-``model.pb`` is ignored too.
+``model.pb`` is ignored too; one whose ``model.pb`` is there but is no regular file (a folder,
+a FIFO) is a version, which the loader refuses (``app.model_files`` reads regular files only).
+
+A folder that changes while it is scanned (a version removed mid-listing) or a ``versions.json``
+that cannot be read in time is that model's ``DiscoveryError``: a lenient scan leaves just that
+model out. Each version's ``fingerprint`` (type, size, mtime, inode of its files) is taken
+during the scan, so the reconciler can tell when a served version's files change.
 
 ``versions.json`` (every field optional; validated strictly, errors name the file and field)::
 
     {
       "policy": "latest", "num_versions": 2,       # default: latest 1
       # or  "policy": "all"
-      # or  "policy": "specific", "versions": [1, 3]
+      # or  "policy": "specific", "versions": [1, 3]   # each must be on disk, as a label's must
       "labels": {"stable": 1, "canary": 2},        # names a request may use (version_label=...)
       "device": "/GPU:0",                          # placement of every version (default: TF's choice)
       "gpu_memory_mb": 2048                        # GPU memory budget per version (see docs/models.md)
@@ -32,11 +38,14 @@ Exceptions: ``DiscoveryError`` (the layout is wrong), and its subclass ``PolicyE
 from __future__ import annotations
 
 import json
+import os
 import re
+import stat
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
+from . import model_files
 from .manifest import GRAPH_FILE, LABELS_FILE, MANIFEST_FILE, FileFieldError
 from .servable import ServableSpec
 
@@ -62,6 +71,19 @@ class GraphsDirMissing(DiscoveryError):
 
 class PolicyError(FileFieldError, DiscoveryError):
     """A ``versions.json`` is unreadable or has an unknown, missing or invalid field."""
+
+
+class FileMark(NamedTuple):
+    """One file of a version as it was on disk: a change to any field means new content."""
+
+    name: str
+    size: int
+    mtime_ns: int
+    inode: int
+    kind: int  # stat.S_IFMT: a model.pb replaced by a folder changes it
+
+
+Fingerprint = tuple[FileMark, ...]
 
 
 @dataclass(frozen=True)
@@ -93,6 +115,7 @@ class ModelSource:
     directory: Path
     versions: dict[int, Path]  # every complete-looking version folder (has a model.pb)
     policy: VersionPolicy
+    marks: dict[int, Fingerprint] = field(default_factory=dict)  # each version's files, at the scan
 
     def aspired(self) -> list[int]:
         return self.policy.select(list(self.versions))
@@ -101,11 +124,14 @@ class ModelSource:
         return ServableSpec(name=self.name, version=version, directory=self.versions[version])
 
 
-def scan(graphs_dir: Path | str, *, strict: bool = True) -> tuple[list[ModelSource], list[DiscoveryError]]:
+def scan(
+    graphs_dir: Path | str, *, strict: bool = True, read_timeout_s: float = model_files.DEFAULT_TIMEOUT_S,
+) -> tuple[list[ModelSource], list[DiscoveryError]]:
     """Every model folder under ``graphs_dir``, sorted by name, and the errors found.
 
     ``strict``: raise the first error (start-up). Otherwise a model whose folder or policy is
-    wrong is left out and its error returned, so a reload can keep serving what it has.
+    wrong, or changed under the scan, is left out and its error returned, so a reload can keep
+    serving what it has. ``read_timeout_s`` bounds each ``versions.json`` read.
     """
     root = Path(graphs_dir)
     if not root.is_dir():
@@ -118,7 +144,7 @@ def scan(graphs_dir: Path | str, *, strict: bool = True) -> tuple[list[ModelSour
     errors: list[DiscoveryError] = []
     for model_dir in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith((".", "_"))):
         try:
-            source = read_model(model_dir)
+            source = read_model(model_dir, read_timeout_s=read_timeout_s)
         except DiscoveryError as exc:
             exc.model = model_dir.name
             if strict:
@@ -136,19 +162,31 @@ def scan(graphs_dir: Path | str, *, strict: bool = True) -> tuple[list[ModelSour
     return sources, errors
 
 
-def read_model(model_dir: Path) -> ModelSource:
-    """One model folder (with no versions when none is complete yet)."""
+def read_model(model_dir: Path, *, read_timeout_s: float = model_files.DEFAULT_TIMEOUT_S) -> ModelSource:
+    """One model folder (with no versions when none is complete yet). A folder that vanishes or
+    changes while it is read is a ``DiscoveryError`` (this model is skipped this round)."""
     if not MODEL_NAME.match(model_dir.name):
         raise DiscoveryError(f"'{model_dir}': model folder names use letters, digits, '_', '.', '-' (max 64)")
+    try:
+        return _read_model(model_dir, read_timeout_s)
+    except OSError as exc:  # removed or replaced under the scan: PolicyError (a ValueError) passes
+        raise DiscoveryError(f"'{model_dir}' changed while it was read ({exc}); "
+                             "it is skipped until a later reload") from None
+
+
+def _read_model(model_dir: Path, read_timeout_s: float) -> ModelSource:
     versions: dict[int, Path] = {}
     for path in sorted(model_dir.iterdir()):
-        if path.is_dir() and path.name.isascii() and path.name.isdigit() and (path / GRAPH_FILE).is_file():
+        if path.is_dir() and path.name.isascii() and path.name.isdigit() and (path / GRAPH_FILE).exists():
             other = versions.setdefault(int(path.name), path)
             if other is not path:  # "1" and "01": which one is served must not depend on listing order
                 raise DiscoveryError(f"'{model_dir}': folders '{other.name}' and '{path.name}' are both version "
                                      f"{int(path.name)}; keep one")
-    policy = load_policy(model_dir / POLICY_FILE, available=sorted(versions)) if versions else VersionPolicy()
-    return ModelSource(name=model_dir.name, directory=model_dir, versions=dict(sorted(versions.items())), policy=policy)
+    policy = (load_policy(model_dir / POLICY_FILE, available=sorted(versions), read_timeout_s=read_timeout_s)
+              if versions else VersionPolicy())
+    marks = {v: fingerprint(path) for v, path in versions.items()}
+    return ModelSource(name=model_dir.name, directory=model_dir, versions=dict(sorted(versions.items())),
+                       policy=policy, marks=marks)
 
 
 def discover(graphs_dir: Path | str) -> list[ServableSpec]:
@@ -157,10 +195,13 @@ def discover(graphs_dir: Path | str) -> list[ServableSpec]:
     return [source.spec(source.aspired()[-1]) for source in sources if source.aspired()]
 
 
-def load_policy(path: Path, *, available: list[int] | None = None) -> VersionPolicy:
-    """Read ``versions.json`` at ``path`` (absent: latest 1) and validate it."""
+def load_policy(
+    path: Path, *, available: list[int] | None = None, read_timeout_s: float = model_files.DEFAULT_TIMEOUT_S,
+) -> VersionPolicy:
+    """Read ``versions.json`` at ``path`` (absent: latest 1; a regular file, read within
+    ``read_timeout_s``) and validate it."""
     try:
-        text = path.read_text(encoding="utf-8")
+        text = model_files.read_text(path, timeout_s=read_timeout_s)
     except FileNotFoundError:
         return VersionPolicy()
     except (OSError, UnicodeDecodeError) as exc:
@@ -173,8 +214,9 @@ def load_policy(path: Path, *, available: list[int] | None = None) -> VersionPol
 
 
 def parse_policy(data: Any, path: Path | str = POLICY_FILE, *, available: list[int] | None = None) -> VersionPolicy:
-    """Validate a decoded ``versions.json``. With ``available`` (versions on disk), labels
-    must name one of them. (Whether that version ends up served is only known after loading:
+    """Validate a decoded ``versions.json``. With ``available`` (versions on disk), labels and
+    a ``specific`` policy's versions must name versions on disk: a policy that would serve
+    nothing, or not what it says, is refused like a bad label. (Whether that version ends up served is only known after loading:
     the registry warns when a label points at a version it does not serve.)"""
     if not isinstance(data, dict):
         raise PolicyError(path, None, "must be a JSON object")
@@ -217,9 +259,12 @@ def parse_policy(data: Any, path: Path | str = POLICY_FILE, *, available: list[i
     result = VersionPolicy(policy=policy, num_versions=num_versions, versions=versions, labels=labels,
                            device=device, gpu_memory_mb=gpu_memory_mb)
     if available is not None:
+        shown = ", ".join(map(str, sorted(available))) or "none"
+        for version in versions:  # policy "specific" only
+            if version not in available:
+                raise PolicyError(path, "versions", f"version {version} is not on disk (versions: {shown})")
         for name, version in labels.items():
             if version not in available:
-                shown = ", ".join(map(str, sorted(available))) or "none"
                 raise PolicyError(path, f"labels.{name}", f"version {version} is not on disk (versions: {shown})")
     return result
 
@@ -232,14 +277,15 @@ def _integer(path: Path | str, name: str, value: Any, *, minimum: int) -> int:
     return value
 
 
-def fingerprint(directory: Path) -> tuple[tuple[str, int, int], ...]:
-    """Sizes and modification times of a version's files: a refused version is retried
-    only after it changed, so polling does not log the same failure forever."""
+def fingerprint(directory: Path) -> Fingerprint:
+    """Type, size, modification time and inode of a version's files: a refused version is
+    retried only after it changed (so polling does not log the same failure forever), and a
+    served version whose files changed is loaded again (see ``app.reconcile``)."""
     marks = []
     for name in (GRAPH_FILE, MANIFEST_FILE, LABELS_FILE):
         try:
-            stat = (directory / name).stat()
+            info = os.stat(directory / name)
         except OSError:
             continue
-        marks.append((name, stat.st_size, stat.st_mtime_ns))
+        marks.append(FileMark(name, info.st_size, info.st_mtime_ns, info.st_ino, stat.S_IFMT(info.st_mode)))
     return tuple(marks)

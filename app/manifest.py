@@ -38,6 +38,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal, overload
 
+from . import model_files
 from .recipes import RESIZE_METHODS, RESIZES, SCALE_PRESETS
 
 MANIFEST_FILE = "model.json"
@@ -279,14 +280,16 @@ def parse(data: Any, path: Path | str = MANIFEST_FILE) -> Manifest:
     )
 
 
-def load(path: Path) -> Manifest:
-    """Read and validate ``model.json`` at ``path``."""
+def load(path: Path, *, read_timeout_s: float = model_files.DEFAULT_TIMEOUT_S) -> Manifest:
+    """Read and validate ``model.json`` at ``path`` (a regular file, read within ``read_timeout_s``)."""
     try:
-        text = path.read_text(encoding="utf-8")
+        text = model_files.read_text(path, timeout_s=read_timeout_s)
     except FileNotFoundError:
         raise ManifestError(path, None, "manifest file is missing") from None
     except OSError as exc:
         raise ManifestError(path, None, f"cannot read manifest: {exc}") from None
+    except UnicodeDecodeError as exc:
+        raise ManifestError(path, None, f"not UTF-8 text: {exc}") from None
     try:
         data = json.loads(text)
     except json.JSONDecodeError as exc:

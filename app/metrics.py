@@ -189,11 +189,19 @@ class Metrics:
         default_versions = {} if self.models is None else {
             entry.name: entry.default() for entry in self.models.entries()
         }
+        entries = {} if self.models is None else {entry.name: entry for entry in self.models.entries()}
         for name, versions in per_version.items():
             default = default_versions.get(name)
             shown = str(default.version) if default is not None else max(versions, key=int)
+            entry = entries.get(name)
+            if entry is not None:  # what the last reload refused or found changed on disk, as /models says
+                for version, status in entry.versions.items():
+                    if status.reason and str(version) in versions:
+                        versions[str(version)]["reason"] = status.reason
             # top level: the version that answers by default; "versions": each loaded version apart
             models[name] = {**versions[shown], "versions": versions}
+            if entry is not None and entry.error:
+                models[name]["error"] = entry.error
         return {
             "uptime_seconds": round(time.time() - self.started, 3),
             "process": {"rss_bytes": memory.rss_bytes(), "peak_rss_bytes": memory.peak_rss_bytes()},

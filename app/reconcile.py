@@ -9,6 +9,19 @@ when their last borrower has returned (*drain*). A version that fails to load is
 with one log line, listed as ``failed`` with its reason, and the versions already serving
 keep serving. A refused version is retried once its files change.
 
+What a changing folder cannot do (see docs/operations.md, "Reload"):
+
+- a model folder that changes under the scan (a version removed mid-listing) is skipped for
+  that round and listed in ``refused``; the other models are applied;
+- files are read only if regular and within ``file_read_timeout_s`` (``app.model_files``), and
+  the scan of graphs/ is bounded the same way on its own thread, so a FIFO, a device or a hung
+  mount refuses a version (or the round) instead of blocking the loader;
+- a served version whose files change (``discovery.fingerprint``) is loaded again as a new
+  load: if that works it is switched in and the old one drains, else the old one keeps
+  serving and the failure is its ``reason`` (``changed`` in the report);
+- concurrent reloads share one pending round, and ``reload(timeout)`` stops waiting, never
+  the round.
+
 The registry (``app.registry``) only serves and hands out handles; the runners a handle
 runs with are built by ``app.runners``.
 """
@@ -21,12 +34,13 @@ import os
 import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import CancelledError, ThreadPoolExecutor
+from concurrent.futures import CancelledError, Future, ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from . import model_files
 from .config import Settings
-from .discovery import DiscoveryError, ModelSource, fingerprint, scan
+from .discovery import DiscoveryError, ModelSource, scan
 from .memory import configure_gpus
 from .registry import (
     AVAILABLE,
@@ -51,12 +65,12 @@ class ReloadReport:
     loaded: list[dict[str, Any]] = field(default_factory=list)
     unloaded: list[dict[str, Any]] = field(default_factory=list)
     refused: list[dict[str, Any]] = field(default_factory=list)
+    changed: list[dict[str, Any]] = field(default_factory=list)  # served versions whose files changed
     seconds: float = 0.0
 
     def to_json(self) -> dict[str, Any]:
         return {"loaded": self.loaded, "unloaded": self.unloaded, "refused": self.refused,
-                "seconds": round(self.seconds, 3)}
-
+                "changed": self.changed, "seconds": round(self.seconds, 3)}
 
 
 class Reconciler:
@@ -77,6 +91,9 @@ class Reconciler:
         self._unloaders: list[threading.Thread] = []
         self._unloaders_lock = threading.Lock()
         self._loader: ThreadPoolExecutor | None = None
+        self._pending: Future[ReloadReport] | None = None  # the last round asked for
+        self._pending_lock = threading.Lock()
+        self._scan_idle = threading.Lock()  # held while a scan runs: a hung one is never doubled
         self._poller: threading.Thread | None = None
         self._options = SessionOptions(
             intra_op_threads=settings.intra_op_threads,
@@ -123,10 +140,19 @@ class Reconciler:
 
     def reload(self, timeout: float | None = None) -> ReloadReport:
         """Re-read the graphs directory and every ``versions.json``; load what is new on the
-        loader thread, switch, and unload what is no longer wanted (after its drain)."""
+        loader thread, switch, and unload what is no longer wanted (after its drain).
+
+        Callers that arrive while a round is queued share it (it starts after them, so it
+        sees what they changed): at most one round runs and one waits, however many call. Past
+        ``timeout`` s this raises ``TimeoutError``; the round carries on and its outcome
+        shows in ``GET /models``."""
         if self._closing.is_set():
             raise NoModels("the registry is shutting down")
-        return self._loader_pool().submit(self._reconcile, strict=False).result(timeout)
+        with self._pending_lock:
+            pending = self._pending
+            if pending is None or pending.running() or pending.done():
+                pending = self._pending = self._loader_pool().submit(self._reconcile, strict=False)
+        return pending.result(timeout)
 
     def start_polling(self, interval_s: float) -> None:
         """Reload every ``interval_s`` seconds on a daemon thread until ``close``."""
@@ -136,11 +162,13 @@ class Reconciler:
         def poll() -> None:
             while not self._closing.wait(interval_s):
                 try:
-                    report = self.reload()
-                    if report.loaded or report.unloaded:
+                    report = self.reload(self._settings.reload_wait_s)
+                    if report.loaded or report.unloaded or report.changed:
                         log.info("poll: %s", report.to_json())
                 except (NoModels, CancelledError):  # closing
                     return
+                except TimeoutError:
+                    log.warning("poll: the reload is still running after %g s", self._settings.reload_wait_s)
                 except Exception:
                     log.exception("poll: reload failed")
 
@@ -172,7 +200,7 @@ class Reconciler:
             started = time.perf_counter()
             report = ReloadReport()
             try:
-                sources, errors = scan(self._settings.graphs_dir, strict=strict)
+                sources, errors = self._scan(strict=strict)
             except DiscoveryError as exc:
                 if strict:
                     raise
@@ -191,9 +219,41 @@ class Reconciler:
                     self._publish(name, functools.partial(replace, error=broken[name]))
                     continue
                 source = found.get(name)
-                self._reconcile_model(name, source, report, strict=strict)
+                try:
+                    self._reconcile_model(name, source, report, strict=strict)
+                except Exception as exc:
+                    if strict:
+                        raise
+                    # one model's surprise (its folder changed mid-load) must not stop the others
+                    log.exception("reload of model %s failed; it keeps what it served", name)
+                    self._refuse(report, name, None, f"reload failed, kept what was served: {exc}")
             report.seconds = time.perf_counter() - started
             return report
+
+    def _scan(self, *, strict: bool) -> tuple[list[ModelSource], list[DiscoveryError]]:
+        """``discovery.scan`` on a daemon thread, waited for at most ``file_read_timeout_s``: a
+        hung mount holds that one thread (no second scan starts while it hangs; a daemon, so
+        it does not hold up the process's exit), never the loader."""
+        graphs_dir, timeout = self._settings.graphs_dir, self._settings.file_read_timeout_s
+        if not self._scan_idle.acquire(blocking=False):
+            raise DiscoveryError(f"the last scan of '{graphs_dir}' is still blocked (a hung mount?): "
+                                 "nothing changed this round")
+
+        def work() -> tuple[list[ModelSource], list[DiscoveryError]]:
+            try:
+                return scan(graphs_dir, strict=strict, read_timeout_s=timeout)
+            finally:
+                self._scan_idle.release()
+
+        try:
+            return model_files.bounded(work, timeout_s=timeout, what=f"scanning '{graphs_dir}'")
+        except DiscoveryError:
+            raise
+        except model_files.ReadTimedOut:
+            raise DiscoveryError(f"scanning '{graphs_dir}' took over {timeout:g} s (file_read_timeout_s; "
+                                 "a hung mount?): nothing changed this round") from None
+        except OSError as exc:  # graphs/ itself changed under the listing
+            raise DiscoveryError(f"cannot scan '{graphs_dir}': {exc}") from None
 
     def _reconcile_model(self, name: str, source: ModelSource | None, report: ReloadReport, *, strict: bool) -> None:
         """Load what the policy wants, switch, unload what it no longer wants (one model).
@@ -204,23 +264,60 @@ class Reconciler:
         """
         entry = self._models.get(name, ModelEntry(name=name))
         on_disk = source.versions if source is not None else {}
+        marks = source.marks if source is not None else {}
         self._last_errors.pop(name, None)
         failed: dict[int, VersionStatus] = {
             v: status for v, status in entry.versions.items()
-            if status.state == FAILED and v in on_disk and status.fingerprint == fingerprint(on_disk[v])
+            if status.state == FAILED and v in on_disk and status.fingerprint == marks.get(v)
         }
         loaded: dict[int, ModelHandle] = {}
+        fresh: dict[int, VersionStatus] = {}  # the serving statuses this round sets (fingerprint, reason)
         try:
-            aspired = self._load_wanted(name, source, entry, failed, loaded, report, strict=strict)
+            self._reload_changed(name, source, entry, loaded, fresh, report)
+            aspired = self._load_wanted(name, source, entry, failed, loaded, fresh, report, strict=strict)
         except BaseException:
             for handle in loaded.values():  # start-up stops: close what this model had loaded
                 handle.close()
             raise
-        self._switch(name, source, aspired, on_disk, failed, loaded, report)
+        self._switch(name, source, aspired, on_disk, failed, loaded, fresh, report)
+
+    def _reload_changed(
+        self, name: str, source: ModelSource | None, entry: ModelEntry, loaded: dict[int, ModelHandle],
+        fresh: dict[int, VersionStatus], report: ReloadReport,
+    ) -> None:
+        """Served versions whose files changed on disk: load the new content as a new load
+        (switched in by ``_switch``, the old one drains); if it fails, the old one keeps
+        serving with the failure as its reason, and is tried again once its files change again."""
+        if source is None:
+            return
+        for v, status in entry.versions.items():
+            marks = source.marks.get(v)
+            if status.state != AVAILABLE or status.handle is None or marks is None or status.fingerprint == marks:
+                continue
+            if v not in source.aspired():
+                continue  # switched away from anyway
+            log.warning("model %s version %d: its files changed on disk; loading them again", name, v)
+            try:
+                handle = self._load(source, v)
+            except (ModelLoadError, OSError) as exc:
+                reason = f"files changed on disk and the new content was refused ({exc}); still serving what was loaded"
+                log.error("model %s version %d: %s", name, v, reason)
+                fresh[v] = VersionStatus(v, AVAILABLE, reason=reason, handle=status.handle, fingerprint=marks)
+                report.changed.append({"model": name, "version": v, "action": "kept", "reason": str(exc)})
+                continue
+            loaded[v] = handle
+            fresh[v] = VersionStatus(v, AVAILABLE, handle=handle, fingerprint=marks)
+            report.changed.append({"model": name, "version": v, "action": "reloaded"})
+            report.loaded.append({"model": name, "version": v})
+
+    def _load(self, source: ModelSource, version: int) -> ModelHandle:
+        servable = load_servable(source.spec(version), self._options, _placement(source),
+                                 read_timeout_s=self._settings.file_read_timeout_s)
+        return self._make_handle(servable)
 
     def _load_wanted(
         self, name: str, source: ModelSource | None, entry: ModelEntry, failed: dict[int, VersionStatus],
-        loaded: dict[int, ModelHandle], report: ReloadReport, *, strict: bool,
+        loaded: dict[int, ModelHandle], fresh: dict[int, VersionStatus], report: ReloadReport, *, strict: bool,
     ) -> list[int]:
         """Load the versions the policy wants that are not loaded; return what it wants."""
         on_disk = source.versions if source is not None else {}
@@ -242,11 +339,11 @@ class Reconciler:
                 break
             for version in todo:
                 assert source is not None
-                marks = fingerprint(on_disk[version])
+                marks = source.marks.get(version, ())
                 self._publish(name, functools.partial(_with_version, status=VersionStatus(version, LOADING)))
                 try:
-                    handle = self._make_handle(load_servable(source.spec(version), self._options, _placement(source)))
-                except ModelLoadError as exc:
+                    handle = self._load(source, version)
+                except (ModelLoadError, OSError) as exc:  # OSError: its folder went away mid-load
                     if strict:
                         raise
                     log.error("refused model %s version %d: %s", name, version, exc)
@@ -258,14 +355,17 @@ class Reconciler:
                     self._publish(name, functools.partial(_without_version, version=version))
                     raise
                 loaded[version] = handle
+                fresh[version] = VersionStatus(version, AVAILABLE, handle=handle, fingerprint=marks)
                 report.loaded.append({"model": name, "version": version})
         return aspired
 
     def _switch(
         self, name: str, source: ModelSource | None, aspired: list[int], on_disk: dict[int, Any],
-        failed: dict[int, VersionStatus], loaded: dict[int, ModelHandle], report: ReloadReport,
+        failed: dict[int, VersionStatus], loaded: dict[int, ModelHandle], fresh: dict[int, VersionStatus],
+        report: ReloadReport,
     ) -> None:
-        """Publish the model's new snapshot, then retire what it no longer serves."""
+        """Publish the model's new snapshot, then retire what it no longer serves (and the old
+        handles of versions loaded again because their files changed: they drain unlisted)."""
         policy = source.policy if source is not None else None
         current = self._models.get(name, ModelEntry(name=name)).available()
         serving = {v: h for v, h in current.items() if v in aspired and v in on_disk}
@@ -276,7 +376,7 @@ class Reconciler:
             fallback = [v for v in current if v in on_disk]
             if fallback:
                 serving = {fallback[-1]: current[fallback[-1]]}
-        retired = [h for v, h in current.items() if v not in serving]
+        retired = [h for v, h in current.items() if serving.get(v) is not h]
         wanted = set(policy.select(list(on_disk))) if policy is not None else set()
         labels = dict(policy.labels) if policy is not None else {}
 
@@ -284,19 +384,15 @@ class Reconciler:
             # versions still draining from an earlier reload stay listed until they are closed
             versions = {v: status for v, status in now.versions.items() if status.state == UNLOADING}
             versions.update({v: status for v, status in failed.items() if v in wanted})
-            versions.update({v: VersionStatus(v, AVAILABLE, handle=h) for v, h in serving.items()})
-            versions.update({h.version: VersionStatus(h.version, UNLOADING, handle=h) for h in retired})
+            versions.update({v: _serving_status(now, fresh, v, h) for v, h in serving.items()})
+            versions.update({h.version: VersionStatus(h.version, UNLOADING, handle=h)
+                             for h in retired if h.version not in serving})
             return ModelEntry(name=name, versions=dict(sorted(versions.items())), labels=labels)
 
         if not self._publish(name, switch):  # closed while loading: nobody will serve these
             for handle in loaded.values():
                 handle.close()
             return
-        if policy is not None and policy.policy == "specific":
-            missing = [v for v in policy.versions if v not in on_disk]
-            if missing:
-                self._warn(name, f"versions.json asks for version(s) {', '.join(map(str, missing))}, "
-                                 f"not on disk (versions: {', '.join(map(str, on_disk)) or 'none'})")
         for label, version in labels.items():
             if version not in serving:
                 self._warn(name, f"label '{label}' points at version {version}, which is not served "
@@ -304,7 +400,8 @@ class Reconciler:
         # unload what was switched away from, once its last request is answered
         for handle in retired:
             handle.retire()
-            report.unloaded.append({"model": name, "version": handle.version})
+            if handle.version not in serving:  # else: replaced by its own new content
+                report.unloaded.append({"model": name, "version": handle.version})
             self._unload_when_idle(handle)
 
     def _unload_when_idle(self, handle: ModelHandle) -> None:
@@ -340,6 +437,14 @@ class Reconciler:
 
 def _placement(source: ModelSource) -> Placement:
     return Placement(device=source.policy.device, gpu_memory_mb=source.policy.gpu_memory_mb)
+
+
+def _serving_status(now: ModelEntry, fresh: dict[int, VersionStatus], version: int, handle: ModelHandle) -> VersionStatus:
+    """A serving version's status: set this round, else kept as it was (fingerprint, reason)."""
+    for status in (fresh.get(version), now.versions.get(version)):
+        if status is not None and status.handle is handle and status.state == AVAILABLE:
+            return status
+    return VersionStatus(version, AVAILABLE, handle=handle)
 
 
 def _with_version(entry: ModelEntry, status: VersionStatus) -> ModelEntry:

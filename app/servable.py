@@ -45,7 +45,7 @@ from PIL import Image
 from tensorflow.core.protobuf import config_pb2
 
 from . import manifest as manifest_lib
-from . import memory, recipes
+from . import memory, model_files, recipes
 from . import optimize as optimize_lib
 from .batching import Batcher, BatcherClosed
 from .exif import jpeg_orientation
@@ -401,12 +401,15 @@ def _session_callable(
 
 
 def load_servable(
-    spec: ServableSpec, options: SessionOptions | None = None, placement: Placement | None = None
+    spec: ServableSpec, options: SessionOptions | None = None, placement: Placement | None = None,
+    *, read_timeout_s: float = model_files.DEFAULT_TIMEOUT_S,
 ) -> Servable:
     """Load, finalize and warm up one model version; raise ``ModelLoadError`` naming the cause.
 
     ``placement.device`` puts the model's ops on that device (decoding stays on the CPU, the
     only place it has kernels); a GPU the machine lacks falls back to ``/CPU:0`` with a warning.
+    Its files are read only if regular, each within ``read_timeout_s`` (``app.model_files``):
+    a FIFO, a device, a vanished file or a hung mount is a ``ModelLoadError`` too.
     """
     options = options or SessionOptions()
     placement = placement or Placement()
@@ -418,11 +421,11 @@ def load_servable(
     memory.release_free_memory()
     rss_before, gpu_before = memory.rss_bytes(), memory.gpu_bytes_in_use()
     try:
-        manifest = manifest_lib.load(spec.manifest_path)
+        manifest = manifest_lib.load(spec.manifest_path, read_timeout_s=read_timeout_s)
     except manifest_lib.ManifestError as exc:
         raise ModelLoadError(spec.name, spec.manifest_path, str(exc).split(": ", 1)[-1]) from None
-    graph_def = _read_graph_def(spec)
-    labels = _read_labels(spec)
+    graph_bytes, graph_def = _read_graph_def(spec, read_timeout_s)
+    labels = _read_labels(spec, read_timeout_s)
     input_node = _find_node(spec, graph_def, manifest.input.tensor, "input.tensor")
     _find_node(spec, graph_def, manifest.output.tensor, "output.tensor")
     input_dtype = tf.dtypes.as_dtype(input_node.attr["dtype"].type) if "dtype" in input_node.attr else tf.float32
@@ -453,7 +456,7 @@ def load_servable(
     graph.finalize()
 
     stats = LoadStats(
-        graph_bytes=spec.graph_path.stat().st_size,
+        graph_bytes=graph_bytes,
         constant_bytes=sum(n.attr["value"].ByteSize() for n in graph_def.node if n.op == "Const"),
         rss_before=rss_before,
         gpu_bytes_before=gpu_before,
@@ -514,9 +517,10 @@ def _warm_up(servable: Servable) -> None:
         )
 
 
-def _read_graph_def(spec: ServableSpec) -> tf.compat.v1.GraphDef:
+def _read_graph_def(spec: ServableSpec, timeout_s: float) -> tuple[int, tf.compat.v1.GraphDef]:
+    """The graph's size in bytes and its GraphDef (read once: the size is of what was parsed)."""
     try:
-        data = spec.graph_path.read_bytes()
+        data = model_files.read_regular(spec.graph_path, timeout_s=timeout_s)
     except OSError as exc:
         raise ModelLoadError(spec.name, spec.graph_path, f"cannot read graph: {exc.strerror or exc}") from None
     graph_def = tf.compat.v1.GraphDef()
@@ -532,12 +536,12 @@ def _read_graph_def(spec: ServableSpec) -> tf.compat.v1.GraphDef:
             spec.name, spec.graph_path,
             f"graph still has variables ({', '.join(unfrozen)}); freeze it with scripts/freeze.py",
         )
-    return graph_def
+    return len(data), graph_def
 
 
-def _read_labels(spec: ServableSpec) -> list[str] | None:
+def _read_labels(spec: ServableSpec, timeout_s: float) -> list[str] | None:
     try:
-        text = spec.labels_path.read_text(encoding="utf-8")
+        text = model_files.read_text(spec.labels_path, timeout_s=timeout_s)
     except FileNotFoundError:
         return None
     except (OSError, UnicodeDecodeError) as exc:

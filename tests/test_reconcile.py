@@ -31,6 +31,7 @@ import pytest
 
 import app.reconcile as reconcile_module
 from app import manifest as manifest_lib
+from app import model_files
 from app.config import Settings
 from app.discovery import PolicyError
 from app.reconcile import Reconciler, ReloadReport
@@ -81,7 +82,7 @@ class FakeLoader:
         self.gate.set()
 
     def __call__(self, spec: ServableSpec, options: SessionOptions | None = None,
-                 placement: Placement | None = None) -> FakeServable:
+                 placement: Placement | None = None, *, read_timeout_s: float = 10.0) -> FakeServable:
         self.loads.append((spec.name, spec.version))
         self.entered.set()
         assert self.gate.wait(WAIT), "test never opened the loader's gate"
@@ -89,7 +90,7 @@ class FakeLoader:
             manifest = manifest_lib.load(spec.manifest_path)
         except manifest_lib.ManifestError as exc:
             raise ModelLoadError(spec.name, spec.manifest_path, str(exc)) from None
-        if spec.graph_path.read_bytes().startswith(b"broken"):
+        if model_files.read_regular(spec.graph_path, timeout_s=read_timeout_s).startswith(b"broken"):
             raise ModelLoadError(spec.name, spec.graph_path, "cannot parse GraphDef")
         servable = FakeServable(spec, manifest=manifest, placement=placement, options=options)
         self.made.setdefault((spec.name, spec.version), []).append(servable)
@@ -264,7 +265,7 @@ def test_reload_picks_up_a_new_version_and_drops_a_removed_one(
     assert registry.get("a").servable is loader.last("a", 2)
     assert eventually(gone(registry, "a", 3)) and loader.last("a", 3).closed.is_set()
     json_report = report.to_json()
-    assert set(json_report) == {"loaded", "unloaded", "refused", "seconds"}
+    assert set(json_report) == {"loaded", "unloaded", "refused", "changed", "seconds"}
     assert json_report["loaded"] == [{"model": "a", "version": 2}] and json_report["seconds"] >= 0
 
 

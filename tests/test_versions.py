@@ -120,12 +120,11 @@ def test_hidden_temporary_and_incomplete_folders_are_ignored(tmp_path, digit_wei
     assert [(s.name, list(s.versions)) for s in sources] == [("d", [1])] and errors == []
 
 
-def test_specific_versions_missing_on_disk_are_warned_about(versioned, make_app, digits, caplog):
+def test_specific_versions_missing_on_disk_stop_start_up_like_a_bad_label(versioned, make_app):
+    """A policy naming a version that is not on disk is refused (as a label is), never half-applied."""
     policy(versioned, "d", {"policy": "specific", "versions": [1, 7]})
-    with caplog.at_level(logging.WARNING, logger="app.registry"):
-        client = make_app(versioned).test_client()
-    assert any("version(s) 7, not on disk (versions: 1, 2)" in r.getMessage() for r in caplog.records)
-    assert post(client, digits, "?model=d").get_json()["models"]["d"]["version"] == 1
+    with pytest.raises(PolicyError, match=r"d/versions\.json.*7"):
+        make_app(versioned)
 
 
 def test_a_bad_policy_stops_start_up_with_file_and_field(versioned, make_app):
