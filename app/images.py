@@ -149,6 +149,13 @@ class Upload:
         return buffer.getvalue()
 
 
+def check_image_count(count: int, limit: int) -> None:
+    """``max_images_per_request``: the core checks it here, and each door calls this too with a
+    count read from its wire format, before it builds ``count`` objects."""
+    if count > limit:
+        raise TooManyImages(f"{count} images in one request; the limit is {limit}")
+
+
 def check_images(
     raw: Sequence[tuple[str, bytes]], settings: Settings, *, jpeg_min_size: tuple[int, int] | None = None
 ) -> list[Upload]:
@@ -158,8 +165,7 @@ def check_images(
     ``jpeg_min_size`` (height, width), when every model the request goes to allows a scaled
     decode: JPEGs are decoded here, once, at the smallest scale that still covers it.
     """
-    if len(raw) > settings.max_images_per_request:
-        raise TooManyImages(f"{len(raw)} images in one request; the limit is {settings.max_images_per_request}")
+    check_image_count(len(raw), settings.max_images_per_request)
     headers = [_read_header(clip(name), data, settings) for name, data in raw]
     total = sum(upload.pixels for upload in headers)
     if total > settings.max_request_pixels:

@@ -30,7 +30,7 @@ from typing import Any
 
 import numpy as np
 
-from ..images import TooManyImages
+from ..images import check_image_count
 from ..inference import ModelResult
 from ..kinds import Kind, describe
 from ..registry import ModelNotFound, VersionNotFound
@@ -204,7 +204,7 @@ def model_metadata(services: Services, name: str, version: str | None) -> dict[s
 
 def check_input(name: object, datatype: object, shape: object, limit: int) -> int:
     """The number of images an input tensor carries; V2Error unless it is ``image`` BYTES [n],
-    TooManyImages past ``limit`` (``max_images_per_request``): before any element is read."""
+    ``TooManyImages`` past ``limit`` (``max_images_per_request``): before any element is read."""
     if name != INPUT:
         raise V2Error(f"unexpected inference input '{shown(name)}'; the model takes one input '{INPUT}' "
                       "(BYTES, shape [-1]: one encoded image per element)")
@@ -218,8 +218,7 @@ def check_input(name: object, datatype: object, shape: object, limit: int) -> in
         raise V2Error(f"input '{INPUT}' has shape {shape}; give [n] (or [n, 1])")
     if shape[0] < 1:
         raise V2Error(f"input '{INPUT}' holds no image")
-    if shape[0] > limit:
-        raise TooManyImages(f"{shape[0]} images in one request; the limit is {limit}")
+    check_image_count(shape[0], limit)
     return int(shape[0])
 
 

@@ -42,7 +42,7 @@ from tensorflow_serving.apis import (
 
 from .. import observe, tfserving
 from ..grpc_server import add_servicer
-from ..images import TooManyImages
+from ..images import check_image_count
 from ..inference import InferenceCore, Selected
 from ..services import Services
 from ..text import clip
@@ -173,13 +173,8 @@ def _images(inputs: Any, max_images: int) -> list[tuple[str, bytes]]:
         shown = ", ".join(str(d.size) for d in dims[:4]) + (", ..." if len(dims) > 4 else "")
         raise tfserving.invalid(f"input '{tfserving.INPUT}' must have shape [n] (one encoded image per element), "
                                 f"got shape [{shown}] with {values} value(s)")
-    _check_count(values, max_images)
+    check_image_count(values, max_images)
     return [(f"{tfserving.INPUT}[{i}]", value) for i, value in enumerate(tensor.string_val)]
-
-
-def _check_count(count: int, max_images: int) -> None:
-    if count > max_images:  # the core's own refusal, before a list of ``count`` objects exists
-        raise TooManyImages(f"{count} images in one request; the limit is {max_images}")
 
 
 def _examples(request_input: Any, max_images: int) -> list[tuple[str, bytes]]:
@@ -187,7 +182,7 @@ def _examples(request_input: Any, max_images: int) -> list[tuple[str, bytes]]:
     if kind is None:
         raise tfserving.invalid("input has no example_list")
     listed = getattr(request_input, kind)
-    _check_count(len(listed.examples), max_images)
+    check_image_count(len(listed.examples), max_images)
     context = listed.context.features.feature if kind == "example_list_with_context" else {}
     raw = []
     for i, example in enumerate(listed.examples):

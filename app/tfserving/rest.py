@@ -24,7 +24,7 @@ from flask import Blueprint, jsonify, request
 from flask.typing import ResponseReturnValue
 
 from .. import observe, tfserving, wire
-from ..images import TooManyImages
+from ..images import check_image_count
 from ..inference import InferenceCore
 from ..services import current
 from ..text import clip, shown
@@ -124,6 +124,11 @@ def _json_body() -> dict[str, Any]:
     return body
 
 
+def _max_images() -> int:
+    """Image counts are checked before a single base64 string is decoded."""
+    return current().settings.max_images_per_request
+
+
 def _output_filter(body: dict[str, Any]) -> list[str]:
     """``output_filter`` (a graphserve extension on REST, as on gRPC): a list of output names."""
     names = body.get("output_filter", [])
@@ -171,7 +176,7 @@ def _predict_inputs(body: dict[str, Any]) -> tuple[list[tuple[str, bytes]], bool
         instances = body["instances"]
         if not isinstance(instances, list):
             raise tfserving.invalid("\"instances\" must be a list")
-        _check_count(len(instances))
+        check_image_count(len(instances), _max_images())
         raw = []
         for i, instance in enumerate(instances):
             where = f"instances[{i}]"
@@ -187,7 +192,7 @@ def _predict_inputs(body: dict[str, Any]) -> tuple[list[tuple[str, bytes]], bool
         where += f".{tfserving.INPUT}"
     if not isinstance(inputs, list):
         raise tfserving.invalid(f"{where} must be a list of images (the input's shape is [-1])")
-    _check_count(len(inputs))
+    check_image_count(len(inputs), _max_images())
     return [_b64(value, f"{where}[{i}]") for i, value in enumerate(inputs)], True
 
 
@@ -198,7 +203,7 @@ def _examples(body: dict[str, Any]) -> list[tuple[str, bytes]]:
     context = body.get("context") or {}
     if not isinstance(context, dict):
         raise tfserving.invalid("\"context\" must be an object")
-    _check_count(len(examples))
+    check_image_count(len(examples), _max_images())
     raw = []
     for i, example in enumerate(examples):
         if not isinstance(example, dict):
@@ -215,13 +220,6 @@ def _examples(body: dict[str, Any]) -> list[tuple[str, bytes]]:
             value = value[0]
         raw.append(_b64(value, f"examples[{i}].{key}"))
     return raw
-
-
-def _check_count(count: int) -> None:
-    """The core's images limit, before a single base64 string is decoded."""
-    limit = current().settings.max_images_per_request
-    if count > limit:
-        raise TooManyImages(f"{count} images in one request; the limit is {limit}")
 
 
 # -- writing the answer ---------------------------------------------------------------------
