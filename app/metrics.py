@@ -186,14 +186,11 @@ class Metrics:
         for handle in self._handles():  # sorted by (model, version)
             per_version.setdefault(handle.name, {})[str(handle.version)] = self._version_stats(handle, requests_samples, gpu)
         models = {}
-        default_versions = {} if self.models is None else {
-            entry.name: entry.default() for entry in self.models.entries()
-        }
         entries = {} if self.models is None else {entry.name: entry for entry in self.models.entries()}
         for name, versions in per_version.items():
-            default = default_versions.get(name)
-            shown = str(default.version) if default is not None else max(versions, key=int)
             entry = entries.get(name)
+            default = entry.default() if entry is not None else None
+            shown = str(default.version) if default is not None else max(versions, key=int)
             if entry is not None:  # what the last reload refused or found changed on disk, as /models says
                 for version, status in entry.versions.items():
                     if status.reason and str(version) in versions:

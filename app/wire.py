@@ -23,7 +23,7 @@ from .text import clip
 
 __all__ = [
     "BadBase64", "BadEncoding", "BadJson", "BadVersion", "BodyTooLarge", "JsonTooLarge", "UnsupportedEncoding",
-    "Body", "ascii_count", "deadline", "decode_base64", "inflate", "load_json", "one_of", "version_number", "version_or_label",
+    "Body", "ascii_count", "deadline", "decode_base64", "load_json", "one_of", "version_number", "version_or_label",
 ]
 
 MAX_VERSION_DIGITS = 18  # a version is an int64 in TF Serving's protos; 18 digits always fit
@@ -146,7 +146,7 @@ class Body:
             chunk = bytes(self._data[self._offset:self._offset + size])
             self._offset += len(chunk)
             return chunk
-        while len(self._pending) < size and not self._finished():
+        while len(self._pending) < size and not self._inflater.eof:
             self._inflate(size - len(self._pending))
         chunk = bytes(self._pending[:size])
         del self._pending[:size]
@@ -158,7 +158,7 @@ class Body:
             chunk = self._data[self._offset:].tobytes()
             self._offset = len(self._data)
             return chunk
-        while not self._finished():
+        while not self._inflater.eof:
             self._inflate(self._STEP)
         pending, self._pending = self._pending, bytearray()
         return pending
@@ -166,12 +166,9 @@ class Body:
     def at_end(self) -> bool:
         if self._inflater is None:
             return self._offset >= len(self._data)
-        while not self._pending and not self._finished():
+        while not self._pending and not self._inflater.eof:
             self._inflate(self._STEP)
         return not self._pending
-
-    def _finished(self) -> bool:
-        return self._inflater.eof
 
     def _inflate(self, wanted: int) -> None:
         name = self._encoding
@@ -190,11 +187,6 @@ class Body:
             kind = "gzip member" if name in ("gzip", "x-gzip") else "deflate stream"
             raise BadEncoding(f"{len(self._inflater.unused_data)} bytes follow the {name} data; send one "
                               f"{kind}, nothing after it")
-
-
-def inflate(body: bytes, encoding: str, limit: int) -> bytes | bytearray:
-    """The whole body, inflated by its ``Content-Encoding`` (see ``Body``)."""
-    return Body(body, encoding, limit).rest()
 
 
 def deadline(timeout_s: float, *, started: float | None = None, remaining: float | None = None) -> float:

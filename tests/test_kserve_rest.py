@@ -206,7 +206,7 @@ def test_inflated_body_limit():
     from app import wire
 
     with pytest.raises(wire.BodyTooLarge, match="inflates to more than 10 bytes"):
-        wire.inflate(gzip.compress(b"x" * 1000), "gzip", 10)
+        wire.Body(gzip.compress(b"x" * 1000), "gzip", 10).rest()
 
 
 def test_classification_strings_without_labels():
