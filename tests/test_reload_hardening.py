@@ -12,7 +12,7 @@ Each test reproduces one way the folder changed under a reload before this was h
 4. a served version's files changed in place (unloaded, or ignored and reported nowhere): now
    loaded again as a new load; if that fails the old one keeps serving, with the reason shown.
 
-The reconciler tests use ``tests.test_reconcile``'s fake loader (no TensorFlow); the server
+The reconciler tests use ``tests.test_reconcile``'s loader loader (no TensorFlow); the server
 tests run the real digit graphs behind a real waitress server on 127.0.0.1.
 """
 
@@ -22,7 +22,7 @@ import os
 import shutil
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -33,12 +33,12 @@ import requests
 import app.discovery as discovery_module
 import app.reconcile as reconcile_module
 from app import create_app, model_files
-from app.config import Settings
 from app.discovery import PolicyError, scan
 from app.reconcile import Reconciler
-from app.registry import AVAILABLE, ModelRegistry
+from app.registry import AVAILABLE
 from app.servable import ModelLoadError, ServableSpec, load_servable
 from app.services import services_of
+from tests import test_reconcile
 from tests.digits import png_bytes
 from tests.server import running
 from tests.test_reconcile import FakeLoader, available, changes, write_policy, write_version
@@ -47,37 +47,8 @@ from tests.test_versions import policy, publish
 
 AUTH = {"Authorization": "Bearer t"}
 
-
-@pytest.fixture
-def root(tmp_path: Path) -> Path:
-    graphs = tmp_path / "graphs"
-    graphs.mkdir()
-    return graphs
-
-
-@pytest.fixture
-def fake(monkeypatch: pytest.MonkeyPatch) -> FakeLoader:
-    loader = FakeLoader()
-    monkeypatch.setattr(reconcile_module, "load_servable", loader)
-    monkeypatch.setattr(reconcile_module, "configure_gpus", lambda: [])
-    return loader
-
-
-@pytest.fixture
-def make(root: Path, fake: FakeLoader) -> Iterator[Callable[..., Reconciler]]:
-    made: list[Reconciler] = []
-
-    def factory(**overrides: Any) -> Reconciler:
-        settings = Settings(graphs_dir=str(root), batching=False, poll_interval_s=0, loader_nice=0,
-                            request_timeout_s=1.0).replace(overrides)
-        reconciler = Reconciler(ModelRegistry(settings), settings)
-        made.append(reconciler)
-        return reconciler
-
-    yield factory
-    fake.gate.set()
-    for reconciler in made:
-        reconciler.registry.close(timeout=WAIT)
+# The reconciler tests' fixtures (a graphs folder, the fake loader, reconcilers over both), shared.
+graphs, loader, make = test_reconcile.graphs, test_reconcile.loader, test_reconcile.make
 
 
 def within(seconds: float, work: Callable[[], Any]) -> Any:
@@ -86,17 +57,23 @@ def within(seconds: float, work: Callable[[], Any]) -> Any:
         return pool.submit(work).result(seconds)
 
 
+def serving_a_and_b(graphs: Path, make: Callable[..., Reconciler], *publish: str) -> Reconciler:
+    """Models a and b served at version 1; version 2 of each model in ``publish`` written, not loaded."""
+    for model in ("a", "b"):
+        write_version(graphs, model, 1)
+    reconciler = make()
+    reconciler.load_all()
+    for model in publish:
+        write_version(graphs, model, 2)
+    return reconciler
+
+
 # -- 1. a folder vanishing mid-scan or mid-load ------------------------------------------------
 
 
 def test_a_model_folder_vanishing_mid_scan_skips_that_model_and_applies_the_others(
-        root: Path, make: Callable[..., Reconciler], monkeypatch: pytest.MonkeyPatch) -> None:
-    for model in ("a", "b"):
-        write_version(root, model, 1)
-    reconciler = make()
-    reconciler.load_all()
-    write_version(root, "a", 2)
-    write_version(root, "b", 2)
+        graphs: Path, make: Callable[..., Reconciler], monkeypatch: pytest.MonkeyPatch) -> None:
+    reconciler = serving_a_and_b(graphs, make, "a", "b")
     original = discovery_module._read_model
 
     def vanishing(model_dir: Path, read_timeout_s: float) -> Any:
@@ -117,18 +94,13 @@ def test_a_model_folder_vanishing_mid_scan_skips_that_model_and_applies_the_othe
 
 
 def test_a_load_failing_with_an_os_error_refuses_that_version_only(
-        root: Path, make: Callable[..., Reconciler], fake: FakeLoader, monkeypatch: pytest.MonkeyPatch) -> None:
-    for model in ("a", "b"):
-        write_version(root, model, 1)
-    reconciler = make()
-    reconciler.load_all()
-    write_version(root, "a", 2)
-    write_version(root, "b", 2)
+        graphs: Path, make: Callable[..., Reconciler], loader: FakeLoader, monkeypatch: pytest.MonkeyPatch) -> None:
+    reconciler = serving_a_and_b(graphs, make, "a", "b")
 
     def vanished(spec: ServableSpec, *args: Any, **kwargs: Any) -> Any:
         if spec.name == "a":
             raise FileNotFoundError(2, "No such file or directory", str(spec.graph_path))
-        return fake(spec, *args, **kwargs)
+        return loader(spec, *args, **kwargs)
 
     monkeypatch.setattr(reconcile_module, "load_servable", vanished)
     report = reconciler.reload()
@@ -137,12 +109,8 @@ def test_a_load_failing_with_an_os_error_refuses_that_version_only(
 
 
 def test_one_models_unexpected_error_does_not_stop_the_others(
-        root: Path, make: Callable[..., Reconciler], monkeypatch: pytest.MonkeyPatch) -> None:
-    for model in ("a", "b"):
-        write_version(root, model, 1)
-    reconciler = make()
-    reconciler.load_all()
-    write_version(root, "b", 2)
+        graphs: Path, make: Callable[..., Reconciler], monkeypatch: pytest.MonkeyPatch) -> None:
+    reconciler = serving_a_and_b(graphs, make, "b")
     original = reconciler._reconcile_model
 
     def surprise(name: str, *args: Any, **kwargs: Any) -> None:
@@ -184,11 +152,11 @@ def test_files_vanishing_after_they_were_read_do_not_fail_a_real_load(
 
 @pytest.mark.parametrize("versions", [[7], [1, 7]])
 def test_a_specific_policy_naming_a_missing_version_is_refused_and_serving_stays(
-        root: Path, make: Callable[..., Reconciler], versions: list[int]) -> None:
-    write_version(root, "a", 1)
+        graphs: Path, make: Callable[..., Reconciler], versions: list[int]) -> None:
+    write_version(graphs, "a", 1)
     reconciler = make()
     reconciler.load_all()
-    write_policy(root, "a", {"policy": "specific", "versions": versions})
+    write_policy(graphs, "a", {"policy": "specific", "versions": versions})
     report = reconciler.reload()
     assert changes(report) == ([], [], [("a", None)])
     assert "field 'versions': version 7 is not on disk (versions: 1)" in report.refused[0]["reason"]
@@ -196,11 +164,11 @@ def test_a_specific_policy_naming_a_missing_version_is_refused_and_serving_stays
     assert "version 7 is not on disk" in (reconciler.registry.snapshot["a"].error or "")
 
 
-def test_a_specific_policy_naming_a_missing_version_stops_a_strict_start(root: Path) -> None:
-    write_version(root, "a", 1)
-    write_policy(root, "a", {"policy": "specific", "versions": [1, 7]})
+def test_a_specific_policy_naming_a_missing_version_stops_a_strict_start(graphs: Path) -> None:
+    write_version(graphs, "a", 1)
+    write_policy(graphs, "a", {"policy": "specific", "versions": [1, 7]})
     with pytest.raises(PolicyError, match=r"field 'versions': version 7 is not on disk"):
-        scan(root)
+        scan(graphs)
 
 
 # -- 3. FIFOs, devices and hung mounts ----------------------------------------------------------
@@ -235,12 +203,12 @@ def test_a_hung_read_times_out(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) 
 
 @pytest.mark.parametrize("name", ["model.pb", "model.json", "versions.json"])
 def test_a_fifo_in_a_new_version_refuses_it_without_blocking(
-        root: Path, make: Callable[..., Reconciler], name: str) -> None:
-    write_version(root, "a", 1)
+        graphs: Path, make: Callable[..., Reconciler], name: str) -> None:
+    write_version(graphs, "a", 1)
     reconciler = make()
     reconciler.load_all()
-    folder = write_version(root, "a", 2)
-    target = root / "a" / name if name == "versions.json" else folder / name
+    folder = write_version(graphs, "a", 2)
+    target = graphs / "a" / name if name == "versions.json" else folder / name
     target.unlink(missing_ok=True)
     os.mkfifo(target)
     report = within(10, reconciler.reload)
@@ -250,8 +218,8 @@ def test_a_fifo_in_a_new_version_refuses_it_without_blocking(
 
 
 def test_a_hung_scan_ends_the_round_within_the_bound(
-        root: Path, make: Callable[..., Reconciler], monkeypatch: pytest.MonkeyPatch) -> None:
-    write_version(root, "a", 1)
+        graphs: Path, make: Callable[..., Reconciler], monkeypatch: pytest.MonkeyPatch) -> None:
+    write_version(graphs, "a", 1)
     reconciler = make(file_read_timeout_s=0.3)
     reconciler.load_all()
     release = threading.Event()
@@ -265,23 +233,23 @@ def test_a_hung_scan_ends_the_round_within_the_bound(
         release.set()
 
 
-def test_concurrent_reloads_share_a_pending_round(root: Path, make: Callable[..., Reconciler],
-                                                  fake: FakeLoader) -> None:
-    write_version(root, "a", 1)
+def test_concurrent_reloads_share_a_pending_round(graphs: Path, make: Callable[..., Reconciler],
+                                                  loader: FakeLoader) -> None:
+    write_version(graphs, "a", 1)
     reconciler = make()
     reconciler.load_all()
-    write_version(root, "a", 2)
-    fake.gate.clear()
+    write_version(graphs, "a", 2)
+    loader.gate.clear()
     with ThreadPoolExecutor(20) as pool:
         first = pool.submit(reconciler.reload)
-        assert fake.entered.wait(WAIT)  # round 1 is loading a/2
+        assert loader.entered.wait(WAIT)  # round 1 is loading a/2
         rest = [pool.submit(reconciler.reload) for _ in range(19)]
         time.sleep(0.5)
-        fake.gate.set()
+        loader.gate.set()
         reports = [first.result(WAIT)] + [f.result(WAIT) for f in rest]
     assert reports[0].loaded == [{"model": "a", "version": 2}]
     assert len({id(r) for r in reports[1:]}) == 1  # the 19 late callers shared one round
-    assert fake.loads == [("a", 1), ("a", 2)]
+    assert loader.loads == [("a", 1), ("a", 2)]
 
 
 # -- 4. a served version's files changing in place ----------------------------------------------
@@ -303,8 +271,8 @@ def manifest_to_folder(folder: Path) -> None:
 
 @pytest.mark.parametrize("damage", [change_graph, graph_to_folder, manifest_to_folder])
 def test_a_served_version_whose_files_break_keeps_serving_and_says_why(
-        root: Path, make: Callable[..., Reconciler], fake: FakeLoader, damage: Callable[[Path], None]) -> None:
-    folder = write_version(root, "a", 1)
+        graphs: Path, make: Callable[..., Reconciler], loader: FakeLoader, damage: Callable[[Path], None]) -> None:
+    folder = write_version(graphs, "a", 1)
     reconciler = make()
     reconciler.load_all()
     serving = reconciler.registry.get("a")
@@ -319,8 +287,8 @@ def test_a_served_version_whose_files_break_keeps_serving_and_says_why(
 
 
 def test_a_served_version_whose_files_change_is_loaded_again_and_the_old_drains(
-        root: Path, make: Callable[..., Reconciler], fake: FakeLoader) -> None:
-    folder = write_version(root, "a", 1)
+        graphs: Path, make: Callable[..., Reconciler], loader: FakeLoader) -> None:
+    folder = write_version(graphs, "a", 1)
     reconciler = make()
     reconciler.load_all()
     old = reconciler.registry.get("a")
@@ -330,7 +298,7 @@ def test_a_served_version_whose_files_change_is_loaded_again_and_the_old_drains(
     report = reconciler.reload()
     assert [(c["model"], c["version"], c["action"]) for c in report.changed] == [("a", 1, "reloaded")]
     new = reconciler.registry.get("a")
-    assert new is not old and new.servable is fake.last("a", 1)
+    assert new is not old and new.servable is loader.last("a", 1)
     assert reconciler.registry.snapshot["a"].versions[1].reason is None
     assert old.wait_closed(WAIT)  # drained, then closed
     assert reconciler.reload().changed == []
@@ -349,21 +317,21 @@ def hammer(url: str, digits: Any, stop: threading.Event, statuses: list[int]) ->
 
 def test_concurrent_admin_reloads_while_a_version_folder_comes_and_goes_never_500(
         tmp_path: Path, digit_weights: Any, digits: Any) -> None:
-    root = tmp_path / "graphs"
-    publish(root, "d", 1, digit_weights)
-    publish(root, "e", 1, digit_weights)
-    policy(root, "d", {"policy": "all"})
-    app = create_app({"GRAPHS_DIR": str(root), "ADMIN_TOKEN": "t", "POLL_INTERVAL_S": 0})
+    graphs = tmp_path / "graphs"
+    publish(graphs, "d", 1, digit_weights)
+    publish(graphs, "e", 1, digit_weights)
+    policy(graphs, "d", {"policy": "all"})
+    app = create_app({"GRAPHS_DIR": str(graphs), "ADMIN_TOKEN": "t", "POLL_INTERVAL_S": 0})
     stop = threading.Event()
-    (root / "d" / "1").rename(root / "d" / ".spare")
-    shutil.copytree(root / "d" / ".spare", root / "d" / "1")
+    (graphs / "d" / "1").rename(graphs / "d" / ".spare")
+    shutil.copytree(graphs / "d" / ".spare", graphs / "d" / "1")
 
     def churn() -> None:  # a version folder appearing and vanishing under every scan
         while not stop.is_set():
-            shutil.copytree(root / "d" / ".spare", root / "d" / ".2.in")
-            (root / "d" / ".2.in").rename(root / "d" / "2")
+            shutil.copytree(graphs / "d" / ".spare", graphs / "d" / ".2.in")
+            (graphs / "d" / ".2.in").rename(graphs / "d" / "2")
             time.sleep(0.01)
-            shutil.rmtree(root / "d" / "2")
+            shutil.rmtree(graphs / "d" / "2")
 
     try:
         with running(app, threads=32) as url:
@@ -384,9 +352,9 @@ def test_concurrent_admin_reloads_while_a_version_folder_comes_and_goes_never_50
 
 def test_no_request_fails_while_the_policy_and_served_files_go_bad(
         tmp_path: Path, digit_weights: Any, digits: Any) -> None:
-    root = tmp_path / "graphs"
-    folder = publish(root, "d", 1, digit_weights)
-    app = create_app({"GRAPHS_DIR": str(root), "ADMIN_TOKEN": "t", "POLL_INTERVAL_S": 0})
+    graphs = tmp_path / "graphs"
+    folder = publish(graphs, "d", 1, digit_weights)
+    app = create_app({"GRAPHS_DIR": str(graphs), "ADMIN_TOKEN": "t", "POLL_INTERVAL_S": 0})
     stop = threading.Event()
     statuses: list[int] = []
     steps = []
@@ -402,9 +370,9 @@ def test_no_request_fails_while_the_policy_and_served_files_go_bad(
                 assert response.status_code == 200, response.text
                 return response.json()
 
-            policy(root, "d", {"policy": "specific", "versions": [7]})  # 2: names nothing on disk
+            policy(graphs, "d", {"policy": "specific", "versions": [7]})  # 2: names nothing on disk
             steps.append(reload())
-            (root / "d" / "versions.json").unlink()
+            (graphs / "d" / "versions.json").unlink()
             graph = (folder / "model.pb").read_bytes()
             (folder / "model.pb").write_bytes(b"\x00garbage\xff" * 10)  # 4: garbage in place
             steps.append(reload())
@@ -432,9 +400,9 @@ def test_no_request_fails_while_the_policy_and_served_files_go_bad(
 
 def test_admin_reload_answers_within_its_bound_and_health_stays_up(
         tmp_path: Path, digit_weights: Any, monkeypatch: pytest.MonkeyPatch) -> None:
-    root = tmp_path / "graphs"
-    publish(root, "d", 1, digit_weights)
-    app = create_app({"GRAPHS_DIR": str(root), "ADMIN_TOKEN": "t", "POLL_INTERVAL_S": 0, "RELOAD_WAIT_S": 0.5})
+    graphs = tmp_path / "graphs"
+    publish(graphs, "d", 1, digit_weights)
+    app = create_app({"GRAPHS_DIR": str(graphs), "ADMIN_TOKEN": "t", "POLL_INTERVAL_S": 0, "RELOAD_WAIT_S": 0.5})
     release = threading.Event()
     real = reconcile_module.load_servable
 
@@ -443,7 +411,7 @@ def test_admin_reload_answers_within_its_bound_and_health_stays_up(
         return real(spec, *args, **kwargs)
 
     monkeypatch.setattr(reconcile_module, "load_servable", stuck)
-    publish(root, "d", 2, digit_weights)
+    publish(graphs, "d", 2, digit_weights)
     try:
         with running(app, threads=8) as url:
             with ThreadPoolExecutor(6) as pool:
@@ -470,14 +438,14 @@ def test_admin_reload_answers_within_its_bound_and_health_stays_up(
 
 def test_a_fifo_labels_file_in_a_new_version_is_refused_over_http(
         tmp_path: Path, digit_weights: Any) -> None:
-    root = tmp_path / "graphs"
-    publish(root, "d", 1, digit_weights)
-    app = create_app({"GRAPHS_DIR": str(root), "ADMIN_TOKEN": "t", "POLL_INTERVAL_S": 0})
-    staged = root / "d" / ".2.writing"
-    shutil.copytree(root / "d" / "1", staged)
+    graphs = tmp_path / "graphs"
+    publish(graphs, "d", 1, digit_weights)
+    app = create_app({"GRAPHS_DIR": str(graphs), "ADMIN_TOKEN": "t", "POLL_INTERVAL_S": 0})
+    staged = graphs / "d" / ".2.writing"
+    shutil.copytree(graphs / "d" / "1", staged)
     (staged / "labels.txt").unlink(missing_ok=True)
     os.mkfifo(staged / "labels.txt")
-    staged.rename(root / "d" / "2")
+    staged.rename(graphs / "d" / "2")
     try:
         with running(app, threads=8) as url:
             answer = requests.post(f"{url}/admin/reload", headers=AUTH, timeout=30)
@@ -490,8 +458,8 @@ def test_a_fifo_labels_file_in_a_new_version_is_refused_over_http(
 
 
 def test_a_strict_start_up_still_fails_loudly_on_a_fifo_manifest(
-        root: Path, make: Callable[..., Reconciler]) -> None:
-    folder = write_version(root, "a", 1)
+        graphs: Path, make: Callable[..., Reconciler]) -> None:
+    folder = write_version(graphs, "a", 1)
     (folder / "model.json").unlink()
     os.mkfifo(folder / "model.json")
     with pytest.raises(ModelLoadError, match="not a regular file"):

@@ -128,15 +128,16 @@ def _corrupt_png(good: bytes) -> bytes:
     return bytes(data)
 
 
-def _counting(servable: Servable, monkeypatch) -> list[int]:
+def _counting(servable: Servable, monkeypatch, method: str = "_classify_encoded") -> list[int]:
+    """The batch size of every run of ``servable.<method>`` from now on (encoded or pixel feeds)."""
     runs: list[int] = []
-    original = servable._classify_encoded
+    original = getattr(servable, method)
 
     def counted(feeds):
         runs.append(len(feeds[0]))
         return original(feeds)
 
-    monkeypatch.setattr(servable, "_classify_encoded", counted)
+    monkeypatch.setattr(servable, method, counted)
     return runs
 
 
@@ -205,24 +206,12 @@ def test_a_bad_image_in_the_shared_decode_is_named_and_the_rest_shared(twins_app
     good = [png_bytes(image) for image in digits.test_images[:4]]
     files = [(image, f"{i}.png") for i, image in enumerate(good)] + [(_corrupt_png(good[0]), "bad.png")]
     twin = registry.get("twin16").servable
-    pixels = _counting_pixels(twin, monkeypatch)
+    pixels = _counting(twin, monkeypatch, "_classify_pixels")
     encoded = _counting(twin, monkeypatch)
     answer = twins_app.test_client().post("/image_classification?model=digits16,twin16", data=multipart(*files),
                                           content_type="multipart/form-data")
     assert answer.status_code == 400 and "bad.png" in answer.get_json()["error"]["message"]
     assert pixels == [4] and encoded == [1]  # the good ones' pixels shared, the bad one left to the model
-
-
-def _counting_pixels(servable: Servable, monkeypatch) -> list[int]:
-    runs: list[int] = []
-    original = servable._classify_pixels
-
-    def counted(feeds):
-        runs.append(len(feeds[0]))
-        return original(feeds)
-
-    monkeypatch.setattr(servable, "_classify_pixels", counted)
-    return runs
 
 
 def test_without_batching_the_shared_decode_runs_in_the_request(graphs_dir, tmp_path, digits):
