@@ -29,6 +29,15 @@ upload only after a bad model name has been refused) uses the two halves::
         result = selected.classify(images, top_k=3, deadline=deadline)
                                                                # ... to here
 
+Tensors: a door that got a model's own tensors asks the selected model for the signature
+(``Selected.signature``: its ports say how to parse the wire) and runs it
+(``Selected.predict``); every model has one, an image classifier too::
+
+    with core.select("half_plus_two") as selected:
+        signature = selected.signature("serving_default")
+        result = selected.predict(signature, {"x": np.array([1.0, 2.0, 5.0], np.float32)})
+        result.outputs["y"]   # array([2.5, 3. , 4.5], dtype=float32)
+
 Exceptions: from the registry ``ModelNotFound``, ``VersionNotFound``, ``ModelUnavailable``,
 ``NoModels``, ``BadModelSelection``; from the runners ``QueueFull``, ``DeadlineExceeded``,
 ``BatcherClosed``; from the servable ``ModelRunError``; and ``UndecodableUploads`` (an
@@ -39,7 +48,7 @@ from __future__ import annotations
 
 import time
 from collections import defaultdict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass
@@ -51,8 +60,9 @@ from . import memory
 from .batching import BatchingError, Completed, DeadlineExceeded
 from .config import Settings
 from .images import PixelBudget, check_images
-from .registry import ModelHandle, ModelRegistry
+from .registry import ModelHandle, ModelRegistry, TensorRequest
 from .servable import Decoded, Item, Row, Servable, UndecodableImage
+from .tensors import NotAnImageModel, Signature, check_feeds, pick_signature
 from .text import clip
 
 STAGES = ("queue", "run", "postprocess", "total")
@@ -108,6 +118,18 @@ class ModelResult:
     batch_sizes: list[int]
     scores: np.ndarray  # [images, classes] float32, every class in class-id order (what TF Serving's predict returns)
     profile_ms: dict[str, float] | None = None  # only when asked: decode_resize, normalize_model, single_run
+
+
+@dataclass(frozen=True)
+class TensorResult:
+    """A signature's answer: the outputs asked, by key, in the order asked."""
+
+    name: str
+    version: int
+    signature: str
+    outputs: dict[str, np.ndarray]
+    seconds: dict[str, float]  # queue, run, total
+    batch_size: int  # requests in the batch that ran this one
 
 
 @dataclass(frozen=True)
@@ -201,6 +223,7 @@ class Selected:
         subclasses for bad uploads and ``images.DecodeBusy`` when the budget stays full.
         """
         started = time.perf_counter() if started is None else started
+        self._check_takes_images()
         settings = self._core.settings
         uploads = check_images(raw, settings, jpeg_min_size=self._jpeg_min_size())
         checks_seconds = time.perf_counter() - started
@@ -211,6 +234,55 @@ class Selected:
         if pixels >= memory.TRIM_AFTER_PIXELS:
             memory.release_free_memory()
         return Classification(models=result.models, images=result.images, checks_seconds=checks_seconds)
+
+    def _check_takes_images(self) -> None:
+        for handle in self.handles:
+            if not handle.servable.takes_images:
+                signature = pick_signature(handle.servable.signatures, None, handle.name)
+                raise NotAnImageModel(f"model '{handle.name}' is served by its own tensors, not images: "
+                                      f"signature '{signature.name}' takes {signature.takes()}")
+
+    def signature(self, name: str | None = None) -> Signature:
+        """Signature ``name`` (None or empty: ``serving_default``, or the only one) of the one
+        model selected: its ports tell a door how to parse the request's tensors."""
+        handle = self._one()
+        return pick_signature(handle.servable.signatures, name, handle.name)
+
+    def predict(
+        self,
+        signature: Signature,
+        feeds: Mapping[str, np.ndarray],
+        *,
+        outputs: Sequence[str] | None = None,
+        deadline: float | None = None,
+        started: float | None = None,
+    ) -> TensorResult:
+        """Run ``signature`` (from ``signature()``) on the request's arrays, batched with other
+        requests to it; ``outputs``: the keys wanted (None or empty: all). Raises
+        ``tensors.BadTensor`` for arrays it does not take (checked here, for every door alike)."""
+        started = time.perf_counter() if started is None else started
+        handle = self._one()
+        rows = check_feeds(signature, feeds, model=handle.name)
+        wanted = signature.outputs_for(outputs)
+        deadline = time.monotonic() + self._core.settings.request_timeout_s if deadline is None else deadline
+        request = TensorRequest([feeds[key] for key in signature.inputs], wanted)
+        [future] = handle.signature_runner(signature.name).submit([request], deadline=deadline)
+        try:
+            completed = future.result(timeout=max(0.0, deadline - time.monotonic()))
+        except FutureTimeout:
+            future.cancel()
+            raise DeadlineExceeded(f"model '{handle.name}' did not answer within the request timeout") from None
+        seconds = {"queue": completed.queue_seconds, "run": completed.run_seconds,
+                   "total": time.perf_counter() - started}
+        if self._on_model is not None:
+            self._on_model(handle.name, handle.version, rows, seconds)
+        return TensorResult(handle.name, handle.version, signature.name, dict(zip(wanted, completed.value)),
+                            seconds, completed.batch_size)
+
+    def _one(self) -> ModelHandle:
+        if len(self.handles) != 1:
+            raise ValueError(f"tensors go to one model at a time, not {len(self.handles)}")
+        return self.handles[0]
 
     def _jpeg_min_size(self) -> tuple[int, int] | None:
         """The (height, width) a JPEG must keep for every selected model, when all of them allow a
@@ -236,6 +308,7 @@ class Selected:
         if top_k < 0:
             raise ValueError(f"top_k must be >= 0 (0: scores only), got {top_k}")
         started = time.perf_counter() if started is None else started
+        self._check_takes_images()
         inputs = _inputs(self.handles, images, deadline, self._core.settings)
         pending = [(handle, handle.submit(items, deadline=deadline)) for handle, items in inputs]
         results = []

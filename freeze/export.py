@@ -184,9 +184,11 @@ def build_manifest(
     if batch_size is not None:
         data["batch_size"] = batch_size
     try:
-        return manifest_lib.parse(data, manifest_lib.MANIFEST_FILE)
+        parsed = manifest_lib.parse(data, manifest_lib.MANIFEST_FILE)
     except manifest_lib.ManifestError as exc:
         raise ExportError(f"invalid manifest: {exc}") from None
+    assert isinstance(parsed, manifest_lib.Manifest)  # no "signatures": an image model's
+    return parsed
 
 
 def next_version(model_dir: Path) -> int:
