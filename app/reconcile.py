@@ -38,7 +38,7 @@ from concurrent.futures import CancelledError, Future, ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from . import model_files
+from . import memory, model_files
 from .config import Settings
 from .discovery import DiscoveryError, ModelSource, scan
 from .memory import configure_gpus
@@ -227,6 +227,8 @@ class Reconciler:
                     # one model's surprise (its folder changed mid-load) must not stop the others
                     log.exception("reload of model %s failed; it keeps what it served", name)
                     self._refuse(report, name, None, f"reload failed, kept what was served: {exc}")
+            if report.loaded:
+                memory.settle_heap()
             report.seconds = time.perf_counter() - started
             return report
 
@@ -411,6 +413,7 @@ class Reconciler:
             try:
                 handle.close()
                 log.info("unloaded model %s version %d", handle.name, handle.version)
+                memory.settle_heap()  # its cycles collected, the rest kept out of every collection
             except Exception:  # noqa: BLE001 - still gone from the snapshot: a reload may load it again
                 log.exception("unloading model %s version %d failed", handle.name, handle.version)
             self._publish(handle.name, lambda e: _without_version(e, handle.version, only=handle))

@@ -18,6 +18,7 @@ import threading
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from . import memory
 from .config import Settings
 from .inference import InferenceCore
 from .metrics import Metrics
@@ -46,6 +47,7 @@ class Services:
         registry = ModelRegistry(settings)
         reconciler = Reconciler(registry, settings, on_batch=metrics.observe_batch)
         reconciler.load_all()
+        memory.settle_heap()  # full collections would walk TensorFlow's objects: ~300 ms each
         reconciler.start_polling(settings.poll_interval_s)
         metrics.watch(registry)
         core = InferenceCore(registry, settings=settings, on_model=metrics.observe_model)
