@@ -344,7 +344,7 @@ def _inputs(
     encoded: list[Item] = list(data)
     groups: dict[tuple[object, ...], list[ModelHandle]] = defaultdict(list)
     for handle in handles:
-        groups[handle.servable.geometry].append(handle)
+        groups[handle.servable.geometry or ()].append(handle)  # every one takes images (checked)
     inputs: list[tuple[ModelHandle, list[Item]]] = []
     for group in groups.values():
         items = encoded

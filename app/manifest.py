@@ -431,6 +431,14 @@ def load(path: Path, *, read_timeout_s: float = model_files.DEFAULT_TIMEOUT_S) -
     return parse(data, path)
 
 
+def load_image(path: Path) -> Manifest:
+    """``load`` for tools that only handle image classifiers: a tensor model is a ``ManifestError``."""
+    manifest = load(path)
+    if not isinstance(manifest, Manifest):
+        raise ManifestError(path, "signatures", "this is a model served by its own tensors, not an image classifier")
+    return manifest
+
+
 def dump(manifest: AnyManifest, path: Path) -> None:
     """Write ``manifest`` as ``model.json`` (pretty, stable key order)."""
     path.write_text(json.dumps(manifest.to_json(), indent=2) + "\n", encoding="utf-8")

@@ -207,7 +207,7 @@ class ModelHandle:
         when one of them raises (the error is raised after), so nobody waits on it forever."""
         self.retire()
         with self._runners_lock:
-            runners = [self.runner, *self._signature_runners.values()]
+            runners: list[Runner[Any, Any]] = [self.runner, *self._signature_runners.values()]
             self._signature_runners.clear()
             self._make_signature_runner = None  # none is made from here on
         try:
@@ -356,18 +356,19 @@ class ModelRegistry:
         self, models: str | Sequence[str] | None = None, *, version: int | None = None,
         version_label: str | None = None,
     ) -> list[ModelHandle]:
-        """Handles (not held) for one model name, a list of names, or None: every model with
-        an available version. ``version``/``version_label`` apply to every model named;
+        """Handles (not held) for one model name, a list of names, or None: every image model
+        with an available version. ``version``/``version_label`` apply to every model named;
         without them each model's highest available version answers. (A selector such as
         ``a,b`` or ``all`` is our REST door's grammar: ``app.views.model_names``.)"""
         snapshot = self._models
         if not snapshot:
             raise NoModels("no models are being served")
         one_of(version, version_label)
-        if models is None:
-            names = [name for name, entry in sorted(snapshot.items()) if entry.available()]
+        if models is None:  # every image model: "all" of our API (a tensor-only model takes no images)
+            names = [name for name, entry in sorted(snapshot.items())
+                     if (default := entry.default()) is not None and default.servable.takes_images]
             if not names:
-                raise NoModels("no model has an available version")
+                raise NoModels("no image model has an available version")
         else:
             names = [models] if isinstance(models, str) else list(dict.fromkeys(models))
         return [self._pick(snapshot, name, version, version_label) for name in names]

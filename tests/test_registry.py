@@ -76,6 +76,9 @@ class FakeServable:
     answered; ``close`` is counted and must not be called twice.
     """
 
+    takes_images = True
+    signatures: dict[str, Any] = {}
+
     def __init__(self, spec: ServableSpec, *, manifest: Manifest | None = None,
                  labels: Sequence[str] | None = None, placement: Any = None, options: Any = None) -> None:
         self.spec = spec
@@ -227,7 +230,7 @@ def test_a_model_that_only_drains_is_not_found_and_nothing_served_is_no_models(r
     serve(registry, entry("gone", [old]))  # removed from disk, its last requests finishing
     with pytest.raises(ModelNotFound, match="unknown model 'gone'"):
         registry.resolve("gone")
-    with pytest.raises(NoModels, match="no model has an available version"):
+    with pytest.raises(NoModels, match="no image model has an available version"):
         registry.resolve(None)
     assert registry.model_states() == {"gone": UNLOADING}
 

@@ -59,7 +59,7 @@ def full_decode_copy(graphs_dir: Path, model: str, into: Path) -> Path | None:
     """The staged model again, with ``preprocessing.scaled_decode`` false; None if the manifest
     does not know the field (a service from before it)."""
     from ..manifest import ManifestError
-    from ..manifest import load as load_manifest
+    from ..manifest import load_image as load_manifest
 
     [version_dir] = [path.parent for path in (graphs_dir / model).glob("*/model.json")]
     target = into / model / version_dir.name

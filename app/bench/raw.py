@@ -30,6 +30,7 @@ def measure_raw(
     graphs_dir: Path, model: str, image: bytes, args: argparse.Namespace
 ) -> tuple[list[Point], dict[str, Any]]:
     from ..discovery import discover
+    from ..manifest import Manifest
     from ..servable import ServableError, SessionOptions, load_servable
 
     [spec] = [s for s in discover(graphs_dir) if s.name == model]
@@ -40,11 +41,13 @@ def measure_raw(
     with tempfile.TemporaryDirectory(prefix="graphserve-naive-") as tmp:
         naive_spec = dataclasses.replace(spec, directory=naive_copy(spec.directory, Path(tmp)))
         naive = load_servable(naive_spec, options)
+        manifest = naive.manifest
+        assert isinstance(manifest, Manifest), "the raw ceiling is measured on image models"
         info = {
             "version": spec.version,
             "classes": naive.num_classes,
             "nodes": naive.node_count,
-            "input": [naive.manifest.input.height, naive.manifest.input.width, naive.manifest.input.channels],
+            "input": [manifest.input.height, manifest.input.width, manifest.input.channels],
             "batching": asdict(naive.manifest.batching),
         }
         points = []

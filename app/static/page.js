@@ -89,6 +89,7 @@
     let models;
     try {
       ({ models } = await api("/models"));
+      models = models.filter((model) => model.kind !== "tensors"); // served by their tensors: no images
     } catch (err) {
       status.textContent = `Could not list the models: ${err.message}`;
       return;

@@ -18,7 +18,7 @@ import numpy as np
 
 from ... import recipes
 from ...manifest import Preprocessing
-from ...manifest import load as load_manifest
+from ...manifest import load_image as load_manifest
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
