@@ -607,6 +607,8 @@ def _tensor_graph(
                 # "x", parsed from tf.Examples) takes what its ops take, as TF Serving lets it.
                 fed_inside = side == "inputs" and graph_tensor.op.type not in _PLACEHOLDERS
                 accepts = None if fed_inside else _static_shape(graph_tensor)
+                if accepts and manifest.batch_size and accepts[0] == manifest.batch_size:
+                    accepts = (None, *accepts[1:])  # a fixed batch: any rows, run in padded chunks of it
                 found[key] = Port(key, t.tensor, t.dtype, t.shape, accepts)
             sides.append(found)
         signatures[name] = Signature(name, sig.method, sides[0], sides[1])
