@@ -9,7 +9,10 @@ Keyword-only functions that raise ``FreezeError`` (see ``freeze.errors``);
   training nodes stripped, pruned to the outputs, devices cleared (``freeze.graph``; tensor
   names and pruning shared with the service in ``app.graphdef``).
 - ``verify(source=..., frozen=..., feeds=...)`` runs both and compares (``freeze.verification``).
-- ``build_manifest``/``write_model`` write ``graphs/<name>/<version>/`` (``freeze.export``).
+- ``build_manifest``/``write_model`` write ``graphs/<name>/<version>/`` (``freeze.export``);
+  ``decide_kind``/``build_tensor_manifest`` serve a model that is not an image classifier
+  by its own tensors, every SavedModel signature kept (``freeze.tensors``,
+  ``source.freeze_signatures``, ``verify_signatures``).
 - ``freeze_model(...)`` does all of it in one call (``freeze.pipeline``), its options in
   small frozen dataclasses: ``LoadOptions``, ``Selection``, ``ImageOptions``,
   ``CheckOptions``, ``WriteOptions``.
@@ -48,7 +51,8 @@ _EXPORTS = {
         "inspect_model",
     ),
     ".sources": ("FrozenGraph", "Inspection", "Source", "load_source"),
-    ".verification": ("Verification", "random_feeds", "run_frozen", "verify"),
+    ".tensors": ("KindDecision", "build_tensor_manifest", "decide_kind"),
+    ".verification": ("Verification", "random_feeds", "run_frozen", "verify", "verify_signatures"),
 }
 _MODULE_OF = {name: module for module, names in _EXPORTS.items() for name in names}
 

@@ -22,6 +22,8 @@ from typing import Any
 from ._serving import manifest as manifest_lib
 from .console import import_tensorflow_quietly, setup_logging
 
+KINDS = ("auto", "image", "tensors")  # freeze.tensors.KINDS, without importing TensorFlow for --help
+
 EXIT_USER_ERROR = 2
 _CHECKOUT = Path(__file__).resolve().parents[1]
 # In a checkout the default is the checkout's graphs/ (as scripts/freeze.py always did);
@@ -114,7 +116,18 @@ def build_parser(prog: str = "graphserve freeze") -> argparse.ArgumentParser:
     graph.add_argument(
         "--output", action="append", help="output tensor or signature key (default: picked if unambiguous)"
     )
-    graph.add_argument("--signature", help="SavedModel signature (default: serving_default)")
+    graph.add_argument(
+        "--kind",
+        choices=KINDS,
+        default="auto",
+        help="serve it as an image classifier or by its own tensors (default: auto, image when image flags "
+        "are given or the graph takes one [N,H,W,C] image batch and gives [N,classes])",
+    )
+    graph.add_argument(
+        "--signature",
+        action="append",
+        help="SavedModel signature (repeatable; default: serving_default for an image model, all for a tensor model)",
+    )
     graph.add_argument("--tags", help="SavedModel MetaGraph tags, comma-separated (default: serve)")
     graph.add_argument("--graph-fn", help="module:function or file.py:function that rebuilds a checkpoint's graph")
     graph.add_argument(
@@ -230,12 +243,13 @@ def run(args: argparse.Namespace) -> int:
         print(inspect_model(args.source, load=load).format())
         return 0
     given = {k: getattr(args, k) for k in IMAGE_OPTIONS if getattr(args, k) is not None}
-    image = ImageOptions(**given) if given or args.name or args.sample else None
+    image = ImageOptions(**given) if given else None  # None: the kind is the graph's (or --kind's)
     tolerance = {"tolerance": args.tolerance} if args.tolerance is not None else {}  # else the library's default
     result = freeze_model(
         args.source,
         load=load,
         select=Selection(inputs=args.input, outputs=args.output, constants=dict(args.set)),
+        kind=args.kind,
         image=image,
         labels=_labels(args.labels),
         check=CheckOptions(

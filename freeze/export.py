@@ -220,7 +220,7 @@ def write_model(
     graphs_dir: str | Path,
     name: str,
     graph_def: tf.compat.v1.GraphDef,
-    manifest: manifest_lib.Manifest,
+    manifest: manifest_lib.AnyManifest,
     labels: Sequence[str] | None = None,
     version: int | None = None,
     overwrite: bool = False,

@@ -264,9 +264,12 @@ def first_line(exc: BaseException) -> str:
     return text.splitlines()[0]
 
 
-def check_frozen(graph_def: GraphDef, *, inputs: Sequence[str], outputs: Sequence[str]) -> tf.Graph:
+def check_frozen(
+    graph_def: GraphDef, *, inputs: Sequence[str], outputs: Sequence[str], fed: Sequence[str] = ()
+) -> tf.Graph:
     """Fail unless ``graph_def`` is self-contained: it imports, has no variables, and every
-    placeholder is one of ``inputs``. Returns the imported graph for describing tensors."""
+    placeholder is one of ``inputs``; each input is a placeholder but those in ``fed``
+    (computed tensors clients may feed instead). Returns the imported graph for describing tensors."""
     leftovers = [n.name for n in graph_def.node if n.op in VARIABLE_OPS]
     if leftovers:
         raise GraphError(f"variables left unfrozen: {', '.join(leftovers[:5])}")
@@ -283,6 +286,19 @@ def check_frozen(graph_def: GraphDef, *, inputs: Sequence[str], outputs: Sequenc
         if tensor.dtype != tensor.dtype.base_dtype:
             raise GraphError(f"tensor '{name}' is a variable reference, not a value")
     for name in inputs:
-        if graph.get_tensor_by_name(name).op.type not in PLACEHOLDER_OPS:
+        if name not in fed and graph.get_tensor_by_name(name).op.type not in PLACEHOLDER_OPS:
             raise GraphError(f"input '{name}' is not a Placeholder in the frozen graph")
     return graph
+
+
+def merge_scoped(parts: Mapping[str, GraphDef]) -> GraphDef:
+    """One GraphDef holding each of ``parts`` under its own name scope (``scope/node``):
+    how the frozen functions of a TF2 SavedModel's signatures share one model.pb."""
+    graph = tf.Graph()
+    try:
+        with graph.as_default():
+            for scope, part in parts.items():
+                tf.import_graph_def(part, name=scope)
+    except (ValueError, tf.errors.OpError) as exc:
+        raise GraphError(f"the signatures' graphs do not merge into one: {first_line(exc)}") from None
+    return graph.as_graph_def()

@@ -2,8 +2,8 @@
 
 The file's magic bytes say what it really is (Keras would say "file not found" of a text
 file named ``.keras``); Keras 3 loads it, else tf_keras (old HDF5 files), and the model is
-wrapped in a ``tf.function`` with one input named ``input``: a
-``freeze.function_source.FunctionSource``.
+wrapped in a ``tf.function`` with one input named ``input`` (several inputs keep their
+Keras names): a ``freeze.function_source.FunctionSource``.
 
 Example::
 
@@ -14,9 +14,11 @@ from __future__ import annotations
 
 import importlib
 import logging
+import re
 import warnings
 import zipfile
 from pathlib import Path
+from typing import Any
 
 import tensorflow as tf
 
@@ -63,8 +65,23 @@ def _keras_file_format(path: Path) -> str:
     raise SourceError(f"{path} is not a Keras file ({wanted}; {what})")
 
 
+def _input_specs(model: Any) -> list[tf.TensorSpec]:
+    """One spec per model input: ``input`` for a single one (what the service has always fed),
+    else each input's Keras name (made a valid node name), so the keys say which is which."""
+    specs = []
+    for i, tensor in enumerate(model.inputs):
+        name = "input" if len(model.inputs) == 1 else _node_name(getattr(tensor, "name", ""), f"input_{i}")
+        specs.append(tf.TensorSpec(tf.TensorShape(tensor.shape).as_list(), tf.as_dtype(tensor.dtype), name=name))
+    return specs
+
+
+def _node_name(name: str, fallback: str) -> str:
+    cleaned = re.sub(r"[^A-Za-z0-9_.\-/]", "_", name.split(":")[0]).strip("_/")
+    return cleaned if cleaned and cleaned[0].isalnum() else fallback
+
+
 def load_keras(path: Path) -> FunctionSource:
-    """Load the Keras file at ``path`` (single-input models) as a function of one ``input``."""
+    """Load the Keras file at ``path`` as a function of its inputs (one: named ``input``)."""
     found = _keras_file_format(path)
     expected = "zip" if path.suffix.lower() == ".keras" else "hdf5"
     errors = []
@@ -88,20 +105,14 @@ def load_keras(path: Path) -> FunctionSource:
     version = getattr(module, "__version__", "?")
     if errors:
         log.info("loaded %s with %s %s after: %s", path.name, loader, version, "; ".join(errors))
-    if len(model.inputs) != 1:
-        raise SourceError(
-            f"{path}: the Keras model has {len(model.inputs)} inputs; only single-input models are supported"
-        )
-    shape = tf.TensorShape(model.inputs[0].shape).as_list()
-    dtype = tf.as_dtype(model.inputs[0].dtype)
-    spec = tf.TensorSpec(shape, dtype, name="input")
+    specs = _input_specs(model)
 
     def call(tensors: list[tf.Tensor]) -> list[tf.Tensor]:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # Keras 3 warns about input structure on old models
-            return tf.nest.flatten(model(tensors[0], training=False))
+            return tf.nest.flatten(model(tensors[0] if len(tensors) == 1 else list(tensors), training=False))
 
-    function = tf.function(lambda x: call([x]), input_signature=[spec], autograph=False).get_concrete_function()
+    function = tf.function(lambda *xs: call(list(xs)), input_signature=specs, autograph=False).get_concrete_function()
     details = {"keras_file": str(path), "loader": f"{loader} {version}"}
     return FunctionSource(
         kind="keras",

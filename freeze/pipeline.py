@@ -6,8 +6,9 @@ the frozen graph against the source, then writes ``graphs/<name>/<version>/`` (o
 options come in small groups, each a frozen dataclass whose defaults are the CLI's:
 
 ==================  ========================================================================
-``LoadOptions``     how to read the source: ``graph_fn``, SavedModel ``signature``/``tags``
+``LoadOptions``     how to read the source: ``graph_fn``, SavedModel ``signature``(s)/``tags``
 ``Selection``       what to freeze: ``inputs``, ``outputs`` (picked when None), ``constants``
+``kind``            ``"auto"`` (default), ``"image"`` or ``"tensors"`` (``freeze.tensors``)
 ``ImageOptions``    how the service preprocesses images (``freeze.export``): size, scale, resize
 ``labels``          the class names, one per output column (a plain list)
 ``CheckOptions``    verification: real ``samples``, ``tolerance``, ``input_shape``, ``reference_preprocess``
@@ -23,6 +24,11 @@ Example (``tiny.keras``: the five lines of Keras in docs/freeze.md, "Freeze your
     print(result.summary())
 
 The same from the command line: ``python scripts/freeze.py tiny.keras --name tiny --labels cat,dog,bird``.
+
+A model that is not an image classifier (``freeze.tensors`` says which is which) is served
+by its own tensors: every signature of a SavedModel that can be kept goes into one graph
+and into a ``TensorManifest``, each verified on random feeds of its own inputs. A
+SavedModel folder named by a number (``00000123``) is written as that version.
 """
 
 from __future__ import annotations
@@ -39,15 +45,18 @@ from typing import Any
 import numpy as np
 import tensorflow as tf
 
+from . import graph as g
 from . import images
 from ._serving import manifest as manifest_lib
 from .candidates import TensorInfo
-from .errors import ExportError, GraphError
+from .errors import ExportError, GraphError, NodeNotFoundError
 from .export import ImageOptions, build_manifest, check_destination, write_model
 from .reference import ReferenceCheck, check_reference
-from .source_base import FrozenGraph, Inspection
+from .saved_models import version_of
+from .source_base import FrozenGraph, Inspection, Source
 from .sources import load_source
-from .verification import DEFAULT_TOLERANCE, Verification, random_feeds, verify, whole_batches
+from .tensors import KindDecision, build_tensor_manifest, decide_kind, default_signature, shape_text
+from .verification import DEFAULT_TOLERANCE, Verification, random_feeds, verify, verify_signatures, whole_batches
 
 log = logging.getLogger(__name__)
 
@@ -61,10 +70,11 @@ class FreezeResult:
     source: str
     frozen: FrozenGraph
     verification: Verification
-    manifest: manifest_lib.Manifest | None
+    manifest: manifest_lib.AnyManifest | None
     path: Path | None
     seconds: float
     reference: ReferenceCheck | None = None  # with ``reference_preprocess``
+    kind: KindDecision | None = None  # with a manifest: image or tensors, and why
 
     @property
     def size_bytes(self) -> int:
@@ -75,10 +85,16 @@ class FreezeResult:
         lines.append(
             f"  nodes: {self.frozen.nodes_before} -> {len(self.frozen.graph_def.node)}   size: {_size(self.size_bytes)}"
         )
+        if self.kind is not None:
+            lines.append(f"  kind:   {self.kind.describe()}")
         lines += [f"  input:  {_short(t)}" for t in self.frozen.inputs]
-        kind = f" ({self.manifest.output.kind})" if self.manifest else ""
+        kind = f" ({self.manifest.output.kind})" if isinstance(self.manifest, manifest_lib.Manifest) else ""
         lines += [f"  output: {_short(t)}{kind}" for t in self.frozen.outputs]
-        if self.manifest:
+        if isinstance(self.manifest, manifest_lib.TensorManifest):
+            lines += [f"  signature {name}: {_signature(spec)}" for name, spec in self.manifest.signatures.items()]
+            if self.manifest.batch_size:
+                lines.append(f"  batch size {self.manifest.batch_size}")
+        if isinstance(self.manifest, manifest_lib.Manifest):
             spec, pre = self.manifest.input, self.manifest.preprocessing
             batch = f", batch size {self.manifest.batch_size}" if self.manifest.batch_size else ""
             flat = ", flattened" if pre.flatten else ""
@@ -97,6 +113,13 @@ def _short(t: TensorInfo) -> str:
     return f"{t.name} {t.dtype} {t.shape_text}"
 
 
+def _signature(spec: manifest_lib.SignatureSpec) -> str:
+    def keyed(tensors: Mapping[str, manifest_lib.TensorSpec]) -> str:
+        return ", ".join(f"{k}={t.tensor} {t.dtype} {shape_text(t.shape)}" for k, t in tensors.items())
+
+    return f"({spec.method}) {keyed(spec.inputs)} -> {keyed(spec.outputs)}"
+
+
 def _size(n: int) -> str:
     return f"{n / 1e6:.1f} MB" if n >= 1e6 else f"{n / 1e3:.1f} kB"
 
@@ -107,12 +130,25 @@ class LoadOptions:
 
     ``graph_fn`` ("module:function", "file.py:function" or a callable) rebuilds the graph
     of a checkpoint saved without ``.meta``; ``signature`` and ``tags`` pick a SavedModel's
-    signature (default ``serving_default``) and MetaGraph (default ``serve``).
+    signature (default ``serving_default``; an image model has that one, a tensor model
+    keeps them all) and MetaGraph (default ``serve``). Several signatures (a list) are what
+    a tensor model keeps.
     """
 
     graph_fn: str | Callable[[], Any] | None = None
-    signature: str | None = None
+    signature: str | Sequence[str] | None = None
     tags: Sequence[str] | None = None
+
+    @property
+    def signatures(self) -> list[str]:
+        """The signatures asked for (empty: the default one, or all for a tensor model)."""
+        if self.signature is None:
+            return []
+        return [self.signature] if isinstance(self.signature, str) else list(self.signature)
+
+    @property
+    def first_signature(self) -> str | None:
+        return self.signatures[0] if self.signatures else None
 
 
 @dataclass(frozen=True)
@@ -166,7 +202,7 @@ class WriteOptions:
 
 def inspect_model(source: str | Path, *, load: LoadOptions = LoadOptions()) -> Inspection:
     """Placeholders, candidate outputs and the automatic choice, without freezing."""
-    with load_source(source, graph_fn=load.graph_fn, signature=load.signature, tags=load.tags) as src:
+    with load_source(source, graph_fn=load.graph_fn, signature=load.first_signature, tags=load.tags) as src:
         return src.inspect()
 
 
@@ -175,6 +211,7 @@ def freeze_model(
     *,
     load: LoadOptions = LoadOptions(),
     select: Selection = Selection(),
+    kind: str = "auto",
     image: ImageOptions | None = None,
     labels: Sequence[str] | None = None,
     check: CheckOptions = CheckOptions(),
@@ -182,32 +219,43 @@ def freeze_model(
 ) -> FreezeResult:
     """Freeze ``source``, verify it, and write it (see the module docstring for the options).
 
-    A servable model (``write`` with a name) must be an image classifier; ``image`` fills in
-    what the graph does not say. With ``write.output_pb`` any model works. Raises
+    A servable model (``write`` with a name) is an image classifier or a tensor model:
+    ``kind`` says which, or ``"auto"`` decides (``freeze.tensors``); ``image`` fills in what
+    the graph does not say of an image. With ``write.output_pb`` any model works. Raises
     ``FreezeError`` (a subclass) for every problem with the input, before writing anything.
     """
     start = time.perf_counter()
-    if check.samples and image is None and not write.servable:
-        raise GraphError("--sample images need an image model: give --name (or the image size)")
     if check.reference_preprocess is not None and not check.samples:
         raise GraphError("--reference-preprocess needs real images to compare on: give --sample IMAGE")
+    if kind == "tensors" and labels is not None:
+        raise ExportError(
+            "--labels name the classes of an image classifier; a tensor model (--kind tensors) is served by "
+            "its own tensors and has none: drop --labels, or use --kind image"
+        )
+    if write.servable and write.version is None:
+        write = dataclasses.replace(write, version=version_of(source))  # TF Serving's 00000123 → 123
     if write.graphs_dir is not None and write.name is not None:  # refuse a taken destination before the work
         check_destination(write.graphs_dir, write.name, write.version, overwrite=write.overwrite)
     if write.output_pb is not None and Path(write.output_pb).exists() and not write.overwrite:
         raise ExportError(f"{write.output_pb} already exists; pass --overwrite to replace it")
-    with load_source(source, graph_fn=load.graph_fn, signature=load.signature, tags=load.tags) as src:
+    with load_source(source, graph_fn=load.graph_fn, signature=load.first_signature, tags=load.tags) as src:
         frozen = src.freeze(inputs=select.inputs, outputs=select.outputs, constants=select.constants)
-        manifest = None
-        if write.servable or image is not None:
-            manifest = build_manifest(frozen=frozen, image=image or ImageOptions(), labels=labels)
-        batches, described = _verification_batches(frozen, manifest, check.samples, check.input_shape)
-        verification = verify(
-            source=src, frozen=frozen, feeds=batches, tolerance=check.tolerance, described_as=described
-        )
-        details, source_text = src.details, src.describe()
+        decision = None
+        if write.servable or write.output_pb is None or image is not None or check.samples or kind != "auto":
+            decision = decide_kind(frozen, kind=kind, image_options=_image_options(image, labels, check))
+        manifest: manifest_lib.AnyManifest | None
+        if decision is not None and decision.kind == "tensors":
+            frozen, manifest, verification = _tensor_model(src, frozen, load=load, select=select, check=check)
+        else:
+            if decision is not None and len(load.signatures) > 1:
+                raise GraphError("an image model serves one signature; give one --signature")
+            frozen, manifest, verification = _image_model(
+                src, frozen, image=(image or ImageOptions()) if decision is not None else None, labels=labels, check=check
+            )
+        details, source_text = _details(src.details, manifest), src.describe()
     reference = None
     if check.reference_preprocess is not None:
-        if manifest is None:
+        if not isinstance(manifest, manifest_lib.Manifest):
             raise GraphError("--reference-preprocess needs an image model: give --name (or the image size)")
         reference = check_reference(
             reference=check.reference_preprocess,
@@ -229,11 +277,72 @@ def freeze_model(
         path=_write(frozen, manifest, labels, write),
         seconds=time.perf_counter() - start,
         reference=reference,
+        kind=decision,
     )
 
 
+def _tensor_model(
+    src: Source, frozen: FrozenGraph, *, load: LoadOptions, select: Selection, check: CheckOptions
+) -> tuple[FrozenGraph, manifest_lib.TensorManifest, Verification]:
+    """Every signature asked for in one graph, its manifest, each signature verified."""
+    frozen = _tensor_graph(src, frozen, load, select)
+    manifest = build_tensor_manifest(frozen=frozen)
+    verification, notes = verify_signatures(
+        source=src, frozen=frozen, signatures=manifest.signatures, tolerance=check.tolerance,
+        input_shape=check.input_shape,
+    )
+    return dataclasses.replace(frozen, notes=(*frozen.notes, *notes)), manifest, verification
+
+
+def _image_model(
+    src: Source, frozen: FrozenGraph, *, image: ImageOptions | None, labels: Sequence[str] | None,
+    check: CheckOptions,
+) -> tuple[FrozenGraph, manifest_lib.Manifest | None, Verification]:
+    """The image manifest (``image`` None: none, a bare ``--output-pb``) and verification on
+    images in the model's range (random tensors without a manifest)."""
+    manifest = None
+    if image is not None:
+        manifest = build_manifest(frozen=frozen, image=image, labels=labels)
+    batches, described = _verification_batches(frozen, manifest, check.samples, check.input_shape)
+    verification = verify(source=src, frozen=frozen, feeds=batches, tolerance=check.tolerance, described_as=described)
+    return frozen, manifest, verification
+
+
+def _details(details: Mapping[str, Any], manifest: manifest_lib.AnyManifest | None) -> dict[str, Any]:
+    """The source's provenance; a tensor model of a SavedModel lists the signatures it kept."""
+    if not isinstance(manifest, manifest_lib.TensorManifest) or "signature" not in details:
+        return dict(details)
+    return {**{k: v for k, v in details.items() if k != "signature"}, "signatures": list(manifest.signatures)}
+
+
+def _image_options(image: ImageOptions | None, labels: Sequence[str] | None, check: CheckOptions) -> list[str]:
+    """The image options the user gave, by their flags: any of them makes an image model."""
+    given = []
+    if image is not None:
+        changed = [f.name for f in dataclasses.fields(image) if getattr(image, f.name) != f.default]
+        given += [f"--{name.replace('_', '-')}" for name in changed] or ["image options"]
+    if labels is not None:
+        given.append("--labels")
+    if check.samples:
+        given.append("--sample")
+    return given
+
+
+def _tensor_graph(src: Source, frozen: FrozenGraph, load: LoadOptions, select: Selection) -> FrozenGraph:
+    """The graph a tensor model serves: every signature asked for (all by default) when the
+    source has them and no tensors were named, else ``frozen`` as ``serving_default``."""
+    available = src.signature_names()
+    if not available or select.inputs or select.outputs:
+        return dataclasses.replace(frozen, signatures={manifest_lib.DEFAULT_SIGNATURE: default_signature(frozen)})
+    names = load.signatures or list(available)
+    for name in names:
+        if name not in available:
+            raise NodeNotFoundError(f"no signature '{name}'{g.did_you_mean(name, available)}; it has {', '.join(available)}")
+    return src.freeze_signatures(names=names, constants=select.constants)
+
+
 def _write(
-    frozen: FrozenGraph, manifest: manifest_lib.Manifest | None, labels: Sequence[str] | None, write: WriteOptions
+    frozen: FrozenGraph, manifest: manifest_lib.AnyManifest | None, labels: Sequence[str] | None, write: WriteOptions
 ) -> Path | None:
     """Write the version folder and/or the bare ``.pb``; the path of the last one written."""
     path = None

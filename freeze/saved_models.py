@@ -4,7 +4,10 @@ A SavedModel with an object graph (``tf.saved_model.save``) is TF2: its signatur
 a ``freeze.function_source.FunctionSource``. One without (``tf.compat.v1.saved_model``
 builders) is TF1: it is loaded into a session, a ``freeze.session_source.SessionSource``
 whose inputs and outputs default to the signature's. Tags default to ``serve``, the
-signature to ``serving_default`` (or the only one).
+signature to ``serving_default`` (or the only one). Every signature is described
+(``signature_specs``: keys, dtypes, declared shapes, TF Serving's method) so that a tensor
+model keeps them all (``Source.freeze_signatures``); a folder named by a number (TF
+Serving's ``00000123``) is that version (``version_of``).
 
 Example (``tiny.keras`` from docs/freeze.md, exported as a TF2 SavedModel by Keras)::
 
@@ -23,13 +26,49 @@ import tensorflow as tf
 from google.protobuf import message, text_format
 
 from . import graph as g
+from ._serving import graphdef
+from ._serving import manifest as manifest_lib
 from .errors import NodeNotFoundError, SourceError
 from .function_source import FunctionSource
 from .session_source import SessionSource
-from .source_base import Source
+from .source_base import SignatureSpec, Source
 
 DEFAULT_SIGNATURE = "serving_default"
 SAVED_MODEL_FILES = ("saved_model.pb", "saved_model.pbtxt")
+# TF Serving's method names → the manifest's (``app.manifest.SIGNATURE_METHODS``).
+METHODS = {
+    "tensorflow/serving/predict": "predict",
+    "tensorflow/serving/classify": "classify",
+    "tensorflow/serving/regress": "regress",
+}
+
+
+def version_of(path: str | Path) -> int | None:
+    """The version a SavedModel folder's name says (``00000123`` → 123), or None."""
+    path = Path(path)
+    directory = path.parent if path.name in SAVED_MODEL_FILES else path
+    if not any((directory / name).is_file() for name in SAVED_MODEL_FILES):
+        return None
+    return int(directory.name) if directory.name.isdigit() and int(directory.name) > 0 else None
+
+
+def signature_specs(meta_graph: Any, names: Sequence[str]) -> dict[str, SignatureSpec]:
+    """Each signature as the manifest records it, with the SavedModel's own tensor names."""
+    return {name: _spec(meta_graph.signature_def[name]) for name in names}
+
+
+def _spec(sig: Any) -> SignatureSpec:
+    def tensors(infos: Any) -> dict[str, manifest_lib.TensorSpec]:
+        return {key: _tensor_spec(info) for key, info in sorted(infos.items())}
+
+    return SignatureSpec(inputs=tensors(sig.inputs), outputs=tensors(sig.outputs),
+                         method=METHODS.get(sig.method_name, "predict"))
+
+
+def _tensor_spec(info: Any) -> manifest_lib.TensorSpec:
+    shape = None if info.tensor_shape.unknown_rank else tuple(int(d.size) for d in info.tensor_shape.dim)
+    return manifest_lib.TensorSpec(tensor=graphdef.tensor_name(info.name), dtype=tf.as_dtype(info.dtype).name,
+                                   shape=shape)
 
 
 def _read_saved_model_proto(directory: Path) -> Any:
@@ -72,9 +111,15 @@ def load_saved_model(directory: Path, *, signature: str | None, tags: Sequence[s
         "saved_by_tensorflow": meta_graph.meta_info_def.tensorflow_version,
     }
     listing = [_signature_summary(k, meta_graph.signature_def[k]) for k in sorted(names)]
+    specs = signature_specs(meta_graph, _default_first(names))
     if meta_graph.HasField("object_graph_def") and meta_graph.object_graph_def.nodes:
-        return _load_saved_model_v2(directory, signature, wanted, details, listing)
-    return _load_saved_model_v1(directory, signature, wanted, details, listing)
+        return _load_saved_model_v2(directory, signature, wanted, details, listing, specs)
+    return _load_saved_model_v1(directory, signature, wanted, details, listing, specs)
+
+
+def _default_first(names: Sequence[str]) -> list[str]:
+    """``serving_default`` first, then the others by name: the manifest's order."""
+    return sorted(names, key=lambda n: (n != DEFAULT_SIGNATURE, n))
 
 
 def _signature_summary(name: str, sig: Any) -> str:
@@ -84,7 +129,12 @@ def _signature_summary(name: str, sig: Any) -> str:
 
 
 def _load_saved_model_v1(
-    directory: Path, signature: str, tags: set[str], details: dict[str, Any], listing: list[str]
+    directory: Path,
+    signature: str,
+    tags: set[str],
+    details: dict[str, Any],
+    listing: list[str],
+    specs: dict[str, SignatureSpec],
 ) -> SessionSource:
     graph = tf.Graph()
     session = tf.compat.v1.Session(graph=graph)
@@ -105,16 +155,40 @@ def _load_saved_model_v1(
         details=details,
         signature=({k: v.name for k, v in sig.inputs.items()}, {k: v.name for k, v in sig.outputs.items()}),
         signatures=listing,
+        signature_defs=specs,
     )
 
 
 def _load_saved_model_v2(
-    directory: Path, signature: str, tags: set[str], details: dict[str, Any], listing: list[str]
+    directory: Path,
+    signature: str,
+    tags: set[str],
+    details: dict[str, Any],
+    listing: list[str],
+    specs: dict[str, SignatureSpec],
 ) -> FunctionSource:
     try:
         loaded = tf.saved_model.load(str(directory), tags=sorted(tags))
     except (RuntimeError, tf.errors.OpError, ValueError, OSError) as exc:
         raise SourceError(f"cannot load SavedModel {directory}: {g.first_line(exc)}") from None
+    details["format"] = "TF2 SavedModel"
+
+    def sibling(name: str) -> FunctionSource:
+        return _signature_function(directory, loaded, name, {**details, "signature": name}, listing, specs, sibling)
+
+    return _signature_function(directory, loaded, signature, details, listing, specs, sibling)
+
+
+def _signature_function(
+    directory: Path,
+    loaded: Any,
+    signature: str,
+    details: dict[str, Any],
+    listing: list[str],
+    specs: dict[str, SignatureSpec],
+    sibling: Any,
+) -> FunctionSource:
+    """One signature of a loaded TF2 SavedModel as a source (its function, by its keys)."""
     function = loaded.signatures[signature]
     args, kwargs = function.structured_input_signature
     if args:
@@ -126,7 +200,6 @@ def _load_saved_model_v2(
         result = function(**dict(zip(input_keys, tensors)))
         return [result[k] for k in output_keys]
 
-    details["format"] = "TF2 SavedModel"
     return FunctionSource(
         kind="saved_model",
         path=directory,
@@ -137,4 +210,6 @@ def _load_saved_model_v2(
         output_keys=output_keys,
         signatures=listing,
         keepalive=loaded,
+        signature_defs=specs,
+        sibling=sibling,
     )

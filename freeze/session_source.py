@@ -4,7 +4,9 @@ Checkpoints, TF1 SavedModels and already frozen ``.pb`` files all load into a
 ``SessionSource``: a ``tf.Graph`` plus a ``tf.compat.v1.Session``. Freezing picks inputs
 and outputs (a signature's, the user's, or the obvious ones), fixes training switches
 (``is_training``, ``keep_prob``), cuts the graph there and replaces each variable by a
-Const read from the session (``freeze.graph``). The loaders that build one are
+Const read from the session (``freeze.graph``). A TF1 SavedModel's signatures all live in
+its one graph, so ``freeze_signatures`` freezes their union: an input computed from another
+input (``x`` parsed from ``tf_example``) stays as it is, to be fed directly. The loaders that build one are
 ``freeze.checkpoints``, ``freeze.saved_models`` and ``freeze.frozen_graphs``.
 
 Example (``tiny.keras`` from docs/freeze.md; a frozen ``.pb`` loads as a session source too)::
@@ -15,8 +17,9 @@ Example (``tiny.keras`` from docs/freeze.md; a frozen ``.pb`` loads as a session
 
 from __future__ import annotations
 
+import dataclasses
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +30,7 @@ from . import candidates as c
 from . import graph as g
 from ._serving import graphdef
 from .errors import FreezeError, GraphError, SourceError
-from .source_base import FrozenGraph, Inspection, Source, finish
+from .source_base import FrozenGraph, Inspection, SignatureSpec, Source, finish
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +48,7 @@ class SessionSource(Source):
         details: Mapping[str, Any],
         signature: tuple[dict[str, str], dict[str, str]] | None = None,
         signatures: Sequence[str] = (),
+        signature_defs: Mapping[str, SignatureSpec] | None = None,
         default_inputs: Sequence[str] | None = None,
         default_outputs: Sequence[str] | None = None,
     ) -> None:
@@ -53,6 +57,7 @@ class SessionSource(Source):
         self.session = session
         self._signature = signature  # (inputs key → tensor, outputs key → tensor)
         self._signatures = tuple(signatures)
+        self._signature_defs = dict(signature_defs or {})  # name → spec, the source graph's tensor names
         self._default_inputs = list(default_inputs) if default_inputs else None
         self._default_outputs = list(default_outputs) if default_outputs else None
         self._graph_def = graph.as_graph_def()
@@ -146,15 +151,20 @@ class SessionSource(Source):
         outputs: Sequence[str] | None = None,
         constants: Mapping[str, Any] | None = None,
     ) -> FrozenGraph:
-        constants = {graphdef.node_name(k): v for k, v in (constants or {}).items()}
+        constants = _node_keys(constants)
         for name in constants:
             g.check_names(self._graph_def, [name], what="placeholder to fix")
             if self.graph.get_operation_by_name(name).type not in g.PLACEHOLDER_OPS:
                 raise GraphError(f"--set {name}: only a placeholder can be fixed to a value")
         in_names, out_names, notes = self._choose(inputs, outputs, constants)
         graph_def = self._graph_def
+        fed = self._fed_inputs(in_names)
+        for name in fed:
+            notes.append(f"input '{name}' is computed from another input; it stays as it is, to be fed directly")
         for name in in_names:
             tensor = self.graph.get_tensor_by_name(name)
+            if name in fed:
+                continue
             graph_def = g.make_input(graph_def, name, dtype=tensor.dtype, shape=tensor.shape)
             if tensor.op.type not in g.PLACEHOLDER_OPS:
                 notes.append(f"input '{name}' was a {tensor.op.type} node; it is a Placeholder now")
@@ -167,7 +177,43 @@ class SessionSource(Source):
             notes.append(f"froze {len(variables)} variable(s)")
         for note in notes:
             log.info("%s", note)
-        return finish(graph_def, in_names, out_names, constants, len(self._graph_def.node), notes)
+        return finish(graph_def, in_names, out_names, constants, len(self._graph_def.node), notes, fed=fed)
+
+    def _fed_inputs(self, in_names: Sequence[str]) -> list[str]:
+        """Inputs that are not placeholders and depend on another input: cutting them into
+        placeholders would cut that input's path (``x`` below a signature's ``tf_example``)."""
+        nodes = {graphdef.node_name(n) for n in in_names}
+        fed = []
+        for name in in_names:
+            if self.graph.get_tensor_by_name(name).op.type in g.PLACEHOLDER_OPS:
+                continue
+            upstream = g.reachable(self._graph_def, [name]) - {graphdef.node_name(name)}
+            if upstream & nodes:
+                fed.append(name)
+        return fed
+
+    def signature_names(self) -> tuple[str, ...]:
+        return tuple(self._signature_defs)
+
+    def freeze_signatures(
+        self, *, names: Sequence[str], constants: Mapping[str, Any] | None = None
+    ) -> FrozenGraph:
+        kept: dict[str, SignatureSpec] = {}
+        notes = []
+        for name in names:
+            spec = self._signature_defs[name]
+            try:
+                self._choose(_tensors(spec.inputs), _tensors(spec.outputs), _node_keys(constants))
+            except FreezeError as exc:
+                notes.append(f"skipped signature '{name}': {exc}")
+                continue
+            kept[name] = spec
+        if not kept:
+            raise GraphError("no signature can be frozen: " + "; ".join(notes))
+        inputs = _unique(t for spec in kept.values() for t in _tensors(spec.inputs))
+        outputs = _unique(t for spec in kept.values() for t in _tensors(spec.outputs))
+        frozen = self.freeze(inputs=inputs, outputs=outputs, constants=constants)
+        return dataclasses.replace(frozen, signatures=kept, notes=(*frozen.notes, *notes))
 
     def _read_variables(self, names: Sequence[str]) -> dict[str, np.ndarray]:
         fetches = {}
@@ -189,3 +235,15 @@ class SessionSource(Source):
 
     def run(self, feeds: Mapping[str, np.ndarray], fetches: Sequence[str]) -> list[np.ndarray]:
         return list(self.session.run(list(fetches), feed_dict=dict(feeds)))
+
+
+def _tensors(tensors: Mapping[str, Any]) -> list[str]:
+    return [graphdef.tensor_name(t.tensor) for t in tensors.values()]
+
+
+def _node_keys(constants: Mapping[str, Any] | None) -> dict[str, Any]:
+    return {graphdef.node_name(k): v for k, v in (constants or {}).items()}
+
+
+def _unique(names: Iterable[str]) -> list[str]:
+    return list(dict.fromkeys(names))

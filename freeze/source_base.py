@@ -3,9 +3,11 @@
 ``Source`` is the small interface the loaders (``freeze.checkpoints``,
 ``freeze.saved_models``, ``freeze.keras_files``, ``freeze.frozen_graphs``) return and the
 pipeline uses: ``inspect`` (what ``--inspect`` prints), ``freeze`` (a ``FrozenGraph``) and
-``run`` (the source itself on the same feeds, for verification). Its two implementations
-are ``freeze.session_source`` (TF1 graphs) and ``freeze.function_source`` (TF2 functions);
-``finish`` is the last step both share. It lives apart so that the modules that only use
+``run`` (the source itself on the same feeds, for verification). A SavedModel's source also
+freezes several of its signatures into one graph (``signature_names``,
+``freeze_signatures``: a ``FrozenGraph`` whose ``signatures`` say which tensors each one
+reads and writes). Its two implementations are ``freeze.session_source`` (TF1 graphs) and
+``freeze.function_source`` (TF2 functions); ``finish`` is the last step both share. It lives apart so that the modules that only use
 a ``FrozenGraph`` (export, verification, reference) need no loader.
 
 Example::
@@ -24,8 +26,12 @@ from typing import Any, Self
 import numpy as np
 
 from . import graph as g
+from ._serving import manifest as manifest_lib
 from .candidates import TensorInfo, tensor_info
+from .errors import GraphError
 from .graph import GraphDef
+
+SignatureSpec = manifest_lib.SignatureSpec
 
 
 @dataclass(frozen=True)
@@ -38,6 +44,12 @@ class FrozenGraph:
     constants: Mapping[str, Any] = field(default_factory=dict)  # placeholders fixed to values
     nodes_before: int = 0
     notes: tuple[str, ...] = ()  # decisions taken on the user's behalf, for the summary
+    # A SavedModel's signatures kept in the graph, tensor names the frozen graph's (empty:
+    # the graph has no named signatures; its inputs and outputs are what it serves).
+    signatures: Mapping[str, SignatureSpec] = field(default_factory=dict)
+    # Inputs that are not placeholders: tensors computed from another input (``x`` parsed
+    # from a signature's serialized ``tf_example``) that clients may feed instead.
+    fed: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -89,6 +101,17 @@ class Source(abc.ABC):
     def run(self, feeds: Mapping[str, np.ndarray], fetches: Sequence[str]) -> list[np.ndarray]:
         """Run the source itself, with frozen-graph tensor names, for verification."""
 
+    def signature_names(self) -> tuple[str, ...]:
+        """The signatures ``freeze_signatures`` can keep (a SavedModel's; none elsewhere)."""
+        return ()
+
+    def freeze_signatures(
+        self, *, names: Sequence[str], constants: Mapping[str, Any] | None = None
+    ) -> FrozenGraph:
+        """Freeze the union of the signatures ``names`` into one graph; one that cannot be
+        kept is skipped with a note (an extra signature never fails the freeze)."""
+        raise GraphError(f"{self.describe()} has no signatures to freeze")
+
     def close(self) -> None:  # noqa: B027 (a no-op unless the source holds something: not abstract)
         """Free what the source holds (its session)."""
 
@@ -109,10 +132,12 @@ def finish(
     constants: Mapping[str, Any],
     nodes_before: int,
     notes: Sequence[str],
+    *,
+    fed: Sequence[str] = (),
 ) -> FrozenGraph:
     """The last steps every source shares: make it portable, check it, describe it."""
     graph_def = g.clear_devices(graph_def)
-    frozen = g.check_frozen(graph_def, inputs=inputs, outputs=outputs)
+    frozen = g.check_frozen(graph_def, inputs=inputs, outputs=outputs, fed=fed)
     return FrozenGraph(
         graph_def=graph_def,
         inputs=tuple(tensor_info(frozen.get_tensor_by_name(n)) for n in inputs),
@@ -120,4 +145,5 @@ def finish(
         constants={f"{k}:0": v for k, v in constants.items()},
         nodes_before=nodes_before,
         notes=tuple(notes),
+        fed=tuple(fed),
     )

@@ -6,6 +6,11 @@ with ``--sample``), and the largest absolute difference is reported. It fails wh
 difference exceeds ``tolerance * max(1, max|source output|)``, i.e. ``tolerance`` is an
 absolute bound for outputs of magnitude up to 1 and a relative one above (ReLU scores).
 
+A tensor model is verified signature by signature (``verify_signatures``): random values
+for each input (unknown dimensions: 1, or ``--input-shape``), and for a serialized
+``tf.Example`` input (a classify or regress signature) examples built from the features
+its ``ParseExample`` reads. A signature whose inputs cannot be made up is skipped with a note.
+
 Example::
 
     python scripts/freeze.py tiny.keras --name tiny --sample docs/samples/cat.jpg --tolerance 1e-5
@@ -22,7 +27,7 @@ import numpy as np
 import tensorflow as tf
 
 from . import graph as g
-from .candidates import TensorInfo
+from .candidates import PASS_THROUGH_OPS, TensorInfo, tensor_info
 from .errors import GraphError, VerificationError
 from .graph import GraphDef
 from .source_base import FrozenGraph, Source
@@ -51,6 +56,19 @@ class Verification:
         if self.top1_agreement is not None:
             text += f"; top-1 agrees on {self.top1_agreement:.0%}"
         return text
+
+    @classmethod
+    def merged(cls, results: Sequence[Verification], inputs: str) -> Verification:
+        """One verdict for several runs: the closest to failing speaks for all."""
+        worst = max(results, key=lambda r: r.max_abs_diff / r.allowed if r.allowed else float("inf"))
+        return cls(
+            passed=all(r.passed for r in results),
+            max_abs_diff=worst.max_abs_diff,
+            tolerance=worst.tolerance,
+            allowed=worst.allowed,
+            inputs=inputs,
+            top1_agreement=None,
+        )
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -131,13 +149,15 @@ def verify(
     feeds: Sequence[Mapping[str, np.ndarray]],
     tolerance: float = DEFAULT_TOLERANCE,
     described_as: str = "",
+    fetches: Sequence[str] | None = None,
 ) -> Verification:
     """Run ``source`` and ``frozen`` on each batch of ``feeds``; raise if they differ.
 
     Feeds are keyed by the frozen graph's input names; placeholders the freezing fixed
-    to constants (``keep_prob``) are fed to the source with the same values.
+    to constants (``keep_prob``) are fed to the source with the same values. ``fetches``
+    (default: every output) are the tensors compared.
     """
-    fetches = [o.name for o in frozen.outputs]
+    fetches = list(fetches) if fetches is not None else [o.name for o in frozen.outputs]
     constants = {k: np.asarray(v) for k, v in frozen.constants.items()}
     diff, magnitude, agree, rows = 0.0, 0.0, [], 0
     # Not ``with session``: that would make the frozen graph the default graph, and a TF2
@@ -175,3 +195,120 @@ def verify(
             result,
         )
     return result
+
+
+def verify_signatures(
+    *,
+    source: Source,
+    frozen: FrozenGraph,
+    signatures: Mapping[str, Any],
+    tolerance: float = DEFAULT_TOLERANCE,
+    input_shape: Sequence[int] | None = None,
+) -> tuple[Verification, list[str]]:
+    """Verify each signature (a ``SignatureSpec``) on random feeds of its own inputs; the
+    merged verdict and notes on the signatures that could not be fed."""
+    graph = g.import_graph(frozen.graph_def)
+    results, verified, notes = [], [], []
+    for name, spec in signatures.items():
+        infos = [tensor_info(graph.get_tensor_by_name(t.tensor)) for t in spec.inputs.values()]
+        try:
+            feeds = signature_feeds(graph, infos, input_shape=input_shape)
+        except GraphError as exc:
+            notes.append(f"signature '{name}' not verified: {exc}")
+            continue
+        fetches = [t.tensor for t in spec.outputs.values()]
+        results.append(verify(source=source, frozen=frozen, feeds=[feeds], tolerance=tolerance, fetches=fetches))
+        verified.append(name)
+    if not results:
+        raise GraphError("no signature could be verified: " + "; ".join(notes))
+    described = f"random feeds of signature(s) {', '.join(verified)}"
+    return Verification.merged(results, described), notes
+
+
+def signature_feeds(
+    graph: tf.Graph, inputs: Sequence[TensorInfo], *, input_shape: Sequence[int] | None = None, batch: int = 4
+) -> dict[str, np.ndarray]:
+    """Random values for a tensor model's inputs: unknown batch → ``batch``, other unknown
+    dimensions → 1 (or ``input_shape`` where its rank matches), serialized ``tf.Example``
+    strings from the features a ``ParseExample`` reads."""
+    rng = np.random.default_rng(0)
+    feeds, shapes = {}, {}
+    for info in inputs:
+        shape = _filled_shape(info, input_shape, batch)
+        if info.dtype == "string":
+            feeds[info.name] = _examples(graph.get_tensor_by_name(info.name), int(np.prod(shape)), rng).reshape(shape)
+        else:
+            shapes[info.name] = shape
+    rest = [info for info in inputs if info.name in shapes]
+    return {**feeds, **random_feeds(rest, shapes=shapes)} if rest else feeds
+
+
+def _filled_shape(info: TensorInfo, input_shape: Sequence[int] | None, batch: int) -> list[int]:
+    if info.shape is None:
+        return [batch]
+    if input_shape is not None and len(input_shape) == len(info.shape) and None in info.shape:
+        return list(input_shape)
+    return [batch if i == 0 and d is None else 1 if d is None else d for i, d in enumerate(info.shape)]
+
+
+def _example_parser(tensor: tf.Tensor) -> tf.Operation | None:
+    """The ``ParseExample`` op reading ``tensor`` (through reshapes and identities), or None."""
+    todo = [tensor]
+    while todo:
+        current = todo.pop()
+        for op in current.consumers():
+            if op.type in ("ParseExample", "ParseExampleV2") and op.inputs[0] is current:
+                return op
+            if op.type in PASS_THROUGH_OPS:
+                todo.extend(op.outputs[:1])
+    return None
+
+
+def _dense_features(parser: tf.Operation) -> list[tuple[str, tf.DType, list[int]]]:
+    """(key, dtype, shape) of each dense feature the parser reads."""
+    dtypes, shapes = parser.get_attr("Tdense"), parser.get_attr("dense_shapes")
+    if parser.type == "ParseExample":
+        first = 2 + parser.get_attr("Nsparse")
+        keys = [tf.get_static_value(t) for t in parser.inputs[first : first + len(dtypes)]]
+    else:
+        static = tf.get_static_value(parser.inputs[3])
+        keys = [None] if static is None else list(np.asarray(static).reshape(-1))
+    if any(k is None for k in keys):
+        raise GraphError(f"the feature names of '{parser.name}' are not constants")
+    return [
+        (_text(k), tf.as_dtype(d), [1 if s is None else s for s in _dims(shape)])
+        for k, d, shape in zip(keys, dtypes, shapes)
+    ]
+
+
+def _text(value: Any) -> str:
+    value = np.asarray(value).item()
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def _dims(shape: Any) -> list[int | None]:
+    dims = tf.TensorShape(shape).as_list()
+    return [] if dims is None else [None if d is None or d < 0 else d for d in dims]
+
+
+def _examples(tensor: tf.Tensor, count: int, rng: np.random.Generator) -> np.ndarray:
+    parser = _example_parser(tensor)
+    if parser is None:
+        raise GraphError(f"input '{tensor.name}' is a string that no ParseExample reads; cannot make up values")
+    features = _dense_features(parser)
+    examples = [
+        tf.train.Example(
+            features=tf.train.Features(feature={k: _feature(d, s, rng) for k, d, s in features})
+        ).SerializeToString()
+        for _ in range(count)
+    ]
+    return np.array(examples, dtype=object)
+
+
+def _feature(dtype: tf.DType, shape: Sequence[int], rng: np.random.Generator) -> tf.train.Feature:
+    size = int(np.prod(shape)) if shape else 1
+    if dtype.is_floating:
+        return tf.train.Feature(float_list=tf.train.FloatList(value=rng.random(size).tolist()))
+    if dtype.is_integer:
+        return tf.train.Feature(int64_list=tf.train.Int64List(value=rng.integers(0, 10, size).tolist()))
+    return tf.train.Feature(bytes_list=tf.train.BytesList(value=[b"x"] * size))

@@ -88,11 +88,13 @@ def test_user_mistakes_are_one_line_and_exit_2(
     assert err.startswith("freeze: error: ") and message in err and err.count("\n") == 1
 
 
-def test_non_image_model_needs_its_size_or_output_pb(
+def test_non_image_model_is_served_by_its_tensors_unless_told_otherwise(
     freeze_cli: Callable[..., int], checkpoints: Path, tmp_path: Path, capsys
 ) -> None:
     source = str(checkpoints / "tensorflow_serving" / "bad_half_plus_two" / "00000123")
-    assert freeze_cli([source, "--name", "hp", "--graphs-dir", str(tmp_path)]) == 2
+    assert freeze_cli([source, "--name", "hp", "--graphs-dir", str(tmp_path)]) == 0
+    assert "kind:   tensors (input 'Placeholder:0' float32 unknown rank is not an image" in capsys.readouterr().out
+    assert freeze_cli([source, "--name", "hp", "--graphs-dir", str(tmp_path), "--kind", "image"]) == 2
     assert "--output-pb" in capsys.readouterr().err
     assert freeze_cli([source, "--output-pb", str(tmp_path / "hp.pb")]) == 0
     graph_def = tf.compat.v1.GraphDef.FromString((tmp_path / "hp.pb").read_bytes())

@@ -140,14 +140,17 @@ def test_hdf5_after_a_user_block_is_still_hdf5(tmp_path: Path) -> None:
         load_source(path)
 
 
-def test_keras_model_with_two_inputs_is_refused(tmp_path: Path) -> None:
+def test_keras_model_with_two_unnamed_inputs_keeps_both(tmp_path: Path) -> None:
+    """Keras names them itself; each becomes its own placeholder (tensor models: test_freeze_tensors.py)."""
     import keras
 
     a, b = keras.Input((2,)), keras.Input((2,))
     model = keras.Model([a, b], keras.layers.Concatenate()([a, b]))
     model.save(tmp_path / "two.keras")
-    with pytest.raises(SourceError, match="2 inputs"):
-        load_source(tmp_path / "two.keras")
+    with load_source(tmp_path / "two.keras") as source:
+        frozen = source.freeze()
+        verify(source=source, frozen=frozen, feeds=[random_feeds(frozen.inputs)])
+    assert len({t.name for t in frozen.inputs}) == 2 and frozen.outputs[0].shape == (None, 4)
 
 
 def test_tf2_saved_model_with_several_outputs(tmp_path: Path) -> None:
