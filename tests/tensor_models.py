@@ -1,7 +1,8 @@
 """Tensor models for tests: real frozen graphs served by their own tensors.
 
-- ``write_half_plus_two``: TF Serving's own test model (TF1 SavedModel in ../shared/testdata),
-  frozen with every signature kept, as version 123, as TF Serving serves its folder 00000123.
+- ``write_half_plus_two``: TF Serving's own test model (TF1 or TF2 SavedModel in
+  ../shared/testdata) frozen by ``freeze_model`` with every signature kept, as version 123, as
+  TF Serving serves its folder 00000123; ``write_mnist``: the MNIST softmax checkpoint.
 - ``write_multi``: a small graph of our own with two inputs and two outputs of other dtypes.
 - ``write_alltypes``: one identity per dtype a graph can have (every v2 datatype but BF16),
   inputs ``in_<dtype>`` and outputs ``out_<dtype>`` of shape [-1, 2] (strings: [-1]).
@@ -23,8 +24,7 @@ import tensorflow as tf
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "testdata" / "checkpoints" / "tensorflow_serving"
 HALF_PLUS_TWO_TF1 = SHARED / "saved_model_half_plus_two_cpu" / "00000123"
 HALF_PLUS_TWO_TF2 = SHARED / "saved_model_half_plus_two_tf2_cpu" / "00000123"
-_METHODS = {"tensorflow/serving/predict": "predict", "tensorflow/serving/classify": "classify",
-            "tensorflow/serving/regress": "regress"}
+MNIST_TF1 = SHARED.parent / "mnist_softmax_tf1"
 ALL_DTYPES = ("float16", "float32", "float64", "int8", "int16", "int32", "int64",
               "uint8", "uint16", "uint32", "uint64", "bool", "string")
 
@@ -42,24 +42,25 @@ def _spec(tensor: str, dtype: tf.DType, shape: list[int] | None) -> dict[str, An
     return {"tensor": tensor, "dtype": dtype.name, "shape": shape}
 
 
-def write_half_plus_two(root: Path, name: str = "half_plus_two") -> Path:
-    if not HALF_PLUS_TWO_TF1.is_dir():
-        pytest.skip(f"TF Serving's half_plus_two is not at {HALF_PLUS_TWO_TF1} (see ../shared/testdata/README.md)")
-    graph = tf.Graph()
-    with graph.as_default(), tf.compat.v1.Session(graph=graph) as session:
-        meta = tf.compat.v1.saved_model.loader.load(session, ["serve"], str(HALF_PLUS_TWO_TF1))
-        signatures = {}
-        outputs = set()
-        for key, sig in meta.signature_def.items():
-            def ports(side: Any) -> dict[str, Any]:
-                return {k: _spec(v.name, tf.as_dtype(v.dtype),
-                                 None if v.tensor_shape.unknown_rank else [d.size for d in v.tensor_shape.dim])
-                        for k, v in side.items()}
-            signatures[key] = {"method": _METHODS[sig.method_name], "inputs": ports(sig.inputs),
-                               "outputs": ports(sig.outputs)}
-            outputs |= {v.name.split(":")[0] for v in (*sig.inputs.values(), *sig.outputs.values())}
-        frozen = tf.compat.v1.graph_util.convert_variables_to_constants(session, graph.as_graph_def(), sorted(outputs))
-    return _write(root, name, 123, frozen, signatures)
+def write_half_plus_two(root: Path, name: str = "half_plus_two", *, tf2: bool = False) -> Path:
+    """TF Serving's half_plus_two (TF1 or TF2 SavedModel) frozen by our own freeze tool, as a user would."""
+    source = HALF_PLUS_TWO_TF2 if tf2 else HALF_PLUS_TWO_TF1
+    return _freeze(source, root, name)
+
+
+def write_mnist(root: Path, name: str = "mnist") -> Path:
+    """The MNIST softmax TF1 checkpoint of ../shared/testdata: input ``Placeholder`` [-1, 784], output ``add``."""
+    return _freeze(MNIST_TF1, root, name)
+
+
+def _freeze(source: Path, root: Path, name: str) -> Path:
+    if not source.exists():
+        pytest.skip(f"{source} is not there (see ../shared/testdata/README.md)")
+    from freeze import WriteOptions, freeze_model
+
+    result = freeze_model(source, write=WriteOptions(graphs_dir=root, name=name))
+    assert result.path is not None
+    return result.path
 
 
 def write_multi(root: Path, name: str = "multi", **extra: Any) -> Path:

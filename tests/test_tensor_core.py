@@ -21,13 +21,22 @@ from app.kinds import Kind, describe
 from app.servable import ServableSpec, load_servable
 from app.services import services_of
 from app.tensors import BadTensor, NotAnImageModel, TensorTooLarge, UnknownSignature, check_size
-from tests.tensor_models import ALL_DTYPES, run_frozen, write_alltypes, write_half_plus_two, write_multi
+from tests.tensor_models import (
+    ALL_DTYPES,
+    run_frozen,
+    write_alltypes,
+    write_half_plus_two,
+    write_mnist,
+    write_multi,
+)
 
 
 @pytest.fixture(scope="module")
 def tensor_dir(tmp_path_factory: pytest.TempPathFactory, graphs_dir: Path) -> Path:
     root = tmp_path_factory.mktemp("tensor-graphs")
     write_half_plus_two(root)
+    write_half_plus_two(root, "half_plus_two_tf2", tf2=True)
+    write_mnist(root)
     write_multi(root)
     write_alltypes(root)
     shutil.copytree(graphs_dir / "digits16", root / "digits16")
@@ -56,6 +65,18 @@ def test_half_plus_two_as_tf_serving_documents_it(services) -> None:
     np.testing.assert_array_equal(square.outputs["y"], [[2.5, 3.0], [3.5, 4.0]])
     scalar = predict(core_services, "half_plus_two", {"x": np.array(4.0, np.float32)})
     assert scalar.outputs["y"].shape == () and float(scalar.outputs["y"]) == 4.0
+
+
+def test_the_tf2_savedmodel_and_the_mnist_checkpoint_frozen_by_our_tool(services, tensor_dir: Path) -> None:
+    core_services, _ = services
+    tf2 = predict(core_services, "half_plus_two_tf2", {"x": np.array([5.0], np.float32)})
+    assert tf2.version == 123
+    np.testing.assert_array_equal(tf2.outputs["y"], [4.5])
+    digits = np.random.default_rng(3).uniform(0, 1, (2, 784)).astype(np.float32)
+    mnist = predict(core_services, "mnist", {"Placeholder": digits})
+    expected = run_frozen(tensor_dir / "mnist" / "1", "serving_default", {"Placeholder": digits})
+    np.testing.assert_allclose(mnist.outputs["add"], expected["add"], rtol=1e-5, atol=1e-5)
+    assert mnist.outputs["add"].shape == (2, 10)
 
 
 def test_a_classify_signature_takes_serialized_examples(services, tensor_dir: Path) -> None:
