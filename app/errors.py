@@ -11,6 +11,8 @@ nothing.
 Under a borrowed protocol's prefix (``/v1`` TF Serving, ``/v2`` KServe v2) an error that no
 blueprint handled (no route matched, a method not allowed, a bug) answers in that protocol's
 shape, ``{"error": "<message>"}``, which both share: a TF Serving or Triton client parses it.
+Under ``/v1`` a path no route takes, or a method it does not allow, is TF Serving's HTTP
+handler's 400 ``Malformed request: GET /v1/foo``.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from werkzeug.exceptions import HTTPException
 
 from . import observe
 from .kinds import DOMAIN, Kind, describe
+from .text import clip
 
 log = logging.getLogger(__name__)
 
@@ -81,6 +84,11 @@ def under_protocol_prefix(path: str) -> bool:
     return any(path == prefix or path.startswith(prefix + "/") for prefix in PROTOCOL_PREFIXES)
 
 
+def _under_tfserving(path: str) -> bool:
+    path = "/" + path.lstrip("/")
+    return path == "/v1" or path.startswith("/v1/")
+
+
 def error_response(status: int, code: str, message: str, headers: dict[str, str] | None = None) -> ResponseReturnValue:
     if under_protocol_prefix(request.path):
         observe.current().error_code = code  # counted as our own errors are (app.observe)
@@ -103,6 +111,8 @@ def init_app(app: Flask) -> None:
         message = exc.description or exc.name
         if status == 413:
             code, message = _too_large()
+        if status in (404, 405) and _under_tfserving(request.path):
+            status, code, message = 400, "malformed_request", f"Malformed request: {request.method} {clip(request.path)}"
         return error_response(status, code, message)
 
     @app.errorhandler(Exception)

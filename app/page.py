@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from flask import Blueprint, Response, abort, send_from_directory
+from flask import Blueprint, Response, abort, jsonify, request, send_from_directory
 from flask.typing import ResponseReturnValue
 
 STATIC = Path(__file__).parent / "static"
@@ -35,11 +35,23 @@ def _harden(response: Response) -> Response:
 
 @bp.get("/")
 def index() -> ResponseReturnValue:
+    if _wants_json():  # KServe v1's liveness probe: GET / answers {"status": "alive"}
+        response = jsonify(status="alive")
+        response.headers["Vary"] = "Accept"
+        return response
     # max_age=0 with an ETag: the browser revalidates the HTML each time (a 304 is cheap), so
     # it always names the assets of the running release.
     response = send_from_directory(STATIC, "index.html", max_age=0)
     response.headers["Cache-Control"] = "no-cache"
+    response.headers["Vary"] = "Accept"
     return _harden(response)
+
+
+def _wants_json() -> bool:
+    """``Accept`` prefers JSON to HTML (``*/*`` and browsers get the page)."""
+    accept = request.accept_mimetypes
+    return accept.quality("application/json") > accept.quality("text/html") or (
+        accept.best_match(["text/html", "application/json"]) == "application/json")
 
 
 @bp.get("/ui/<name>")

@@ -162,8 +162,8 @@ def test_huge_client_text_is_clipped(app, channel, photo):
     request.inputs[huge].CopyFrom(request.inputs["images"])
     refused(app, channel, photo, TFS + "Predict", request, grpc.StatusCode.INVALID_ARGUMENT)
     request = predict(photo)
-    request.model_spec.version_label = huge
-    refused(app, channel, photo, TFS + "Predict", request, grpc.StatusCode.NOT_FOUND)
+    request.model_spec.version_label = huge  # TF Serving: "Unrecognized servable version label"
+    refused(app, channel, photo, TFS + "Predict", request, grpc.StatusCode.INVALID_ARGUMENT)
     metadata = get_model_metadata_pb2.GetModelMetadataRequest()
     metadata.model_spec.name = "digits8"
     metadata.metadata_field.extend([huge] * 20)

@@ -124,7 +124,7 @@ def test_errors(stub, photos):
     assert code == grpc.StatusCode.NOT_FOUND
     assert message.startswith("Servable not found for request: Specific(digits8, 7): ")
     code, message = fails(stub.Predict, predict_request("digits8", photos[:1], label="stable"))
-    assert code == grpc.StatusCode.NOT_FOUND and "stable" in message
+    assert (code, message) == (grpc.StatusCode.INVALID_ARGUMENT, "Unrecognized servable version label: stable")
     code, message = fails(stub.Predict, predict_request("digits8", [photos[0], b"not an image"]))
     assert code == grpc.StatusCode.INVALID_ARGUMENT and "images[1]" in message
     code, message = fails(stub.Predict, predict_request("digits8", photos[:1], input_name="image"))

@@ -1,5 +1,10 @@
 """TF Serving's gRPC API over the inference core: ``tensorflow.serving.PredictionService``
-(``Predict``, ``Classify``, ``GetModelMetadata``) and ``ModelService.GetModelStatus``.
+(``Predict``, ``Classify``, ``Regress``, ``MultiInference``, ``GetModelMetadata``) and ``ModelService.GetModelStatus``.
+
+Predict takes a model's own tensors (``TensorProto`` as ``tensor_content`` or typed ``*_val``
+fields, TF's rule: fewer values than the shape holds repeat the last one, none are zeros; the
+dtype must be the input's, as TF Serving is strict) or, for an image classifier, input
+``images``. Outputs are ``TensorProto``s with ``tensor_content`` (strings: ``string_val``).
 
 The servicers subclass the ones the ``tensorflow-serving-api`` wheel ships; ``install`` adds
 them to the process's gRPC server (``app/grpc_server.py``). A client, unchanged::
@@ -35,9 +40,11 @@ from tensorflow.core.framework import tensor_pb2, tensor_shape_pb2, types_pb2
 from tensorflow_serving.apis import (
     classification_pb2,
     get_model_metadata_pb2,
+    inference_pb2,
     model_service_pb2_grpc,
     predict_pb2,
     prediction_service_pb2_grpc,
+    regression_pb2,
 )
 
 from .. import observe, tfserving
@@ -45,10 +52,13 @@ from ..grpc_server import add_servicer
 from ..images import check_image_count
 from ..inference import InferenceCore, Selected
 from ..services import Services
+from ..tensors import BadTensor, Port, Signature, check_size
 from ..text import clip
 
 PROTOCOL = "tfserving_grpc"  # graphserve_requests_total{protocol=...}
 SHOWN_NAMES = 3  # client names repeated in one error message
+MAX_DIMS = 64  # a TensorShapeProto's dims, counted before they are read
+MAX_TASKS = 16  # a MultiInference's tasks (one run each)
 
 
 def install(server: grpc.Server, services: Services) -> None:
@@ -65,6 +75,8 @@ def _answer(exc: BaseException) -> tuple[grpc.StatusCode, int, str] | None:
 
 
 def _spec(request: Any) -> tuple[str, int | None, str | None]:
+    if not request.HasField("model_spec"):
+        raise tfserving.invalid("Missing ModelSpec")
     spec = request.model_spec
     version = spec.version.value if spec.HasField("version") else None
     return spec.name, version, spec.version_label or None
@@ -107,43 +119,92 @@ class _Servicer:
 class PredictionServicer(_Servicer, prediction_service_pb2_grpc.PredictionServiceServicer):
     def Predict(self, request: predict_pb2.PredictRequest,
                 context: grpc.ServicerContext) -> predict_pb2.PredictResponse:
-        signature = tfserving.signature_name(request.model_spec.signature_name)
-        wanted = tfserving.wanted_outputs(signature, request.output_filter)
-        raw = _images(request.inputs, self.max_images)
-        observe.current_rpc().images = len(raw)
-        with self.select(request) as selected:
-            handle, scores = tfserving.classify(selected, raw, self.deadline(context))
+        requested = request.model_spec.signature_name
+        with self.select(request) as selected:  # the model first: an unknown one is NOT_FOUND whatever the inputs
+            handle = selected.handles[0]
+            name, signature = tfserving.predict_signature(handle, requested)
+            if handle.servable.takes_images and tfserving.INPUT in request.inputs:
+                raw = _images(request.inputs, self.max_images)
+                observe.current_rpc().images = len(raw)
+                outputs = tfserving.predict_images(selected, name, raw, request.output_filter, self.deadline(context))
+            else:
+                feeds = _feeds(request.inputs, handle, signature, self.services.settings.max_tensor_bytes)
+                outputs = tfserving.predict_tensors(selected, name, signature, feeds, request.output_filter,
+                                                    self.deadline(context))
         response = predict_pb2.PredictResponse()
-        _answer_spec(response.model_spec, handle, signature)
-        if tfserving.SCORES in wanted:
-            response.outputs[tfserving.SCORES].CopyFrom(_float_tensor(scores))
-        if tfserving.CLASSES in wanted:
-            response.outputs[tfserving.CLASSES].CopyFrom(_labels_tensor(tfserving.labels(handle), len(scores)))
+        _answer_spec(response.model_spec, handle, name)
+        for key, array in outputs.items():
+            response.outputs[key].CopyFrom(_tensor(signature.outputs.get(key), array))
         return response
 
     def Classify(self, request: classification_pb2.ClassificationRequest,
                  context: grpc.ServicerContext) -> classification_pb2.ClassificationResponse:
-        signature = tfserving.signature_name(request.model_spec.signature_name)
-        raw = _examples(request.input, self.max_images)
-        observe.current_rpc().images = len(raw)
         with self.select(request) as selected:
-            handle, scores = tfserving.classify(selected, raw, self.deadline(context))
-        names = tfserving.labels(handle)
+            if selected.handles[0].servable.takes_images:
+                check_image_count(_example_count(request.input), self.max_images)
+            name, result = tfserving.classify_examples(
+                selected, request.model_spec.signature_name, request.input, self.services.settings.max_tensor_bytes,
+                self.max_images, self.deadline(context))
         response = classification_pb2.ClassificationResponse()
-        _answer_spec(response.model_spec, handle, signature)
-        for row in scores:
-            classifications = response.result.classifications.add()
-            for label, score in zip(names, row):
-                classifications.classes.add(label=label, score=float(score))
+        _answer_spec(response.model_spec, selected.handles[0], name)
+        response.result.CopyFrom(result)
+        return response
+
+    def Regress(self, request: regression_pb2.RegressionRequest,
+                context: grpc.ServicerContext) -> regression_pb2.RegressionResponse:
+        with self.select(request) as selected:
+            name, result = tfserving.regress_examples(
+                selected, request.model_spec.signature_name, request.input, self.services.settings.max_tensor_bytes,
+                self.deadline(context))
+        response = regression_pb2.RegressionResponse()
+        _answer_spec(response.model_spec, selected.handles[0], name)
+        response.result.CopyFrom(result)
+        return response
+
+    def MultiInference(self, request: inference_pb2.MultiInferenceRequest,
+                       context: grpc.ServicerContext) -> inference_pb2.MultiInferenceResponse:
+        """Classify and Regress tasks of one model's version on the same examples (TF Serving's rules)."""
+        tasks = request.tasks
+        if not tasks:
+            raise tfserving.invalid("Inference request should have at least one task")
+        if len(tasks) > MAX_TASKS:
+            raise tfserving.invalid(f"{len(tasks)} tasks; at most {MAX_TASKS}")
+        first = _spec(tasks[0])
+        if any(_spec(task)[:2] != first[:2] or task.model_spec.version_label != tasks[0].model_spec.version_label
+               for task in tasks):
+            raise tfserving.invalid("All ModelSpecs in a MultiInferenceRequest must access the same model name and version")
+        signatures = [task.model_spec.signature_name for task in tasks]
+        duplicate = next((name for i, name in enumerate(signatures) if name in signatures[:i]), None)
+        if duplicate is not None:
+            raise tfserving.invalid(f"Duplicate evaluation of signature: {clip(duplicate)}")
+        response = inference_pb2.MultiInferenceResponse()
+        settings = self.services.settings
+        with tfserving.select(self.core, *first) as selected:
+            observe.current_rpc().models = selected.models
+            for task in tasks:
+                requested = task.model_spec.signature_name
+                result = response.results.add()
+                if task.method_name == tfserving.METHODS["classify"]:
+                    name, classified = tfserving.classify_examples(selected, requested, request.input,
+                                                                   settings.max_tensor_bytes, self.max_images,
+                                                                   self.deadline(context))
+                    result.classification_result.CopyFrom(classified)
+                elif task.method_name == tfserving.METHODS["regress"]:
+                    name, regressed = tfserving.regress_examples(selected, requested, request.input,
+                                                                 settings.max_tensor_bytes, self.deadline(context))
+                    result.regression_result.CopyFrom(regressed)
+                else:
+                    raise tfserving.invalid(f"Unsupported signature method_name: {clip(task.method_name)}")
+                _answer_spec(result.model_spec, selected.handles[0], name)
         return response
 
     def GetModelMetadata(self, request: get_model_metadata_pb2.GetModelMetadataRequest,
                          context: grpc.ServicerContext) -> get_model_metadata_pb2.GetModelMetadataResponse:
-        fields = request.metadata_field
-        if len(fields) != 1 or fields[0] != "signature_def":
-            raise tfserving.invalid(f"metadata_field must be ['signature_def'] (the only metadata served), "
-                                    f"got [{_names(list(fields[:SHOWN_NAMES]), len(fields))}]")
         with self.select(request) as selected:
+            fields = request.metadata_field
+            if len(fields) != 1 or fields[0] != "signature_def":
+                raise tfserving.invalid(f"metadata_field must be ['signature_def'] (the only metadata served), "
+                                        f"got [{_names(list(fields[:SHOWN_NAMES]), len(fields))}]")
             handle = selected.handles[0]
             response = get_model_metadata_pb2.GetModelMetadataResponse()
             _answer_spec(response.model_spec, handle, "")
@@ -177,27 +238,94 @@ def _images(inputs: Any, max_images: int) -> list[tuple[str, bytes]]:
     return [(f"{tfserving.INPUT}[{i}]", value) for i, value in enumerate(tensor.string_val)]
 
 
-def _examples(request_input: Any, max_images: int) -> list[tuple[str, bytes]]:
+def _example_count(request_input: Any) -> int:
     kind = request_input.WhichOneof("kind")
-    if kind is None:
-        raise tfserving.invalid("input has no example_list")
-    listed = getattr(request_input, kind)
-    check_image_count(len(listed.examples), max_images)
-    context = listed.context.features.feature if kind == "example_list_with_context" else {}
-    raw = []
-    for i, example in enumerate(listed.examples):
-        features = example.features.feature
-        key = next((k for k in tfserving.EXAMPLE_FEATURES if k in features), None)
-        source = features if key is not None else context
-        key = key or next((k for k in tfserving.EXAMPLE_FEATURES if k in context), None)
-        if key is None:
-            raise tfserving.invalid(f"examples[{i}] has no bytes feature "
-                                    f"{' or '.join(repr(k) for k in tfserving.EXAMPLE_FEATURES)} holding the image")
-        values = source[key].bytes_list.value
-        if len(values) != 1:
-            raise tfserving.invalid(f"examples[{i}].{key} must hold one encoded image in bytes_list, got {len(values)}")
-        raw.append((f"examples[{i}]", values[0]))
-    return raw
+    return 0 if kind is None else len(getattr(request_input, kind).examples)
+
+
+# TF's TensorProto: which typed field holds the values of each dtype.
+_VALUE_FIELDS = {
+    "float32": "float_val", "float64": "double_val", "int8": "int_val", "int16": "int_val", "int32": "int_val",
+    "uint8": "int_val", "uint16": "int_val", "int64": "int64_val", "uint32": "uint32_val", "uint64": "uint64_val",
+    "bool": "bool_val", "float16": "half_val", "bfloat16": "half_val", "string": "string_val",
+}
+
+
+def _feeds(inputs: Any, handle: Any, signature: Signature, limit: int) -> dict[str, np.ndarray]:
+    """Each input's TensorProto as an array of its port's dtype; every count checked before a list is built."""
+    if len(inputs) > len(signature.inputs):
+        names = [name for name, _ in zip(inputs, range(SHOWN_NAMES))]
+        raise BadTensor(f"inputs named {_names(names, len(inputs))}; model '{handle.name}' takes "
+                        f"{tfserving.predict_takes(handle, signature)}")
+    feeds = {}
+    for key, proto in inputs.items():
+        feeds[key] = _array(proto, tfserving.predict_input(handle, signature, key, "the request"), limit)
+    return feeds
+
+
+def _array(proto: tensor_pb2.TensorProto, port: Port, limit: int) -> np.ndarray:
+    what = f"input {port.describe()}"
+    expected = tfserving.DATA_TYPES[port.dtype]
+    if proto.dtype != expected:
+        raise BadTensor(f"{what}: Expects arg to be {_dtype_name(expected)} but {_dtype_name(proto.dtype)} is provided")
+    shape_proto = proto.tensor_shape
+    if shape_proto.unknown_rank:
+        raise BadTensor(f"{what}: the tensor's shape must be known (unknown_rank is set)")
+    if len(shape_proto.dim) > MAX_DIMS:
+        raise BadTensor(f"{what}: a shape of {len(shape_proto.dim)} dimensions; at most {MAX_DIMS}")
+    shape = [d.size for d in shape_proto.dim]
+    count = check_size(what, shape, port.dtype, limit, data_bytes=len(proto.tensor_content))
+    dtype = port.numpy
+    if proto.tensor_content and port.dtype != "string":
+        if len(proto.tensor_content) != count * dtype.itemsize:
+            raise BadTensor(f"{what}: tensor_content has {len(proto.tensor_content)} bytes; shape "
+                            f"[{', '.join(map(str, shape))}] of {port.dtype} takes {count * dtype.itemsize}")
+        return np.frombuffer(proto.tensor_content, dtype=dtype.newbyteorder("<")).astype(dtype, copy=False).reshape(shape)
+    field = getattr(proto, _VALUE_FIELDS[port.dtype])
+    given = len(field)
+    if given > count:
+        raise BadTensor(f"{what}: {given} values in {_VALUE_FIELDS[port.dtype]} for shape "
+                        f"[{', '.join(map(str, shape))}] ({count} elements)")
+    values = _values(field, port, what)
+    if given == count:
+        return values.reshape(shape)
+    array = np.zeros(count, dtype=dtype) if port.dtype != "string" else np.full(count, b"", dtype=object)
+    if given:  # TF's rule: the last value fills the rest
+        array[:given] = values
+        array[given:] = values[-1]
+    return array.reshape(shape)
+
+
+def _values(field: Any, port: Port, what: str) -> np.ndarray:
+    dtype = port.numpy
+    if port.dtype == "string":
+        array = np.empty(len(field), dtype=object)
+        array[:] = list(field)
+        return array
+    if port.dtype in ("float16", "bfloat16"):  # half_val: the bits, in int32s
+        return np.array(field, dtype=np.int64).astype(np.uint16).view(dtype)
+    values = np.array(field, dtype=np.uint64 if port.dtype in ("uint32", "uint64")
+                      else np.int64 if dtype.kind in "iu" else None)
+    if dtype.kind in "iu" and values.size:
+        info = np.iinfo(dtype)
+        if values.min() < info.min or values.max() > info.max:
+            raise BadTensor(f"{what}: a value out of range for {port.dtype} [{info.min}, {info.max}]")
+    return values.astype(dtype)
+
+
+def _tensor(port: Port | None, array: np.ndarray) -> tensor_pb2.TensorProto:
+    """An output as TF Serving writes it: ``tensor_content`` little-endian, strings in ``string_val``."""
+    if array.dtype == object:
+        return tensor_pb2.TensorProto(dtype=types_pb2.DT_STRING, tensor_shape=_shape(*array.shape),
+                                      string_val=list(array.reshape(-1)))
+    name = port.dtype if port is not None else _numpy_name(array.dtype)
+    content = np.ascontiguousarray(array, dtype=array.dtype.newbyteorder("<")).tobytes()
+    return tensor_pb2.TensorProto(dtype=tfserving.DATA_TYPES[name], tensor_shape=_shape(*array.shape),
+                                  tensor_content=content)
+
+
+def _numpy_name(dtype: np.dtype[Any]) -> str:
+    return "bfloat16" if dtype.name == "bfloat16" else {"bool": "bool"}.get(dtype.name, dtype.name)
 
 
 def _answer_spec(spec: Any, handle: Any, signature: str) -> None:
@@ -208,14 +336,3 @@ def _answer_spec(spec: Any, handle: Any, signature: str) -> None:
 
 def _shape(*dims: int) -> tensor_shape_pb2.TensorShapeProto:
     return tensor_shape_pb2.TensorShapeProto(dim=[tensor_shape_pb2.TensorShapeProto.Dim(size=d) for d in dims])
-
-
-def _float_tensor(values: np.ndarray) -> tensor_pb2.TensorProto:
-    return tensor_pb2.TensorProto(dtype=types_pb2.DT_FLOAT, tensor_shape=_shape(*values.shape),
-                                  tensor_content=np.ascontiguousarray(values, dtype="<f4").tobytes())
-
-
-def _labels_tensor(names: list[str], rows: int) -> tensor_pb2.TensorProto:
-    encoded = [name.encode() for name in names]
-    return tensor_pb2.TensorProto(dtype=types_pb2.DT_STRING, tensor_shape=_shape(rows, len(names)),
-                                  string_val=encoded * rows)

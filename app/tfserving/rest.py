@@ -3,15 +3,21 @@
 ``MODEL`` below is ``/v1/models/<name>``, ``/v1/models/<name>/versions/<v>`` or
 ``/v1/models/<name>/labels/<label>``::
 
-    GET  MODEL            {"model_version_status": [{"version": "1", "state": "AVAILABLE", ...}]}
+    GET  MODEL            {"model_version_status": [...], "name": "<name>", "ready": true}
     GET  MODEL/metadata   {"model_spec": {...}, "metadata": {"signature_def": {...}}}
-    POST MODEL:predict    {"instances": [{"b64": "..."}, ...]}  ->  {"predictions": [...]}
-                          {"inputs": {"images": [{"b64": "..."}]}}  ->  {"outputs": {...}}
-    POST MODEL:classify   {"examples": [{"images": {"b64": "..."}}]}  ->  {"result": [[[label, score], ...]]}
+    POST MODEL:predict    {"instances": [1.0, 2.0, 5.0]}  ->  {"predictions": [2.5, 3.0, 4.5]}
+                          {"inputs": {"a": [[1, 2, 3]], "b": [4]}}  ->  {"outputs": {...}}
+                          {"instances": [{"b64": "..."}, ...]}  ->  {"predictions": [{"scores": ..., "classes": ...}]}
+    POST MODEL:classify   {"examples": [{"x": 1.0}], "context": {...}}  ->  {"results": [[[label, score], ...]]}
+    POST MODEL:regress    {"signature_name": "regress_x_to_y", "examples": [{"x": 1.0}]}  ->  {"results": [2.5]}
 
-Images are ``{"b64": "<base64 of the encoded image>"}`` (standard or URL-safe alphabet,
-padding optional). The signatures are described in ``app/tfserving/__init__.py``. Errors are
-``{"error": "<message>"}`` with the HTTP status TF Serving gives the error's code.
+Tensors follow TF Serving's JSON mapping (``app/tfserving/json_tensors.py``). An image
+classifier takes encoded images, ``{"b64": "<base64 of the encoded image>"}`` (standard or
+URL-safe alphabet, padding optional), or its graph's own input tensor: a row-format request of
+``{"b64"}`` objects (or objects keyed ``images``) is images, one of numbers the tensor. The
+model is looked up before the body is read (an unknown model answers 404 whatever the body).
+``status`` adds KServe's v1 keys ``name`` and ``ready``. Errors are ``{"error": "<message>"}``
+with the HTTP status TF Serving gives the error's code.
 """
 
 from __future__ import annotations
@@ -22,12 +28,16 @@ from typing import Any
 import numpy as np
 from flask import Blueprint, jsonify, request
 from flask.typing import ResponseReturnValue
+from tensorflow_serving.apis import input_pb2
 
 from .. import observe, tfserving, wire
 from ..images import check_image_count
-from ..inference import InferenceCore
+from ..inference import InferenceCore, Selected
+from ..registry import ModelHandle
 from ..services import current
+from ..tensors import Signature
 from ..text import clip, shown
+from . import json_tensors
 
 bp = Blueprint("tfserving_rest", __name__)
 
@@ -69,7 +79,7 @@ def get(rest: str) -> ResponseReturnValue:
         registry = current().registry
         name, version, label = match["name"], _version(match), match["label"]
         if match["metadata"] is None:
-            return jsonify(tfserving.as_dict(tfserving.model_status(registry, name, version, label)))
+            return jsonify(_status(tfserving.model_status(registry, name, version, label), name))
         tfserving.check_name(registry, name, version, label)
         with _core().select(name, version=version, version_label=label) as selected:
             handle = selected.handles[0]
@@ -88,28 +98,58 @@ def post(rest: str) -> ResponseReturnValue:
     if match is None:
         return _error(tfserving.invalid(f"Malformed request: POST /v1/models/{clip(rest)}"))
     try:
-        if match["verb"] == "regress":
-            raise tfserving.TFServingError(tfserving.StatusCode.UNIMPLEMENTED,
-                                           "graphserve serves classifiers: use :predict or :classify, not :regress")
-        body = _json_body()
-        signature = tfserving.signature_name(body.get("signature_name", ""))
-        wanted = tfserving.wanted_outputs(signature, _output_filter(body))
         deadline = observe.http_deadline(current().settings.request_timeout_s)
         with tfserving.select(_core(), match["name"], _version(match), match["label"]) as selected:
-            observation = observe.current()
-            observation.models = selected.models
-            if match["verb"] == "classify":
-                raw = _examples(body)
-                observation.images = len(raw)
-                handle, scores = tfserving.classify(selected, raw, deadline)
-                names = tfserving.labels(handle)
-                return jsonify(result=[[[label, float(s)] for label, s in zip(names, row)] for row in scores])
-            raw, columnar = _predict_inputs(body)
-            observation.images = len(raw)
-            handle, scores = tfserving.classify(selected, raw, deadline)
-        return jsonify(_predict_answer(wanted, tfserving.labels(handle), scores, columnar))
+            observe.current().models = selected.models
+            body = _json_body()  # after the model: an unknown model answers 404 whatever the body
+            requested = tfserving.signature_name(body.get("signature_name", ""))
+            if match["verb"] == "predict":
+                return jsonify(_predict(selected, body, requested, deadline))
+            return jsonify(_classify_or_regress(selected, match["verb"], body, requested, deadline))
     except Exception as exc:
         return _translated(exc)
+
+
+def _status(response: Any, name: str) -> dict[str, Any]:
+    """TF Serving's status, and KServe's v1 ``name``/``ready`` (its Python client reads ``ready``)."""
+    answer = tfserving.as_dict(response)
+    ready = any(status.state == status.AVAILABLE for status in response.model_version_status)
+    return {**answer, "name": name, "ready": ready}
+
+
+def _predict(selected: Selected, body: dict[str, Any], requested: str, deadline: float | None) -> dict[str, Any]:
+    handle = selected.handles[0]
+    name, signature = tfserving.predict_signature(handle, requested)
+    output_filter = _output_filter(body)
+    columnar = _columnar(body)
+    values = body["inputs"] if columnar else body["instances"]
+    if handle.servable.takes_images and _looks_like_images(values):
+        raw, columnar = _predict_inputs(body)
+        observe.current().images = len(raw)
+        outputs = tfserving.predict_images(selected, name, raw, output_filter, deadline)
+    else:
+        feeds = _tensor_feeds(values, columnar, handle, signature)
+        outputs = tfserving.predict_tensors(selected, name, signature, feeds, output_filter, deadline)
+    if columnar:
+        return {"outputs": json_tensors.columns(outputs)}
+    return {"predictions": json_tensors.rows(outputs)}
+
+
+def _classify_or_regress(selected: Selected, verb: str, body: dict[str, Any], requested: str,
+                         deadline: float | None) -> dict[str, Any]:
+    settings = current().settings
+    handle = selected.handles[0]
+    if handle.servable.takes_images:  # before a single base64 string is decoded
+        examples = body.get("examples")
+        check_image_count(len(examples) if isinstance(examples, list) else 0, _max_images())
+    request_input = _examples_input(body)
+    if verb == "regress":
+        _, regression = tfserving.regress_examples(selected, requested, request_input, settings.max_tensor_bytes,
+                                                   deadline)
+        return {"results": [r.value for r in regression.regressions]}
+    _, classification = tfserving.classify_examples(selected, requested, request_input, settings.max_tensor_bytes,
+                                                    _max_images(), deadline)
+    return {"results": [[[c.label, c.score] for c in listed.classes] for listed in classification.classifications]}
 
 
 # -- reading the request --------------------------------------------------------------------
@@ -169,10 +209,7 @@ def _named(value: dict[str, Any], where: str) -> Any:
 
 def _predict_inputs(body: dict[str, Any]) -> tuple[list[tuple[str, bytes]], bool]:
     """The images of a predict request and whether it was columnar (``inputs``)."""
-    if ("instances" in body) == ("inputs" in body):
-        raise tfserving.invalid("the request must have either \"instances\" (row format) or \"inputs\" "
-                                "(columnar format), not both or neither")
-    if "instances" in body:
+    if not _columnar(body):
         instances = body["instances"]
         if not isinstance(instances, list):
             raise tfserving.invalid("\"instances\" must be a list")
@@ -196,42 +233,112 @@ def _predict_inputs(body: dict[str, Any]) -> tuple[list[tuple[str, bytes]], bool
     return [_b64(value, f"{where}[{i}]") for i, value in enumerate(inputs)], True
 
 
-def _examples(body: dict[str, Any]) -> list[tuple[str, bytes]]:
-    examples = body.get("examples")
-    if not isinstance(examples, list):
-        raise tfserving.invalid("a classify request needs \"examples\": a list of objects")
-    context = body.get("context") or {}
-    if not isinstance(context, dict):
-        raise tfserving.invalid("\"context\" must be an object")
-    check_image_count(len(examples), _max_images())
-    raw = []
-    for i, example in enumerate(examples):
-        if not isinstance(example, dict):
-            raise tfserving.invalid(f"examples[{i}] must be an object of features")
-        features = {**context, **example}
-        key = next((k for k in tfserving.EXAMPLE_FEATURES if k in features), None)
-        if key is None:
-            raise tfserving.invalid(
-                f"examples[{i}] has no feature {' or '.join(repr(k) for k in tfserving.EXAMPLE_FEATURES)} "
-                f"holding the encoded image (features: {', '.join(repr(clip(k)) for k in sorted(features)) or 'none'})"
-            )
-        value = features[key]
-        if isinstance(value, list) and len(value) == 1:
-            value = value[0]
-        raw.append(_b64(value, f"examples[{i}].{key}"))
-    return raw
+def _columnar(body: dict[str, Any]) -> bool:
+    """Whether a predict request is columnar (``inputs``) rather than row format (``instances``)."""
+    if ("instances" in body) == ("inputs" in body):
+        raise tfserving.invalid("the request must have either \"instances\" (row format) or \"inputs\" "
+                                "(columnar format), not both or neither")
+    return "inputs" in body
 
 
-# -- writing the answer ---------------------------------------------------------------------
+def _looks_like_images(value: Any) -> bool:
+    """An image classifier's request of images: ``{"b64"}`` objects, strings, or ``images`` named."""
+    if isinstance(value, dict):
+        return tfserving.INPUT in value or "b64" in value
+    if isinstance(value, list) and value:
+        first = value[0]
+        return isinstance(first, str) or (isinstance(first, dict) and (tfserving.INPUT in first or "b64" in first))
+    return False
 
-def _predict_answer(outputs: tuple[str, ...], names: list[str], scores: np.ndarray,
-                    columnar: bool) -> dict[str, Any]:
-    """TF Serving's shapes: one output -> its values; several -> one object per row (row format)
-    or one list per output (columnar)."""
-    rows = scores.tolist()
-    values = {tfserving.SCORES: rows, tfserving.CLASSES: [names] * len(rows)}
+
+def _keyed(value: Any) -> bool:
+    """An object keyed by input name (not a ``{"b64"}`` value of a DT_STRING input)."""
+    return isinstance(value, dict) and set(value) != {"b64"}
+
+
+def _tensor_feeds(values: Any, columnar: bool, handle: ModelHandle, signature: Signature) -> dict[str, np.ndarray]:
+    """The arrays of a predict request: ``inputs`` as they are, ``instances`` stacked along a new dimension 0."""
+    named: dict[str, tuple[Any, str]]
     if columnar:
-        return {"outputs": values[outputs[0]] if len(outputs) == 1 else {o: values[o] for o in outputs}}
-    if len(outputs) == 1:
-        return {"predictions": values[outputs[0]]}
-    return {"predictions": [{o: values[o][i] for o in outputs} for i in range(len(rows))]}
+        named = ({key: (value, f"inputs.{key}") for key, value in values.items()} if _keyed(values)
+                 else {"": (values, "inputs")})
+    else:
+        if not isinstance(values, list):
+            raise tfserving.invalid("\"instances\" must be a list (one element per instance)")
+        named = _instances(values) if values and all(_keyed(v) for v in values) else {"": (values, "instances")}
+    if "" in named:
+        if len(signature.inputs) != 1:
+            raise tfserving.invalid(f"signature '{signature.name}' takes {len(signature.inputs)} inputs: give an "
+                                    f"object keyed by input name; it takes {tfserving.predict_takes(handle, signature)}")
+        named = {next(iter(signature.inputs)): named[""]}
+    limit = current().settings.max_tensor_bytes
+    feeds = {}
+    for key, (value, where) in named.items():
+        port = tfserving.predict_input(handle, signature, key, where)
+        feeds[key] = json_tensors.to_array(value, port, where, limit)
+    return feeds
+
+
+def _instances(instances: list[dict[str, Any]]) -> dict[str, tuple[Any, str]]:
+    """Row format with named inputs: each input's values across the instances (TF Serving: same keys in each)."""
+    keys = list(instances[0])
+    for i, instance in enumerate(instances):
+        if len(instance) != len(keys) or any(key not in instance for key in keys):
+            raise tfserving.invalid(f"instances[{i}] names inputs {', '.join(repr(clip(k)) for k in list(instance)[:5])}"
+                                    f" where instances[0] names {', '.join(repr(clip(k)) for k in keys[:5])}: every "
+                                    f"instance must name the same inputs")
+    return {key: ([instance[key] for instance in instances], f"instances[*].{key}") for key in keys}
+
+
+def _examples_input(body: dict[str, Any]) -> input_pb2.Input:
+    """``examples`` (and ``context``) as TF Serving's ``Input`` proto of ``tf.Example``s."""
+    examples = body.get("examples")
+    if examples is None:
+        raise tfserving.invalid("When method is classify, key 'examples' is expected and was not found")
+    if not isinstance(examples, list):
+        raise tfserving.invalid("Expecting 'examples' value to be an list/array")
+    if not examples:
+        raise tfserving.invalid("'examples' value is an empty array")
+    request_input = input_pb2.Input()
+    context = body.get("context")
+    if context is not None:
+        listed = request_input.example_list_with_context
+        _fill_example(listed.context, context, "context")
+    else:
+        listed = request_input.example_list
+    for i, example in enumerate(examples):
+        _fill_example(listed.examples.add(), example, f"examples[{i}]")
+    return request_input
+
+
+def _fill_example(example: Any, features: Any, where: str) -> None:
+    """TF Serving's JSON -> ``tf.Example``: decimals a float_list, whole numbers an int64_list,
+    strings and ``{"b64"}`` a bytes_list; a list holds values of one kind."""
+    if not isinstance(features, dict):
+        raise tfserving.invalid(f"{where}: Example must be JSON object but got JSON {shown(features)}")
+    for name, content in features.items():
+        values = content if isinstance(content, list) else [content]
+        kinds = {_feature_kind(value, f"{where}.{clip(name)}") for value in values}
+        if len(kinds) > 1:
+            raise tfserving.invalid(f"{where}.{clip(name)}: every value of a feature must be of one kind "
+                                    f"(decimal, whole number or bytes), got {', '.join(sorted(kinds))}")
+        feature = example.features.feature[name]
+        if kinds == {"float"}:
+            feature.float_list.value.extend(values)
+        elif kinds == {"int64"}:
+            feature.int64_list.value.extend(values)
+        elif kinds == {"bytes"}:
+            feature.bytes_list.value.extend(_b64(v, f"{where}.{clip(name)}")[1] if isinstance(v, dict)
+                                            else v.encode("utf-8", "surrogatepass") for v in values)
+
+
+def _feature_kind(value: Any, where: str) -> str:
+    if type(value) is float:
+        return "float"
+    if type(value) is int:
+        if not -(1 << 63) <= value < (1 << 63):
+            raise tfserving.invalid(f"{where} has {clip(str(value))}: only int64 is supported")
+        return "int64"
+    if isinstance(value, str) or (isinstance(value, dict) and "b64" in value):
+        return "bytes"
+    raise tfserving.invalid(f"{where}: a feature value is a number, a string or {{\"b64\": ...}}, got {shown(value)}")
