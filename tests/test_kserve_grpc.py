@@ -67,7 +67,8 @@ def test_health_and_metadata(triton):
     assert not triton.is_model_ready("digits8", "7")
     metadata = triton.get_model_metadata("digits16", as_json=True)
     assert metadata["platform"] == "tensorflow_graphdef" and metadata["versions"] == ["1"]
-    assert metadata["inputs"] == [{"name": "image", "datatype": "BYTES", "shape": ["-1"]}]
+    assert metadata["inputs"] == [{"name": "image", "datatype": "BYTES", "shape": ["-1", "1"]},  # Triton's: dims [1], batched
+                                  {"name": "input", "datatype": "FP32", "shape": ["-1", "16", "16", "1"]}]
     assert metadata["outputs"] == [{"name": "scores", "datatype": "FP32", "shape": ["-1", "10"]}]
     with pytest.raises(InferenceServerException, match="unknown model 'nope'") as info:
         triton.get_model_metadata("nope")
@@ -116,7 +117,8 @@ def test_classification_through_the_client(triton, photos, expected):
     [
         ("nope", "", "image", "BYTES", "NOT_FOUND", "unknown model 'nope'"),
         ("digits8", "9", "image", "BYTES", "NOT_FOUND", "version 9 is not served"),
-        ("digits8", "", "input", "BYTES", "INVALID_ARGUMENT", "unexpected inference input 'input'"),
+        ("digits8", "", "images", "BYTES", "INVALID_ARGUMENT", "unexpected inference input 'images'"),
+        ("digits8", "", "input", "BYTES", "INVALID_ARGUMENT", "unexpected datatype BYTES for inference input 'input'"),
         ("digits8", "", "image", "UINT8", "INVALID_ARGUMENT", "it must be BYTES"),
     ],
 )

@@ -64,11 +64,14 @@ def test_health_and_server_metadata(triton, url):
     assert metadata["name"] == "graphserve"
     assert metadata["version"] == importlib.metadata.version("graphserve")  # the package's, not "1"
     assert {"binary_tensor_data", "classification"} <= set(metadata["extensions"])
-    for path in ("/v2/health/live", "/v2/health/ready", "/v2/models/digits8/ready"):
+    bodies = {"/v2/health/live": {"live": True}, "/v2/health/ready": {"ready": True},
+              "/v2/models/digits8/ready": {"name": "digits8", "ready": True}}  # what KServe's SDK parses
+    for path, body in bodies.items():
         answer = requests.get(f"{url}{path}", timeout=5)
-        assert (answer.status_code, answer.content) == (200, b""), path  # as Triton
+        assert (answer.status_code, answer.json()) == (200, body), path
     answer = requests.get(f"{url}/v2/models/nope/ready", timeout=5)
     assert answer.status_code == 400 and "unknown model 'nope'" in answer.json()["error"]
+    assert answer.json()["ready"] is False
 
 
 def test_not_ready_while_draining(app, client):
@@ -88,7 +91,8 @@ def test_model_metadata_and_ready(triton):
         "name": "digits8",
         "versions": ["1"],
         "platform": "tensorflow_graphdef",
-        "inputs": [{"name": "image", "datatype": "BYTES", "shape": [-1]}],
+        "inputs": [{"name": "image", "datatype": "BYTES", "shape": [-1, 1]},  # Triton's: dims [1], batched
+                   {"name": "input", "datatype": "FP32", "shape": [-1, 64]}],  # the graph's own tensor
         "outputs": [{"name": "scores", "datatype": "FP32", "shape": [-1, 10]}],
     }
     assert triton.get_model_metadata("digits16", model_version="1")["versions"] == ["1"]
@@ -155,7 +159,8 @@ def _post(url: str, path: str, body: bytes, **headers: str) -> requests.Response
         ("/v2/models/nope/infer", {}, 404, "unknown model 'nope'"),
         ("/v2/models/digits8/versions/9/infer", {}, 404, "version 9 is not served"),
         ("/v2/models/all/infer", {}, 404, "unknown model 'all'"),
-        ("/v2/models/digits8/infer", {"name": "input"}, 400, "unexpected inference input 'input'"),
+        ("/v2/models/digits8/infer", {"name": "images"}, 400, "unexpected inference input 'images'"),
+        ("/v2/models/digits8/infer", {"name": "input"}, 400, "unexpected datatype BYTES for inference input 'input'"),
         ("/v2/models/digits8/infer", {"datatype": "UINT8"}, 400, "it must be BYTES"),
         ("/v2/models/digits8/infer", {"data": ["%%%"]}, 400, "not valid base64"),
         ("/v2/models/digits8/infer", {"data": [base64.b64encode(b"not an image").decode()]}, 400, "image"),

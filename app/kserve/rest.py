@@ -1,22 +1,26 @@
 """KServe v2 REST (Open Inference Protocol): a Flask blueprint that only translates.
 
     GET  /v2                                     server metadata
-    GET  /v2/health/live | /v2/health/ready      200 (empty), or 400 when not ready (or draining)
+    GET  /v2/health/live | /v2/health/ready      200 {"live": true} | {"ready": true}; 400 when not ready
     GET  /v2/models/<m>[/versions/<v>]           model metadata
-    GET  /v2/models/<m>[/versions/<v>]/ready     200 (empty) when it takes requests, else 400
+    GET  /v2/models/<m>[/versions/<v>]/config    Triton's model configuration (perf_analyzer reads it)
+    GET  /v2/models/<m>[/versions/<v>]/ready     200 {"name", "ready": true} when it takes requests, else 400
     POST /v2/models/<m>[/versions/<v>]/infer     inference
 
 An infer body is JSON, optionally followed by the *binary tensor data extension*: the JSON's
 length in the ``Inference-Header-Content-Length`` header, each binary input's byte count in its
-``parameters.binary_data_size``; a BYTES element is a 4-byte little-endian length, then the
-bytes. That is what ``tritonclient.http`` sends by default. In plain JSON (``binary_data=False``)
-a BYTES element is a string; images are not text, so graphserve reads each string as the
-image's **base64** (standard or URL-safe). The body may be gzip or deflate compressed
-(``Content-Encoding``: one gzip member or one deflate stream, nothing after it); it may grow
-to ``max_body_bytes`` once inflated. The JSON is counted before it is parsed
-(``app.wire.load_json``) and BYTES elements are read no further than the shape's count, which
-is checked against ``max_images_per_request`` first: a request never costs more than its
-body, its inflated body and the images it may hold.
+``parameters.binary_data_size``, the inputs' bytes one after the other in the order of
+``inputs`` (little-endian; BOOL one byte; a BYTES element is a 4-byte little-endian length, then
+the bytes). That is what ``tritonclient.http`` sends by default. In plain JSON
+(``binary_data=False``) ``data`` is flat or nested (row-major), its elements of the input's
+datatype (numbers, true/false, strings as UTF-8); the ``image`` input's strings are each
+image's **base64** (standard or URL-safe): images are not text. The body may be gzip or deflate
+compressed (``Content-Encoding``: one gzip member or one deflate stream, nothing after it); it
+may grow to ``max_body_bytes`` once inflated. The model is looked up before the body is read
+(an unknown model is a 404 whatever the body); the JSON is counted before it is parsed
+(``app.wire.load_json``); every input's size is checked against ``max_tensor_bytes`` (images:
+``max_images_per_request``) from the shape it says, before its data is read: a request never
+costs more than its body, its inflated body and the tensors it may hold.
 
 Outputs come back in JSON unless asked in binary: per output ``parameters.binary_data``, or for
 every output ``parameters.binary_data_output`` on the request. Errors are ``{"error": "..."}``
@@ -71,14 +75,14 @@ def server_metadata() -> ResponseReturnValue:
 
 @bp.get("/health/live")
 def live() -> ResponseReturnValue:
-    return "", 200  # as Triton: the status is the answer, the body is empty
+    return jsonify(live=True)  # tritonclient reads the status only; KServe's SDK parses the body
 
 
 @bp.get("/health/ready")
 def ready() -> ResponseReturnValue:
     if kserve.server_ready(current()):
-        return "", 200
-    return _error(400, "the server is not ready (no model is available, or it is shutting down)")
+        return jsonify(ready=True)
+    return jsonify(ready=False, error="the server is not ready (no model is available, or it is shutting down)"), 400
 
 
 @bp.get("/models/<model>")
@@ -87,36 +91,50 @@ def model_metadata(model: str, version: str | None = None) -> ResponseReturnValu
     return jsonify(kserve.model_metadata(current(), model, version))
 
 
+@bp.get("/models/<model>/config")
+@bp.get("/models/<model>/versions/<version>/config")
+def model_config(model: str, version: str | None = None) -> ResponseReturnValue:
+    """Triton's model configuration extension: ``tritonclient``'s ``get_model_config``, perf_analyzer."""
+    return jsonify(kserve.model_config(current(), model, version))
+
+
 @bp.get("/models/<model>/ready")
 @bp.get("/models/<model>/versions/<version>/ready")
 def model_ready(model: str, version: str | None = None) -> ResponseReturnValue:
-    """200 (empty) when ready; else 400 with the reason, as Triton (the protocol: 4xx is false)."""
+    """200 ``{"name", "ready": true}`` when ready; else 400 with the reason (the protocol: 4xx is false)."""
     try:
         kserve.model_metadata(current(), model, version)
     except (LookupError, ValueError) as exc:
-        return _error(400, str(exc))
-    return "", 200
+        return jsonify(name=model, ready=False, error=str(exc)), 400
+    return jsonify(name=model, ready=True)
 
 
 @bp.post("/models/<model>/infer")
 @bp.post("/models/<model>/versions/<version>/infer")
 def infer(model: str, version: str | None = None) -> ResponseReturnValue:
-    header, binary = _split(_body())
-    inputs, outputs, binary_default = _parse(header, binary)
-
-    def remember(selected: Any) -> None:
-        observation = observe.current()
-        observation.models = selected.models
-        observation.images = len(inputs)
-
+    observation = observe.current()
     services = current()
     deadline = observe.http_deadline(services.settings.request_timeout_s)
-    result, tensors = kserve.infer(services, model, version, inputs, outputs, deadline=deadline, on_select=remember)
-    answer: dict[str, Any] = {"model_name": result.name, "model_version": str(result.version)}
-    if isinstance(header.get("id"), str):
-        answer["id"] = header["id"]
-    encoded, chunks = [], []
-    for tensor, output in zip(tensors, outputs or [OutputRequest()]):
+    request_json: dict[str, Any] = {}
+    binary_default = False
+
+    def parse(served: kserve.Model) -> kserve.Parsed:  # once the model is known: an unknown one is a 404
+        nonlocal binary_default
+        header, binary = _split(_body())
+        request_json.update(header)
+        parsed, binary_default = _parse(served, header, binary)
+        return parsed
+
+    def remember(selected: Any) -> None:
+        observation.models = selected.models
+
+    answer = kserve.infer(services, model, version, parse, deadline=deadline, on_select=remember)
+    observation.images = answer.images
+    encoded: dict[str, Any] = {"model_name": answer.name, "model_version": str(answer.version)}
+    if isinstance(request_json.get("id"), str):
+        encoded["id"] = request_json["id"]
+    entries, chunks = [], []
+    for tensor, output in answer.outputs:
         entry: dict[str, Any] = {"name": tensor.name, "datatype": tensor.datatype, "shape": tensor.shape}
         if output.binary if output.binary is not None else binary_default:
             raw = tensor.raw()
@@ -124,9 +142,9 @@ def infer(model: str, version: str | None = None) -> ResponseReturnValue:
             chunks.append(raw)
         else:
             entry["data"] = tensor.json_data()
-        encoded.append(entry)
-    answer["outputs"] = encoded
-    text = json.dumps(answer, separators=(",", ":")).encode()
+        entries.append(entry)
+    encoded["outputs"] = entries
+    text = json.dumps(encoded, separators=(",", ":")).encode()
     if not chunks:
         return Response(text, content_type="application/json")
     response = Response(b"".join([text, *chunks]), content_type="application/octet-stream")
@@ -161,37 +179,71 @@ def _split(body: wire.Body) -> tuple[dict[str, Any], wire.Body]:
     return header, body
 
 
-def _parse(header: dict[str, Any], binary: wire.Body) -> tuple[list[bytes], list[OutputRequest], bool]:
+def _parse(model: kserve.Model, header: dict[str, Any], binary: wire.Body) -> tuple[kserve.Parsed, bool]:
+    """The request for ``model``, and whether outputs default to binary (``binary_data_output``)."""
     inputs = header.get("inputs")
-    if not isinstance(inputs, list) or len(inputs) != 1 or not isinstance(inputs[0], dict):
-        raise V2Error(f"'inputs' must hold one tensor, '{kserve.INPUT}' (BYTES, shape [-1])")
-    tensor = inputs[0]
-    count = kserve.check_input(tensor.get("name"), tensor.get("datatype"), tensor.get("shape"),
-                               current().settings.max_images_per_request)
-    parameters = _parameters(tensor, f"input '{kserve.INPUT}'")
-    size = parameters.get("binary_data_size")
-    what = f"input '{kserve.INPUT}'"
-    if size is not None:
-        if not isinstance(size, int) or isinstance(size, bool) or size < 0:
-            raise V2Error(f"{what}: binary_data_size is {shown(size)}; it must be the input's byte count")
-        data, consumed = kserve.read_bytes_elements(binary.read, count, what)  # the shape's count, no more
-        if consumed != size or not binary.at_end():
-            more = "" if binary.at_end() else ", and more bytes follow them"
-            raise V2Error(f"{what}: binary_data_size is {size} but the shape's {count} element(s) take "
-                          f"{consumed} bytes{more}")
+    if not isinstance(inputs, list) or not inputs or not all(isinstance(t, dict) for t in inputs):
+        raise V2Error(f"'inputs' must be a list of input tensors (objects); model '{model.name}' takes {model.takes()}")
+    if len(inputs) > kserve.MAX_INPUTS:
+        raise V2Error(f"'inputs' holds {len(inputs)} tensors; at most {kserve.MAX_INPUTS}")
+    names = [tensor.get("name") for tensor in inputs]
+    parsed = kserve.Parsed(_outputs(header))
+    if kserve.takes_images(model, names):
+        parsed.images = _images(model, inputs[0], binary)
     else:
-        if not binary.at_end():
-            raise V2Error("bytes follow the JSON but no input gives a binary_data_size")
-        data = _json_bytes(tensor.get("data"), count, what)
+        for tensor in inputs:
+            key, array = _tensor(model, tensor, binary)
+            if key in parsed.feeds:
+                raise V2Error(f"input '{key}' is given twice")
+            parsed.feeds[key] = array
+    if not binary.at_end():
+        raise V2Error("bytes follow the JSON and the inputs' binary data (binary_data_size) it announces")
+    binary_default = _parameters(header, "the request").get("binary_data_output", False) is True
+    return parsed, binary_default
 
-    request_parameters = _parameters(header, "the request")
-    binary_default = request_parameters.get("binary_data_output", False) is True
-    outputs = []
+
+def _binary_size(tensor: dict[str, Any], what: str) -> int | None:
+    size = _parameters(tensor, what).get("binary_data_size")
+    if size is not None and (not isinstance(size, int) or isinstance(size, bool) or size < 0):
+        raise V2Error(f"{what}: binary_data_size is {shown(size)}; it must be the input's byte count")
+    return size
+
+
+def _images(model: kserve.Model, tensor: dict[str, Any], binary: wire.Body) -> list[bytes]:
+    """The image input: encoded images, binary (length-prefixed) or base64 strings in JSON."""
+    count = kserve.check_input(tensor.get("name"), tensor.get("datatype"), tensor.get("shape"), model.max_images)
+    what = f"input '{kserve.INPUT}'"
+    size = _binary_size(tensor, what)
+    if size is None:
+        return [_base64(item, i, what) for i, item in enumerate(_flat(tensor.get("data"), count, what))]
+    data, consumed = kserve.read_bytes_elements(binary.read, count, what)  # the shape's count, no more
+    if consumed != size:
+        more = "" if binary.at_end() else ", and more bytes follow them"
+        raise V2Error(f"{what}: binary_data_size is {size} but the shape's {count} element(s) take {consumed} "
+                      f"bytes{more}")
+    return data
+
+
+def _tensor(model: kserve.Model, tensor: dict[str, Any], binary: wire.Body) -> tuple[str, Any]:
+    """One tensor input: its key and array, from JSON ``data`` or the binary data after the JSON."""
+    name = tensor.get("name")
+    size = _binary_size(tensor, f"input '{clip(name) if isinstance(name, str) else shown(name)}'")
+    checked = kserve.tensor_input(model, name, tensor.get("datatype"), tensor.get("shape"), data_bytes=size or 0)
+    if size is None:
+        return checked.key, kserve.from_values(checked, _flat(tensor.get("data"), checked.count, checked.what))
+    raw = binary.read(size)
+    if len(raw) < size:
+        raise V2Error(f"{checked.what}: binary_data_size is {size} but only {len(raw)} bytes follow")
+    return checked.key, kserve.from_raw(checked, raw)
+
+
+def _outputs(header: dict[str, Any]) -> list[OutputRequest]:
     requested = header.get("outputs", [])
     if not isinstance(requested, list):
         raise V2Error("'outputs' must be a list")
     if len(requested) > kserve.MAX_OUTPUTS:
         raise V2Error(f"'outputs' asks for {len(requested)} outputs; at most {kserve.MAX_OUTPUTS}")
+    outputs = []
     for output in requested:
         if not isinstance(output, dict) or not isinstance(output.get("name"), str):
             raise V2Error("each output must be an object with a 'name' (a string)")
@@ -201,7 +253,7 @@ def _parse(header: dict[str, Any], binary: wire.Body) -> tuple[list[bytes], list
             raise V2Error(f"classification must be an integer, got {shown(classification)}")
         flag = out_parameters.get("binary_data")
         outputs.append(OutputRequest(output["name"], classification, flag if isinstance(flag, bool) else None))
-    return data, outputs, binary_default
+    return outputs
 
 
 def _parameters(obj: dict[str, Any], what: str) -> dict[str, Any]:
@@ -211,11 +263,11 @@ def _parameters(obj: dict[str, Any], what: str) -> dict[str, Any]:
     return parameters
 
 
-def _json_bytes(data: Any, count: int, what: str) -> list[bytes]:
-    """BYTES elements in JSON: base64 strings (nested lists are flattened, as v2 allows; walked
-    without recursion, and no further than ``count`` + 1 elements)."""
+def _flat(data: Any, count: int, what: str) -> list[Any]:
+    """JSON ``data``, flat or nested (row-major, as v2 allows): walked without recursion, and no
+    further than ``count`` + 1 elements; exactly ``count`` of them, or a ``V2Error``."""
     if not isinstance(data, list):
-        raise V2Error(f"{what}: 'data' must be a list of {count} base64 strings, got {shown(data)}")
+        raise V2Error(f"{what}: 'data' must be a list of {count} elements, got {shown(data)}")
     flat: list[Any] = []
     stack = [iter(data)]
     while stack and len(flat) <= count:
@@ -228,14 +280,16 @@ def _json_bytes(data: Any, count: int, what: str) -> list[bytes]:
             flat.append(item)
     if len(flat) != count:
         held = f"more than {count}" if len(flat) > count else str(len(flat))
-        raise V2Error(f"{what}: the shape says {count} elements but 'data' holds {held}")
-    images = []
-    for i, item in enumerate(flat):
-        if not isinstance(item, str):
-            raise V2Error(f"{what}: element {i} must be a string, the image's base64")
-        try:
-            images.append(wire.decode_base64(item))
-        except wire.BadBase64:
-            raise V2Error(f"{what}: element {i} is not valid base64 (in JSON a BYTES element is the image's "
-                          "base64; or send binary data, as tritonclient does by default)") from None
-    return images
+        raise V2Error(f"{what}: the shape says {count} elements but its JSON 'data' holds {held}")
+    return flat
+
+
+def _base64(item: Any, i: int, what: str) -> bytes:
+    """An image in JSON: its base64 (images are not text)."""
+    if not isinstance(item, str):
+        raise V2Error(f"{what}: element {i} must be a string, the image's base64")
+    try:
+        return wire.decode_base64(item)
+    except wire.BadBase64:
+        raise V2Error(f"{what}: element {i} is not valid base64 (in JSON a BYTES element is the image's "
+                      "base64; or send binary data, as tritonclient does by default)") from None
