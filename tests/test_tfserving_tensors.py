@@ -192,7 +192,13 @@ def test_grpc_half_plus_two_and_single_value_fill(stub):
     predict, _ = stub
     response = predict.Predict(predict_request("half_plus_two", x=np.array([1.0, 2.0, 5.0], np.float32)), timeout=10)
     assert tf.make_ndarray(response.outputs["y"]).tolist() == [2.5, 3.0, 4.5]
+    assert list(response.outputs["y"].float_val) == [2.5, 3.0, 4.5]  # TF Serving's docs' clients read float_val
     assert response.model_spec.version.value == 123
+    # written as TF Serving's docs write a client: make_tensor_proto with a shape, result's float_val
+    request = predict_pb2.PredictRequest()
+    request.model_spec.name = "half_plus_two"
+    request.inputs["x"].CopyFrom(tf.make_tensor_proto(np.array([[1.0], [2.0], [5.0]], np.float32), shape=[3, 1]))
+    assert list(predict.Predict(request, 10.0).outputs["y"].float_val) == [2.5, 3.0, 4.5]
     request = predict_request("half_plus_two")
     request.inputs["x"].dtype = tf.float32.as_datatype_enum
     request.inputs["x"].tensor_shape.dim.add(size=3)

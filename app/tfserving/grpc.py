@@ -4,7 +4,8 @@
 Predict takes a model's own tensors (``TensorProto`` as ``tensor_content`` or typed ``*_val``
 fields, TF's rule: fewer values than the shape holds repeat the last one, none are zeros; the
 dtype must be the input's, as TF Serving is strict) or, for an image classifier, input
-``images``. Outputs are ``TensorProto``s with ``tensor_content`` (strings: ``string_val``).
+``images``. Outputs are ``TensorProto``s with their values in the typed field of their dtype
+(``float_val``, ...), as TF Serving writes them.
 
 The servicers subclass the ones the ``tensorflow-serving-api`` wheel ships; ``install`` adds
 them to the process's gRPC server (``app/grpc_server.py``). A client, unchanged::
@@ -314,14 +315,17 @@ def _values(field: Any, port: Port, what: str) -> np.ndarray:
 
 
 def _tensor(port: Port | None, array: np.ndarray) -> tensor_pb2.TensorProto:
-    """An output as TF Serving writes it: ``tensor_content`` little-endian, strings in ``string_val``."""
-    if array.dtype == object:
-        return tensor_pb2.TensorProto(dtype=types_pb2.DT_STRING, tensor_shape=_shape(*array.shape),
-                                      string_val=list(array.reshape(-1)))
-    name = port.dtype if port is not None else _numpy_name(array.dtype)
-    content = np.ascontiguousarray(array, dtype=array.dtype.newbyteorder("<")).tobytes()
-    return tensor_pb2.TensorProto(dtype=tfserving.DATA_TYPES[name], tensor_shape=_shape(*array.shape),
-                                  tensor_content=content)
+    """An output as TF Serving writes it (``Tensor::AsProtoField``): the values in the typed field
+    of its dtype (``float_val``, ``int64_val``, ``string_val``, ...), which is what clients written
+    as TF Serving's docs write them read (``result.outputs["y"].float_val``); ``tf.make_ndarray``
+    reads it as well."""
+    name = "string" if array.dtype == object else port.dtype if port is not None else _numpy_name(array.dtype)
+    proto = tensor_pb2.TensorProto(dtype=tfserving.DATA_TYPES[name], tensor_shape=_shape(*array.shape))
+    flat = array.reshape(-1)
+    if name in ("float16", "bfloat16"):  # half_val: the 16 bits of each value, in int32s
+        flat = flat.view(np.uint16).astype(np.int32)
+    getattr(proto, _VALUE_FIELDS[name]).extend(flat.tolist())
+    return proto
 
 
 def _numpy_name(dtype: np.dtype[Any]) -> str:
