@@ -173,8 +173,6 @@ def http_problem(case: HttpCase, response) -> str | None:
     status = response.status_code
     text = response.get_data(as_text=True)
     door = door_of(case.path)
-    if status == 501 and door == "tf_rest" and case.path.endswith(":regress"):
-        return None  # documented: TF Serving's own answer to :regress on a server without regressors
     if status >= 500:
         return f"{status} on {door}: {text[:300]}"
     if 300 <= status < 400:

@@ -300,13 +300,17 @@ def test_an_unloaded_version_is_closed_only_after_its_last_request(versioned, ma
     time.sleep(0.2)
     assert not held.closed
     assert held.servable.run([png_bytes(digits.test_images[0])]).shape == (1, 10)  # its session still works
-    held.release()  # the last request answered: now it is closed
-    for _ in range(100):
-        if held.closed:
+    held.release()  # the last request answered: now it is closed, then dropped from the listing
+
+    def listed() -> list[int]:
+        return [v["version"] for v in client.get("/models").get_json()["models"][0]["versions"]]
+
+    for _ in range(250):  # the unloader closes the session first, then publishes the listing
+        if held.closed and listed() == [2]:
             break
         time.sleep(0.02)
     assert held.closed and held.servable.session._closed  # noqa: SLF001
-    assert [v["version"] for v in client.get("/models").get_json()["models"][0]["versions"]] == [2]
+    assert listed() == [2]
 
 
 def test_a_version_wanted_again_while_draining_is_loaded_afresh(versioned, make_app, digits):
