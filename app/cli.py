@@ -25,6 +25,7 @@ from collections.abc import Callable
 from . import tensorflow_log
 from .config import ConfigError, Settings
 from .layout import FREEZE, SERVICE
+from .manifest import ENGINES
 from .version import package_version
 
 SERVE_DESCRIPTION = "Serve the models in GRAPHS_DIR over HTTP (and gRPC) with waitress."
@@ -103,6 +104,9 @@ def serve_parser(prog: str = "graphserve serve") -> argparse.ArgumentParser:
     parser.add_argument("--default-model", help="model used when a request names none")
     parser.add_argument("--no-batching", dest="batching", action="store_const", const=False,
                         help="run each request's sess.run in its own thread, no batch queue")
+    parser.add_argument("--engine", choices=ENGINES,
+                        help="what runs image models' model part: auto (LiteRT/XNNPACK when it agrees with "
+                             "TensorFlow and is faster; TensorFlow on a GPU), tensorflow, litert (default auto)")
     parser.add_argument("--poll-interval-s", type=float,
                         help="re-read graphs/ every N seconds and reload what changed (default 5; 0: off)")
     parser.add_argument("--lenient-startup", dest="strict_startup", action="store_const", const=False,

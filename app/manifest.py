@@ -72,6 +72,7 @@ TENSOR_DTYPES = (
     "uint8", "uint16", "uint32", "uint64", "bool", "string",
 )
 SIGNATURE_METHODS = ("predict", "classify", "regress")
+ENGINES = ("auto", "tensorflow", "litert")  # what runs an image model's model part (``app.engines``)
 DEFAULT_SIGNATURE = "serving_default"
 
 
@@ -194,6 +195,7 @@ class Manifest:
     batching: BatchingSpec = field(default_factory=BatchingSpec)
     optimize: OptimizeSpec = field(default_factory=OptimizeSpec)
     info: dict[str, Any] = field(default_factory=dict)
+    engine: str | None = None  # None: the service's --engine (``app.engines``)
 
     def to_json(self) -> dict[str, Any]:
         """The manifest as the dict that ``model.json`` holds (round-trips ``parse``)."""
@@ -213,6 +215,8 @@ class Manifest:
             del pre["exif_orientation"]  # the default: older readers need not know the field
         for key in ("batching", "optimize", "info"):
             del data[key]
+        if data["engine"] is None:
+            del data["engine"]
         _common_json(data, self.batching, self.optimize, self.info)
         return data
 
@@ -254,6 +258,7 @@ def parse(data: Any, path: Path | str = MANIFEST_FILE) -> AnyManifest:
     info = top.raw("info", {})
     if not isinstance(info, dict):
         raise ManifestError(path, "info", "must be an object")
+    engine = None if tensor_model or top.raw("engine") is None else top.choice("engine", ENGINES, default="auto")
     top.reject_unknown()
     batching, optimize = _batching(batching_obj, path), _optimize(optimize_obj)
     if signatures_obj is not None:
@@ -335,6 +340,7 @@ def parse(data: Any, path: Path | str = MANIFEST_FILE) -> AnyManifest:
         batching=batching,
         optimize=optimize,
         info=dict(info),
+        engine=engine,
     )
 
 

@@ -166,6 +166,7 @@ class Metrics:
                 "gpu_cost_bytes": load.gpu_cost if gpu is not None else "not available",
             },
             "device": servable.device,
+            "engine": servable.engine.to_json(),
             "load_seconds": round(load.load_seconds, 3),
             "warmup_seconds": round(load.warmup_seconds, 3),
             "queue_depth": handle.queue_depth(),
@@ -240,6 +241,8 @@ class _MemoryCollector:
         nodes = GaugeMetricFamily("graphserve_model_graph_nodes", "Nodes in the model's finalized graph.", labels=labels)
         gpu_cost = GaugeMetricFamily("graphserve_model_load_gpu_bytes", "GPU allocator growth from loading a model.", labels=labels)
         queue = GaugeMetricFamily("graphserve_model_queue_depth", "Images waiting for a batch.", labels=labels)
+        engine = GaugeMetricFamily("graphserve_model_engine", "1 for the engine running a version's model part "
+                                   "(tensorflow, litert): join on model and version.", labels=[*labels, "engine"])
         for handle in self._metrics._handles():
             servable = handle.servable
             key = [servable.name, str(servable.version)]
@@ -249,7 +252,8 @@ class _MemoryCollector:
             if servable.stats.gpu_cost is not None:
                 gpu_cost.add_metric(key, servable.stats.gpu_cost)
             queue.add_metric(key, handle.queue_depth())
-        yield from (rss_cost, constants, nodes, gpu_cost, queue)
+            engine.add_metric([*key, servable.engine.engine], 1)
+        yield from (rss_cost, constants, nodes, gpu_cost, queue, engine)
 
         gpus = memory.gpu_memory()
         available = GaugeMetricFamily("graphserve_gpu_available", "1 when TensorFlow sees a GPU, else 0.")

@@ -314,7 +314,7 @@ class Reconciler:
 
     def _load(self, source: ModelSource, version: int) -> ModelHandle:
         servable = load_servable(source.spec(version), self._options, _placement(source),
-                                 read_timeout_s=self._settings.file_read_timeout_s)
+                                 read_timeout_s=self._settings.file_read_timeout_s, engine=self._settings.engine)
         return self._make_handle(servable)
 
     def _load_wanted(
@@ -413,10 +413,10 @@ class Reconciler:
             try:
                 handle.close()
                 log.info("unloaded model %s version %d", handle.name, handle.version)
-                memory.settle_heap()  # its cycles collected, the rest kept out of every collection
             except Exception:  # noqa: BLE001 - still gone from the snapshot: a reload may load it again
                 log.exception("unloading model %s version %d failed", handle.name, handle.version)
             self._publish(handle.name, lambda e: _without_version(e, handle.version, only=handle))
+            memory.settle_heap()  # its cycles collected, the rest kept out of every collection
 
         thread = threading.Thread(target=unload, name=f"unload-{handle.name}-{handle.version}", daemon=True)
         with self._unloaders_lock:  # started before it is listed: _stop joins only started threads

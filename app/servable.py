@@ -38,6 +38,7 @@ from __future__ import annotations
 import difflib
 import io
 import logging
+import os
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -50,8 +51,8 @@ import tensorflow as tf
 from PIL import Image
 from tensorflow.core.protobuf import config_pb2
 
+from . import engines, memory, model_files, recipes
 from . import manifest as manifest_lib
-from . import memory, model_files, recipes
 from . import optimize as optimize_lib
 from .batching import Batcher, BatcherClosed
 from .exif import jpeg_orientation
@@ -211,6 +212,8 @@ class Servable:
         self.stats = stats
         self.signatures = signatures
         self.takes_images = image is not None
+        self.engine = engines.Choice("tensorflow", "tensorflow", "asked")
+        self._tensor_scores: Callable[[list[np.ndarray]], np.ndarray] | None = None  # an engine's, once chosen
         self.num_classes = 0
         self.geometry: tuple[object, ...] | None = None
         self.jpeg_min_size: tuple[int, int] | None = None
@@ -219,6 +222,7 @@ class Servable:
         if image is not None:
             assert isinstance(manifest, Manifest)
             pre, scores = image
+            self._image = image
             # Pre-built TF callables: one sess.run each, without Session.run's per-call parsing
             # of feeds and fetches (measured: 290 -> 180 us per call on a tiny model).
             self._classify_encoded = _session_callable(session, [pre.encoded, pre.orientation, pre.rgb_size], scores)
@@ -319,11 +323,32 @@ class Servable:
                 )
             return self._decoder
 
+    def use_engine(self, engine: engines.LiteRtEngine, post: Callable[[np.ndarray], np.ndarray]) -> None:
+        """Run the model part on ``engine`` from now on: the Session computes the model's input
+        (decode, resize, scale) and ``engine`` the rest; ``post`` turns its output into scores
+        (float32, softmax for logits), as the graph's own ops did."""
+        pre, _ = self._image
+        to_input = _session_callable(self.session, [pre.encoded, pre.orientation, pre.rgb_size], pre.model_input)
+        pixels_to_input = _session_callable(self.session, [pre.pixels], pre.model_input)
+
+        def scores(model_input: np.ndarray) -> np.ndarray:
+            try:
+                return post(engine.run([model_input])[0])
+            except (RuntimeError, ValueError) as exc:  # the interpreter's own: a model failure, as TF's would be
+                raise tf.errors.InternalError(None, None, f"litert: {exc}") from None
+
+        self._classify_encoded = lambda feeds: scores(to_input(feeds))
+        self._classify_pixels = lambda feeds: scores(pixels_to_input(feeds))
+        self._tensor_scores = lambda feeds: scores(feeds[0])
+
     def run_signature(self, name: str, feeds: list[np.ndarray], outputs: tuple[str, ...]) -> list[np.ndarray]:
         """``outputs`` of signature ``name`` for ``feeds`` (one array per input, in the signature's
         order, already checked by ``tensors.check_feeds``) in one ``sess.run``; a graph with a
         fixed batch size runs in chunks of it. Raises ``ModelRunError`` when the graph fails."""
         run = self._signature_run(name, outputs)
+        if self._tensor_scores is not None and self.takes_images:  # the image model's own tensor, on its engine
+            tensor_scores = self._tensor_scores
+            run = lambda arrays: [tensor_scores(arrays)]  # noqa: E731 - its one output: scores
         signature = self.signatures[name]
         fixed = self.manifest.batch_size
         try:
@@ -459,14 +484,16 @@ def _session_callable(
 
 def load_servable(
     spec: ServableSpec, options: SessionOptions | None = None, placement: Placement | None = None,
-    *, read_timeout_s: float = model_files.DEFAULT_TIMEOUT_S,
+    *, read_timeout_s: float = model_files.DEFAULT_TIMEOUT_S, engine: str = "tensorflow",
 ) -> Servable:
     """Load, finalize and warm up one model version; raise ``ModelLoadError`` naming the cause.
 
     ``placement.device`` puts the model's ops on that device (decoding stays on the CPU, the
     only place it has kernels); a GPU the machine lacks falls back to ``/CPU:0`` with a warning.
     Its files are read only if regular, each within ``read_timeout_s`` (``app.model_files``):
-    a FIFO, a device, a vanished file or a hung mount is a ``ModelLoadError`` too.
+    a FIFO, a device, a vanished file or a hung mount is a ``ModelLoadError`` too. ``engine``
+    (the manifest's ``engine`` wins) runs an image model's model part: ``tensorflow``, ``litert``
+    or ``auto`` (``choose_engine``).
     """
     options = options or SessionOptions()
     placement = placement or Placement()
@@ -508,6 +535,7 @@ def load_servable(
         if isinstance(manifest, Manifest):
             _warm_up(servable)
             optimize_lib.compile_batch_sizes(servable.predict, manifest)  # XLA: each allowed size, now
+            choose_engine(servable, manifest.engine or engine, device, options.intra_op_threads)
         else:
             _warm_up_signatures(servable)
     except BaseException:
@@ -524,12 +552,102 @@ def load_servable(
             f"its budget (gpu_memory_mb) is {budget} MiB",
         )
     log.info(
-        "loaded model %s version %d: %d nodes, %s, load %.2fs, warm-up %.2fs, RSS +%.1f MiB%s",
+        "loaded model %s version %d: %d nodes, %s, engine %s (%s), load %.2fs, warm-up %.2fs, RSS +%.1f MiB%s",
         spec.name, spec.version, servable.node_count,
         f"{servable.num_classes} classes" if servable.takes_images else f"signatures {', '.join(signatures)}",
+        servable.engine.engine, servable.engine.reason,
         stats.load_seconds, stats.warmup_seconds, stats.rss_cost / 2**20, f", on {device}" if device else "",
     )
     return servable
+
+
+ENGINE_TOLERANCE = 1e-4  # max |scores - TF's| an engine may differ by (the freeze tool's default)
+ENGINE_SAMPLES = 4  # seeded random images besides the warm-up's, checked on both
+
+
+def choose_engine(servable: Servable, asked: str, device: str | None, threads: int) -> None:
+    """Put an image model's model part on the engine ``asked`` (``app.engines``), checked first.
+
+    ``litert`` and ``auto`` convert the model part (cached), then run the warm-up image and
+    ``ENGINE_SAMPLES`` seeded random ones through both: scores within ``ENGINE_TOLERANCE`` and the
+    same top-1 class, or the model stays on TensorFlow (``auto``: one log line; ``litert``: a load
+    error). ``auto`` then times both at batch 1 and the batcher's largest size and keeps the
+    faster; on a GPU it keeps TensorFlow without converting. The decision: ``servable.engine``.
+    """
+    manifest = servable.manifest
+    assert isinstance(manifest, Manifest)
+    choice = servable.engine = engines.Choice("tensorflow", asked, "asked")
+    if asked == "tensorflow":
+        return
+    if (device or "").upper().startswith("/GPU") or (device is None and tf.config.list_logical_devices("GPU")):
+        choice.reason = "on a GPU: TensorFlow's kernels"
+        return
+    spec_in = manifest.input
+    shape = ((spec_in.height * spec_in.width * spec_in.channels,) if manifest.preprocessing.flatten
+             else (spec_in.height, spec_in.width, spec_in.channels))
+    part = engines.ModelPart(servable.spec.graph_path, (manifest.input.tensor,), (shape,), (manifest.output.tensor,))
+    pre, scores = servable._image
+    tf_scores = _session_callable(servable.session, [pre.model_input], scores)
+    to_input = _session_callable(servable.session, [pre.pixels], pre.model_input)
+    try:
+        engine = engines.LiteRtEngine.load(part, engines.ConversionCache(), threads=threads or os.cpu_count() or 1)
+        post = _scores_of(manifest.output.kind)
+        rng = np.random.default_rng(0)
+        pixels = rng.uniform(0, 255, (ENGINE_SAMPLES, spec_in.height, spec_in.width, spec_in.channels))
+        samples = to_input([pixels.astype(np.float32)])
+        expected, got = tf_scores([samples]), post(engine.run([samples])[0])
+    except (engines.EngineError, tf.errors.OpError, ValueError, RuntimeError) as exc:
+        return _keep_tensorflow(servable, choice, asked, f"litert cannot run it: {exc}")
+    choice.max_abs_diff = float(np.max(np.abs(got - expected)))
+    choice.top1_agreement = float(np.mean(np.argmax(got, axis=1) == np.argmax(expected, axis=1)))
+    if choice.max_abs_diff > ENGINE_TOLERANCE or choice.top1_agreement < 1.0:
+        return _keep_tensorflow(servable, choice, asked, f"litert disagrees with TensorFlow (max |diff| "
+                                f"{choice.max_abs_diff:.2e}, top-1 agreement {choice.top1_agreement:.0%})")
+    speedup = engines.SPEEDUPS.get(engine.key) if asked == "auto" else None
+    if speedup is None:  # timed once per graph and process: a reload or a twin copy reuses it
+        speedup = _time_engines(choice, tf_scores, engine, samples[:1],
+                                sorted({1, manifest.batch_size or manifest.batching.max_batch_size}))
+        engines.SPEEDUPS[engine.key] = speedup
+    engine.release_thread()  # the loader's interpreter: the batcher's workers make their own
+    if asked == "auto" and speedup < 1.0:
+        choice.reason = f"TensorFlow is faster ({1 / speedup:.2f}x litert)"
+        return
+    servable.use_engine(engine, post)
+    choice.engine = "litert"
+    choice.reason = ("asked" if asked == "litert" else f"{speedup:.2f}x TensorFlow") + \
+        f", max |diff| {choice.max_abs_diff:.1e}"
+
+
+def _time_engines(choice: engines.Choice, tf_scores: Callable[[list[np.ndarray]], np.ndarray],
+                  engine: engines.LiteRtEngine, row: np.ndarray, sizes: list[int]) -> float:
+    """Rows/s of both at each batch size (into ``choice``); the geometric mean of litert's speedups."""
+    ratios = []
+    for size in sizes:
+        batch = [np.repeat(row, size, axis=0)]
+        ours = choice.rows_per_s.setdefault("tensorflow", {})[str(size)] = round(
+            engines.rows_per_second(tf_scores, batch), 1)
+        theirs = choice.rows_per_s.setdefault("litert", {})[str(size)] = round(
+            engines.rows_per_second(engine.run, batch), 1)
+        ratios.append(theirs / ours)
+    return float(np.prod(ratios) ** (1 / len(ratios)))
+
+
+def _keep_tensorflow(servable: Servable, choice: engines.Choice, asked: str, why: str) -> None:
+    if asked == "litert":
+        raise ModelLoadError(servable.name, servable.spec.graph_path, f"engine litert was asked for, but {why}")
+    choice.reason = why
+    log.warning("model %s version %d stays on TensorFlow: %s", servable.name, servable.version, why)
+
+
+def _scores_of(kind: str) -> Callable[[np.ndarray], np.ndarray]:
+    """What the graph does after the model: float32 scores, softmax of logits."""
+    def scores(output: np.ndarray) -> np.ndarray:
+        values = output.astype(np.float32, copy=False)
+        if kind != "logits":
+            return values
+        shifted = np.exp(values - values.max(axis=1, keepdims=True))
+        return shifted / shifted.sum(axis=1, keepdims=True)
+    return scores
 
 
 def _image_graph(

