@@ -44,6 +44,7 @@ import tensorflow as tf  # noqa: E402
 from tensorflow.core.protobuf import rewriter_config_pb2  # noqa: E402
 
 from app.discovery import discover  # noqa: E402
+from app.manifest import Manifest  # noqa: E402
 from app.servable import Servable, ServableSpec, SessionOptions, load_servable  # noqa: E402
 
 
@@ -162,7 +163,9 @@ def main(argv: list[str] | None = None) -> int:
                 servable = load_servable(variant_spec(spec, Path(tmp), variant, optimize), options)
                 load_s = time.perf_counter() - start
                 servables[variant] = servable
-                h, w = servable.manifest.input.height, servable.manifest.input.width
+                manifest = servable.manifest
+                assert isinstance(manifest, Manifest), "the optimizations are for image models"
+                h, w = manifest.input.height, manifest.input.width
                 image = jpeg(h, w)
                 pixels = servable.preprocess([image])[0]
                 first = {}
