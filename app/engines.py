@@ -110,6 +110,7 @@ class ConversionCache:
         handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=".part-")
         with os.fdopen(handle, "wb") as out:
             out.write(data)
+        os.chmod(temporary, 0o644)  # as readable as the graph beside it (mkstemp makes it 0600)
         os.replace(temporary, path)
 
 

@@ -329,7 +329,7 @@ class Servable:
         (float32, softmax for logits), as the graph's own ops did."""
         pre, _ = self._image
         to_input = _session_callable(self.session, [pre.encoded, pre.orientation, pre.rgb_size], pre.model_input)
-        pixels_to_input = _session_callable(self.session, [pre.pixels], pre.model_input)
+        pixels_to_input = _pixels_to_input(self.session, pre)
 
         def scores(model_input: np.ndarray) -> np.ndarray:
             try:
@@ -588,7 +588,7 @@ def choose_engine(servable: Servable, asked: str, device: str | None, threads: i
     part = engines.ModelPart(servable.spec.graph_path, (manifest.input.tensor,), (shape,), (manifest.output.tensor,))
     pre, scores = servable._image
     tf_scores = _session_callable(servable.session, [pre.model_input], scores)
-    to_input = _session_callable(servable.session, [pre.pixels], pre.model_input)
+    to_input = _pixels_to_input(servable.session, pre)
     try:
         engine = engines.LiteRtEngine.load(part, engines.ConversionCache(), threads=threads or os.cpu_count() or 1)
         post = _scores_of(manifest.output.kind)
@@ -637,6 +637,14 @@ def _keep_tensorflow(servable: Servable, choice: engines.Choice, asked: str, why
         raise ModelLoadError(servable.name, servable.spec.graph_path, f"engine litert was asked for, but {why}")
     choice.reason = why
     log.warning("model %s version %d stays on TensorFlow: %s", servable.name, servable.version, why)
+
+
+def _pixels_to_input(session: tf.compat.v1.Session, pre: PreprocessingTensors) -> Callable[[list[np.ndarray]], np.ndarray]:
+    """Decoded pixels to the model's input (the scaling ops); the pixels themselves when the model
+    takes them unscaled (``scale: raw``, cifar10): TF refuses a tensor both fed and fetched."""
+    if pre.model_input is pre.pixels or pre.model_input.name == pre.pixels.name:
+        return lambda feeds: np.asarray(feeds[0], dtype=np.float32)
+    return _session_callable(session, [pre.pixels], pre.model_input)
 
 
 def _scores_of(kind: str) -> Callable[[np.ndarray], np.ndarray]:

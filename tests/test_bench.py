@@ -54,12 +54,19 @@ def test_raw_and_batcher_phases_measure_and_split_the_gap(bench, graphs_dir: Pat
     host = report["machine"]
     assert host["cpu"] and host["cores"] >= 1 and isinstance(host["onednn"], bool)
     assert (out / "bench.md").read_text().splitlines()[0] == f"# digits8 on {machine.summary(host)}"
-    # "raw" is the naive graph (no folding); the served graph is measured at raw's best setting
+    # "raw" is the naive graph (no folding) on TensorFlow; "split" the served graph on the engine
+    # the service chooses (--engine auto), over the same grid: the split ceiling
     assert report["model_info"]["nodes"] >= report["model_info"]["served_nodes"]
-    [served] = [p for p in points if p["phase"] == "served"]
+    assert report["model_info"]["engine"]["asked"] == "auto"
+    assert report["model_info"]["engine"]["engine"] in ("tensorflow", "litert")
+    split_points = [p for p in points if p["phase"] == "split"]
+    assert sorted((p["batch"], p["threads"]) for p in split_points) == [(1, 1), (1, 2), (4, 1), (4, 2)]
     best = max(raw, key=lambda p: p["images_per_s"])
-    assert (served["batch"], served["threads"]) == (best["batch"], best["threads"]) and served["images_per_s"] > 0
+    [served] = [p for p in split_points if (p["batch"], p["threads"]) == (best["batch"], best["threads"])]
     assert report["ratios"]["graph"]["ratio"] == pytest.approx(served["images_per_s"] / best_raw, abs=1e-3)
+    best_split = max(p["images_per_s"] for p in split_points)
+    assert report["ratios"]["engine"]["split_over_raw"] == pytest.approx(best_split / best_raw, abs=1e-3)
+    assert "split ceiling" in (out / "bench.md").read_text()
 
 
 def test_protocol_phase_answers_alike_on_every_protocol(

@@ -11,6 +11,7 @@ import argparse
 import shutil
 from pathlib import Path
 
+from ..manifest import ENGINES
 from .inputs import IN_CHECKOUT, ROOT
 from .peers import PEERS, missing_requirements
 from .protocols import PROTOCOLS
@@ -61,6 +62,8 @@ def parse_args(argv: list[str] | None, prog: str | None = None) -> argparse.Name
     parser.add_argument("--out", type=Path, default=ROOT / "bench-results" if IN_CHECKOUT else Path("bench-results"))
     parser.add_argument("--intra-op-threads", type=int, default=0, help="raw and service (default 0: TF picks)")
     parser.add_argument("--inter-op-threads", type=int, default=0, help="raw and service (default 0: TF picks)")
+    parser.add_argument("--engine", choices=ENGINES, default="auto",
+                        help="what runs the model part in the split ceiling and the service (default auto, as served)")
     parser.add_argument("--max-batch-size", type=int, help="service: override the manifest's batching.max_batch_size")
     parser.add_argument("--batch-timeout-ms", type=float, help="service: override batching.batch_timeout_ms")
     parser.add_argument("--batch-workers", type=int, help="service: override batching.workers")

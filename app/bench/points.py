@@ -20,7 +20,7 @@ import numpy as np
 class Point:
     """One measured setting: raw (batch, threads) or service (mode, concurrency)."""
 
-    phase: str  # "raw", "served", "batcher", "service", "protocol", "peer", "phone", "tensor" or "tensor-raw"
+    phase: str  # "raw", "split", "batcher", "service", "protocol", "peer", "phone", "tensor" or "tensor-raw"
     batch: int = 0  # raw: images per sess.run; batcher: images per submit (1)
     threads: int = 0  # raw: threads calling sess.run at once; batcher: client threads
     mode: str = ""  # service: "batched" or "direct"; protocol: one of PROTOCOLS; peer: one of PEERS;
@@ -39,8 +39,8 @@ class Point:
 
     @property
     def setting(self) -> str:
-        if self.phase in ("raw", "served", "tensor-raw"):
-            graph = "served graph, " if self.phase == "served" else ""
+        if self.phase in ("raw", "split", "tensor-raw"):
+            graph = "served graph on its engine, " if self.phase == "split" else ""
             return f"{graph}batch {self.batch}, {self.threads} thread{'s' if self.threads > 1 else ''}"
         if self.phase == "batcher":
             return f"in-process, {self.threads} clients"

@@ -1,7 +1,8 @@
 """Phases 1 and 2, in this process: the ceiling the service is measured against.
 
 ``measure_raw`` calls the model's pre-built ``sess.run`` back to back from 1 and 2 threads, on the
-naive frozen graph (what the service must beat) and then on the served one at the best setting;
+naive frozen graph on TensorFlow (what the service must beat) and then on the served one with
+its model part on the chosen engine (the *split ceiling*: ``app.engines``), over the same grid;
 ``batcher_point`` puts the served graph behind the service's own ``Batcher``, without HTTP.
 Together they split the gap between the model and the service into what batching costs and what
 HTTP, waitress and Flask cost. The session is closed before any server starts.
@@ -64,13 +65,18 @@ def measure_raw(
         finally:
             naive.close()
     best = max(points, key=lambda p: p.images_per_s)
-    servable = load_servable(spec, options)
+    # The split ceiling: the served graph's preprocessing in its Session and the model part on
+    # the engine the service would choose (``--engine``), over the same grid: the new wall.
+    servable = load_servable(spec, options, engine=args.engine)
     info["served_nodes"] = servable.node_count
+    info["engine"] = servable.engine.to_json()
     try:
-        point = raw_point(raw_call(servable, image, best.batch), best.batch, best.threads, args.warmup, args.seconds,
-                          phase="served")
-        print_progress(point)
-        points.append(point)
+        for threads in args.raw_threads:
+            for batch in args.batch_sizes:
+                point = raw_point(raw_call(servable, image, batch), batch, threads, args.warmup, args.seconds,
+                                  phase="split")
+                print_progress(point)
+                points.append(point)
         if not args.skip_batcher:
             point = batcher_point(servable, image, max(args.concurrency), args)
             print_progress(point)

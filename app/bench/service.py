@@ -54,6 +54,7 @@ def serving(
         "GRAPHSERVE_LOG_REQUESTS": "OFF",
         "GRAPHSERVE_INTRA_OP_THREADS": str(args.intra_op_threads),
         "GRAPHSERVE_INTER_OP_THREADS": str(args.inter_op_threads),
+        "GRAPHSERVE_ENGINE": getattr(args, "engine", "auto"),
     }
     with open(log_path, "wb") as log:
         process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
