@@ -163,6 +163,18 @@ class LiteRtEngine:
         probe = self._new(None)  # fails here, at load, on a model the interpreter cannot run
         self.inputs = [(d["index"], np.dtype(d["dtype"]), list(d["shape"][1:])) for d in probe.get_input_details()]
         self.outputs = [d["index"] for d in probe.get_output_details()]
+        self._names = ([d["name"] for d in probe.get_input_details()], [d["name"] for d in probe.get_output_details()])
+
+    def order_as(self, part: ModelPart) -> None:
+        """Feed and fetch in ``part``'s order (the converter may list ports in another one),
+        matched by tensor name; ``EngineError`` when the names do not all match."""
+        inputs, outputs = self._names
+        try:
+            self.inputs = [self.inputs[inputs.index(t.split(":")[0])] for t in part.inputs]
+            self.outputs = [self.outputs[outputs.index(t.split(":")[0])] for t in part.outputs]
+        except ValueError:
+            raise EngineError(f"the converted model's ports ({', '.join(inputs)} -> {', '.join(outputs)}) "
+                              f"are not the graph's") from None
 
     @classmethod
     def load(cls, part: ModelPart, cache: ConversionCache, *, threads: int) -> LiteRtEngine:

@@ -214,6 +214,8 @@ class Servable:
         self.takes_images = image is not None
         self.engine = engines.Choice("tensorflow", "tensorflow", "asked")
         self._tensor_scores: Callable[[list[np.ndarray]], np.ndarray] | None = None  # an engine's, once chosen
+        # a tensor model's signature on an engine: its run (every output) and the output keys in order
+        self._signature_engines: dict[str, tuple[Callable[[list[np.ndarray]], list[np.ndarray]], list[str]]] = {}
         self.num_classes = 0
         self.geometry: tuple[object, ...] | None = None
         self.jpeg_min_size: tuple[int, int] | None = None
@@ -349,6 +351,13 @@ class Servable:
         if self._tensor_scores is not None and self.takes_images:  # the image model's own tensor, on its engine
             tensor_scores = self._tensor_scores
             run = lambda arrays: [tensor_scores(arrays)]  # noqa: E731 - its one output: scores
+        elif name in self._signature_engines:  # a tensor model's signature on its engine: every output, then those asked
+            engine_run, keys = self._signature_engines[name]
+            picked = [keys.index(o) for o in outputs]
+
+            def run(arrays: list[np.ndarray]) -> list[np.ndarray]:
+                values = engine_run(arrays)
+                return [values[i] for i in picked]
         signature = self.signatures[name]
         fixed = self.manifest.batch_size
         try:
@@ -538,6 +547,7 @@ def load_servable(
             choose_engine(servable, manifest.engine or engine, device, options.intra_op_threads)
         else:
             _warm_up_signatures(servable)
+            choose_tensor_engine(servable, engine, device, options.intra_op_threads)
     except BaseException:
         servable.close()
         raise
@@ -618,17 +628,93 @@ def choose_engine(servable: Servable, asked: str, device: str | None, threads: i
         f", max |diff| {choice.max_abs_diff:.1e}"
 
 
+def choose_tensor_engine(servable: Servable, asked: str, device: str | None, threads: int) -> None:
+    """``choose_engine`` for a tensor model's ``serving_default`` (its other signatures stay on
+    TensorFlow): numeric inputs of known shape behind a batch dimension, every output within
+    ``ENGINE_TOLERANCE`` on seeded random inputs (equal for integers), then timed the same way."""
+    choice = servable.engine = engines.Choice("tensorflow", asked, "asked")
+    if asked == "tensorflow":
+        return
+    if (device or "").upper().startswith("/GPU") or (device is None and tf.config.list_logical_devices("GPU")):
+        choice.reason = "on a GPU: TensorFlow's kernels"
+        return
+    default = manifest_lib.DEFAULT_SIGNATURE
+    name = default if default in servable.signatures else next(iter(servable.signatures))
+    signature = servable.signatures[name]
+    ports = list(signature.inputs.values())
+    if not signature.batched or any(p.dtype in ("string", "bool") or p.accepts is None or None in p.accepts[1:]
+                                    for p in ports):
+        choice.reason = f"signature '{name}' is not for litert (it takes numeric inputs of known shape, batched)"
+        if asked == "litert":
+            raise ModelLoadError(servable.name, servable.spec.graph_path, f"engine litert was asked for, but {choice.reason}")
+        log.info("model %s version %d stays on TensorFlow: %s", servable.name, servable.version, choice.reason)
+        return
+    keys = list(signature.outputs)
+    shapes = tuple(tuple(int(d or 0) for d in (p.accepts or ())[1:]) for p in ports)  # all known: checked above
+    part = engines.ModelPart(servable.spec.graph_path, tuple(p.tensor for p in ports), shapes,
+                             tuple(signature.outputs[k].tensor for k in keys))
+    tf_run = servable._signature_run(name, tuple(keys))
+    rng = np.random.default_rng(0)
+    feeds = [(rng.integers(0, 8, (ENGINE_SAMPLES, *shape)) if p.numpy.kind in "iu"
+              else rng.uniform(-1, 1, (ENGINE_SAMPLES, *shape))).astype(p.numpy)
+             for p, shape in zip(ports, part.input_shapes)]
+    try:
+        engine = engines.LiteRtEngine.load(part, engines.ConversionCache(), threads=threads or os.cpu_count() or 1)
+        engine.order_as(part)
+        expected, got = tf_run(feeds), engine.run(feeds)
+    except (engines.EngineError, tf.errors.OpError, ValueError, RuntimeError) as exc:
+        return _keep_tensorflow(servable, choice, asked, f"litert cannot run it: {exc}")
+    if any(e.shape != g.shape or e.dtype != g.dtype for e, g in zip(expected, got)):
+        return _keep_tensorflow(servable, choice, asked, "litert's outputs differ in shape or dtype from TensorFlow's")
+    choice.max_abs_diff = max(float(np.max(np.abs(g.astype(np.float64) - e))) if e.size else 0.0
+                              for e, g in zip(expected, got))
+    exact = all(np.array_equal(e, g) for e, g in zip(expected, got) if e.dtype.kind in "iub")
+    if choice.max_abs_diff > ENGINE_TOLERANCE or not exact:
+        return _keep_tensorflow(servable, choice, asked, f"litert disagrees with TensorFlow (max |diff| "
+                                f"{choice.max_abs_diff:.2e}{'' if exact else ', integer outputs differ'})")
+    speedup = engines.SPEEDUPS.get(engine.key) if asked == "auto" else None
+    if speedup is None:
+        first = [feed[:1] for feed in feeds]
+        sizes = sorted({1, servable.manifest.batch_size or servable.manifest.batching.max_batch_size})
+        speedup = _time_runs(choice, lambda arrays: tf_run(arrays), engine.run, first, sizes)
+        engines.SPEEDUPS[engine.key] = speedup
+    engine.release_thread()
+    if asked == "auto" and speedup < 1.0:
+        choice.reason = f"TensorFlow is faster ({1 / speedup:.2f}x litert)"
+        return
+    servable._signature_engines[name] = (_engine_run(engine), keys)
+    choice.engine = "litert"
+    choice.reason = (("asked" if asked == "litert" else f"{speedup:.2f}x TensorFlow") +
+                     f" on signature '{name}', max |diff| {choice.max_abs_diff:.1e}")
+
+
+def _engine_run(engine: engines.LiteRtEngine) -> Callable[[list[np.ndarray]], list[np.ndarray]]:
+    def run(arrays: list[np.ndarray]) -> list[np.ndarray]:
+        try:
+            return engine.run(arrays)
+        except (RuntimeError, ValueError) as exc:  # the interpreter's own: a model failure, as TF's would be
+            raise tf.errors.InternalError(None, None, f"litert: {exc}") from None
+    return run
+
+
 def _time_engines(choice: engines.Choice, tf_scores: Callable[[list[np.ndarray]], np.ndarray],
                   engine: engines.LiteRtEngine, row: np.ndarray, sizes: list[int]) -> float:
     """Rows/s of both at each batch size (into ``choice``); the geometric mean of litert's speedups."""
+    return _time_runs(choice, tf_scores, engine.run, [row], sizes)
+
+
+def _time_runs(choice: engines.Choice, ours: Callable[[list[np.ndarray]], object],
+               theirs: Callable[[list[np.ndarray]], object], rows: list[np.ndarray], sizes: list[int]) -> float:
+    """Rows/s of TensorFlow (``ours``) and litert (``theirs``) at each batch size, into ``choice``;
+    the geometric mean of litert's speed-ups."""
     ratios = []
     for size in sizes:
-        batch = [np.repeat(row, size, axis=0)]
-        ours = choice.rows_per_s.setdefault("tensorflow", {})[str(size)] = round(
-            engines.rows_per_second(tf_scores, batch), 1)
-        theirs = choice.rows_per_s.setdefault("litert", {})[str(size)] = round(
-            engines.rows_per_second(engine.run, batch), 1)
-        ratios.append(theirs / ours)
+        batch = [np.repeat(row, size, axis=0) for row in rows]
+        tf_rate = choice.rows_per_s.setdefault("tensorflow", {})[str(size)] = round(
+            engines.rows_per_second(ours, batch), 1)
+        litert_rate = choice.rows_per_s.setdefault("litert", {})[str(size)] = round(
+            engines.rows_per_second(theirs, batch), 1)
+        ratios.append(litert_rate / tf_rate)
     return float(np.prod(ratios) ** (1 / len(ratios)))
 
 

@@ -180,3 +180,44 @@ def test_the_engine_setting_the_manifest_and_what_the_service_shows(model_dir: P
     from app.cli import parse_serve_args
 
     assert parse_serve_args(["--engine", "tensorflow"])["engine"] == "tensorflow"
+
+
+def test_a_tensor_model_runs_on_litert_with_the_same_answers(tmp_path: Path) -> None:
+    from tests.tensor_models import write_mnist
+
+    folder = write_mnist(tmp_path)
+    spec = ServableSpec("mnist", int(folder.name), folder)
+    reference = load_servable(spec, engine="tensorflow")
+    other = load_servable(spec, engine="litert")
+    try:
+        assert other.engine.engine == "litert" and "signature 'serving_default'" in other.engine.reason
+        assert other.engine.max_abs_diff is not None and other.engine.max_abs_diff <= 1e-4
+        signature = other.signatures["serving_default"]
+        [key] = signature.inputs
+        outputs = tuple(signature.outputs)
+        rows = np.random.default_rng(3).uniform(0, 1, (5, 784)).astype(np.float32)  # 5: a size never timed
+        for ours, theirs in zip(other.run_signature("serving_default", [rows], outputs),
+                                reference.run_signature("serving_default", [rows], outputs)):
+            np.testing.assert_allclose(ours, theirs, atol=1e-4)
+        assert other._signature_engines and not reference._signature_engines  # noqa: SLF001
+    finally:
+        reference.close()
+        other.close()
+
+
+def test_a_tensor_signature_litert_cannot_take_stays_on_tensorflow_or_refuses(tmp_path: Path, caplog) -> None:
+    from tests.tensor_models import write_half_plus_two
+
+    folder = write_half_plus_two(tmp_path)  # x: unknown rank, no batch dimension
+    spec = ServableSpec("half_plus_two", int(folder.name), folder)
+    with caplog.at_level(logging.INFO, logger="app.servable"):
+        auto = load_servable(spec, engine="auto")
+    try:
+        assert auto.engine.engine == "tensorflow" and "not for litert" in auto.engine.reason
+        assert any("stays on TensorFlow" in r.getMessage() for r in caplog.records)
+        [y] = auto.run_signature("serving_default", [np.array([1.0, 2.0, 5.0], np.float32)], ("y",))
+        assert y.tolist() == [2.5, 3.0, 4.5]
+    finally:
+        auto.close()
+    with pytest.raises(ModelLoadError, match="engine litert was asked for"):
+        load_servable(spec, engine="litert")
