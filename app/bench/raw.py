@@ -64,7 +64,6 @@ def measure_raw(
                     points.append(point)
         finally:
             naive.close()
-    best = max(points, key=lambda p: p.images_per_s)
     # The split ceiling: the served graph's preprocessing in its Session and the model part on
     # the engine the service would choose (``--engine``), over the same grid: the new wall.
     servable = load_servable(spec, options, engine=args.engine)
