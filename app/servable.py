@@ -586,11 +586,8 @@ def choose_engine(servable: Servable, asked: str, device: str | None, threads: i
     """
     manifest = servable.manifest
     assert isinstance(manifest, Manifest)
-    choice = servable.engine = engines.Choice("tensorflow", asked, "asked")
-    if asked == "tensorflow":
-        return
-    if (device or "").upper().startswith("/GPU") or (device is None and tf.config.list_logical_devices("GPU")):
-        choice.reason = "on a GPU: TensorFlow's kernels"
+    choice = _start_choice(servable, asked, device)
+    if choice is None:
         return
     spec_in = manifest.input
     shape = ((spec_in.height * spec_in.width * spec_in.channels,) if manifest.preprocessing.flatten
@@ -628,15 +625,24 @@ def choose_engine(servable: Servable, asked: str, device: str | None, threads: i
         f", max |diff| {choice.max_abs_diff:.1e}"
 
 
+def _start_choice(servable: Servable, asked: str, device: str | None) -> engines.Choice | None:
+    """``servable.engine`` set to TensorFlow for now; None when it stays there without a check
+    (asked for, or on a GPU, where TensorFlow's kernels are the ones that run there)."""
+    choice = servable.engine = engines.Choice("tensorflow", asked, "asked")
+    if asked == "tensorflow":
+        return None
+    if (device or "").upper().startswith("/GPU") or (device is None and tf.config.list_logical_devices("GPU")):
+        choice.reason = "on a GPU: TensorFlow's kernels"
+        return None
+    return choice
+
+
 def choose_tensor_engine(servable: Servable, asked: str, device: str | None, threads: int) -> None:
     """``choose_engine`` for a tensor model's ``serving_default`` (its other signatures stay on
     TensorFlow): numeric inputs of known shape behind a batch dimension, every output within
     ``ENGINE_TOLERANCE`` on seeded random inputs (equal for integers), then timed the same way."""
-    choice = servable.engine = engines.Choice("tensorflow", asked, "asked")
-    if asked == "tensorflow":
-        return
-    if (device or "").upper().startswith("/GPU") or (device is None and tf.config.list_logical_devices("GPU")):
-        choice.reason = "on a GPU: TensorFlow's kernels"
+    choice = _start_choice(servable, asked, device)
+    if choice is None:
         return
     default = manifest_lib.DEFAULT_SIGNATURE
     name = default if default in servable.signatures else next(iter(servable.signatures))
