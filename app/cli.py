@@ -105,7 +105,7 @@ def serve_parser(prog: str = "graphserve serve") -> argparse.ArgumentParser:
     parser.add_argument("--no-batching", dest="batching", action="store_const", const=False,
                         help="run each request's sess.run in its own thread, no batch queue")
     parser.add_argument("--engine", choices=ENGINES,
-                        help="what runs image models' model part: auto (LiteRT/XNNPACK when it agrees with "
+                        help="what runs each model's model part: auto (LiteRT/XNNPACK when it agrees with "
                              "TensorFlow and is faster; TensorFlow on a GPU), tensorflow, litert (default auto)")
     parser.add_argument("--poll-interval-s", type=float,
                         help="re-read graphs/ every N seconds and reload what changed (default 5; 0: off)")

@@ -40,7 +40,7 @@ class Settings:
     max_request_pixels: int = 64_000_000  # sum over a request's uploads, checked before any decode
     max_inflight_pixels: int = 128_000_000  # being decoded by all requests at once; beyond: wait
     max_images_per_request: int = 64  # more uploads in one request: 413 too_many_images
-    engine: str = "auto"  # what runs image models' model part: auto (the faster, checked), tensorflow, litert
+    engine: str = "auto"  # what runs a model's model part: auto (the faster, checked), tensorflow, litert
     max_tensor_bytes: int = 64 * 1024 * 1024  # a request's tensor that would take more: 413 tensor_too_large, never built
     intra_op_threads: int = 0  # 0: TensorFlow's default (number of cores)
     inter_op_threads: int = 0  # 0: TensorFlow's default; threads running independent ops at once

@@ -72,7 +72,7 @@ TENSOR_DTYPES = (
     "uint8", "uint16", "uint32", "uint64", "bool", "string",
 )
 SIGNATURE_METHODS = ("predict", "classify", "regress")
-ENGINES = ("auto", "tensorflow", "litert")  # what runs an image model's model part (``app.engines``)
+ENGINES = ("auto", "tensorflow", "litert")  # what runs a model's model part (``app.engines``)
 DEFAULT_SIGNATURE = "serving_default"
 
 

@@ -213,8 +213,7 @@ class Servable:
         self.signatures = signatures
         self.takes_images = image is not None
         self.engine = engines.Choice("tensorflow", "tensorflow", "asked")
-        self._tensor_scores: Callable[[list[np.ndarray]], np.ndarray] | None = None  # an engine's, once chosen
-        # a tensor model's signature on an engine: its run (every output) and the output keys in order
+        # a signature on an engine (``use_signature_engine``): its run (every output) and the output keys in order
         self._signature_engines: dict[str, tuple[Callable[[list[np.ndarray]], list[np.ndarray]], list[str]]] = {}
         self.num_classes = 0
         self.geometry: tuple[object, ...] | None = None
@@ -332,32 +331,28 @@ class Servable:
         pre, _ = self._image
         to_input = _session_callable(self.session, [pre.encoded, pre.orientation, pre.rgb_size], pre.model_input)
         pixels_to_input = _pixels_to_input(self.session, pre)
+        run = _engine_run(engine)
 
         def scores(model_input: np.ndarray) -> np.ndarray:
-            try:
-                return post(engine.run([model_input])[0])
-            except (RuntimeError, ValueError) as exc:  # the interpreter's own: a model failure, as TF's would be
-                raise tf.errors.InternalError(None, None, f"litert: {exc}") from None
+            return post(run([model_input])[0])
 
         self._classify_encoded = lambda feeds: scores(to_input(feeds))
         self._classify_pixels = lambda feeds: scores(pixels_to_input(feeds))
-        self._tensor_scores = lambda feeds: scores(feeds[0])
+        self.use_signature_engine(manifest_lib.DEFAULT_SIGNATURE, lambda feeds: [scores(feeds[0])], [SCORES_KEY])
+
+    def use_signature_engine(self, name: str, run: Callable[[list[np.ndarray]], list[np.ndarray]],
+                             keys: list[str]) -> None:
+        """Run signature ``name`` by ``run`` (every output, in the order of ``keys``) from now on:
+        the session callables made for it (by the warm-up, the engine's check) are dropped."""
+        with self._signature_lock:
+            self._signature_engines[name] = (run, keys)
+            self._signature_runs = {k: v for k, v in self._signature_runs.items() if k[0] != name}
 
     def run_signature(self, name: str, feeds: list[np.ndarray], outputs: tuple[str, ...]) -> list[np.ndarray]:
         """``outputs`` of signature ``name`` for ``feeds`` (one array per input, in the signature's
         order, already checked by ``tensors.check_feeds``) in one ``sess.run``; a graph with a
         fixed batch size runs in chunks of it. Raises ``ModelRunError`` when the graph fails."""
         run = self._signature_run(name, outputs)
-        if self._tensor_scores is not None and self.takes_images:  # the image model's own tensor, on its engine
-            tensor_scores = self._tensor_scores
-            run = lambda arrays: [tensor_scores(arrays)]  # noqa: E731 - its one output: scores
-        elif name in self._signature_engines:  # a tensor model's signature on its engine: every output, then those asked
-            engine_run, keys = self._signature_engines[name]
-            picked = [keys.index(o) for o in outputs]
-
-            def run(arrays: list[np.ndarray]) -> list[np.ndarray]:
-                values = engine_run(arrays)
-                return [values[i] for i in picked]
         signature = self.signatures[name]
         fixed = self.manifest.batch_size
         try:
@@ -377,7 +372,10 @@ class Servable:
         if run is None:
             with self._signature_lock:
                 run = self._signature_runs.get(key)
-                if run is None:
+                if run is None and name in self._signature_engines:  # on its engine: every output, then those asked
+                    engine_run, keys = self._signature_engines[name]
+                    run = self._signature_runs[key] = _picking(engine_run, [keys.index(o) for o in outputs])
+                elif run is None:
                     signature = self.signatures[name]
                     options = config_pb2.CallableOptions(
                         feed=[port.tensor for port in signature.inputs.values()],
@@ -501,8 +499,8 @@ def load_servable(
     only place it has kernels); a GPU the machine lacks falls back to ``/CPU:0`` with a warning.
     Its files are read only if regular, each within ``read_timeout_s`` (``app.model_files``):
     a FIFO, a device, a vanished file or a hung mount is a ``ModelLoadError`` too. ``engine``
-    (the manifest's ``engine`` wins) runs an image model's model part: ``tensorflow``, ``litert``
-    or ``auto`` (``choose_engine``).
+    (an image manifest's ``engine`` wins) runs the model part: ``tensorflow``, ``litert`` or
+    ``auto`` (``choose_engine``; a tensor model's ``serving_default``: ``choose_tensor_engine``).
     """
     options = options or SessionOptions()
     placement = placement or Placement()
@@ -610,19 +608,8 @@ def choose_engine(servable: Servable, asked: str, device: str | None, threads: i
     if choice.max_abs_diff > ENGINE_TOLERANCE or choice.top1_agreement < 1.0:
         return _keep_tensorflow(servable, choice, asked, f"litert disagrees with TensorFlow (max |diff| "
                                 f"{choice.max_abs_diff:.2e}, top-1 agreement {choice.top1_agreement:.0%})")
-    speedup = engines.SPEEDUPS.get(engine.key) if asked == "auto" else None
-    if speedup is None:  # timed once per graph and process: a reload or a twin copy reuses it
-        speedup = _time_engines(choice, tf_scores, engine, samples[:1],
-                                sorted({1, manifest.batch_size or manifest.batching.max_batch_size}))
-        engines.SPEEDUPS[engine.key] = speedup
-    engine.release_thread()  # the loader's interpreter: the batcher's workers make their own
-    if asked == "auto" and speedup < 1.0:
-        choice.reason = f"TensorFlow is faster ({1 / speedup:.2f}x litert)"
-        return
-    servable.use_engine(engine, post)
-    choice.engine = "litert"
-    choice.reason = ("asked" if asked == "litert" else f"{speedup:.2f}x TensorFlow") + \
-        f", max |diff| {choice.max_abs_diff:.1e}"
+    if _keeps_litert(servable, choice, asked, engine, tf_scores, samples[:1]):
+        servable.use_engine(engine, post)
 
 
 def _start_choice(servable: Servable, asked: str, device: str | None) -> engines.Choice | None:
@@ -666,7 +653,6 @@ def choose_tensor_engine(servable: Servable, asked: str, device: str | None, thr
              for p, shape in zip(ports, part.input_shapes)]
     try:
         engine = engines.LiteRtEngine.load(part, engines.ConversionCache(), threads=threads or os.cpu_count() or 1)
-        engine.order_as(part)
         expected, got = tf_run(feeds), engine.run(feeds)
     except (engines.EngineError, tf.errors.OpError, ValueError, RuntimeError) as exc:
         return _keep_tensorflow(servable, choice, asked, f"litert cannot run it: {exc}")
@@ -678,20 +664,18 @@ def choose_tensor_engine(servable: Servable, asked: str, device: str | None, thr
     if choice.max_abs_diff > ENGINE_TOLERANCE or not exact:
         return _keep_tensorflow(servable, choice, asked, f"litert disagrees with TensorFlow (max |diff| "
                                 f"{choice.max_abs_diff:.2e}{'' if exact else ', integer outputs differ'})")
-    speedup = engines.SPEEDUPS.get(engine.key) if asked == "auto" else None
-    if speedup is None:
-        first = [feed[:1] for feed in feeds]
-        sizes = sorted({1, servable.manifest.batch_size or servable.manifest.batching.max_batch_size})
-        speedup = _time_runs(choice, lambda arrays: tf_run(arrays), engine.run, first, sizes)
-        engines.SPEEDUPS[engine.key] = speedup
-    engine.release_thread()
-    if asked == "auto" and speedup < 1.0:
-        choice.reason = f"TensorFlow is faster ({1 / speedup:.2f}x litert)"
-        return
-    servable._signature_engines[name] = (_engine_run(engine), keys)
-    choice.engine = "litert"
-    choice.reason = (("asked" if asked == "litert" else f"{speedup:.2f}x TensorFlow") +
-                     f" on signature '{name}', max |diff| {choice.max_abs_diff:.1e}")
+    if _keeps_litert(servable, choice, asked, engine, tf_run, *[feed[:1] for feed in feeds],
+                     where=f" on signature '{name}'"):
+        servable.use_signature_engine(name, _engine_run(engine), keys)
+
+
+def _picking(run: Callable[[list[np.ndarray]], list[np.ndarray]],
+             picked: list[int]) -> Callable[[list[np.ndarray]], list[np.ndarray]]:
+    """``run``'s outputs at ``picked`` (the outputs a request asked for), in that order."""
+    def pick(arrays: list[np.ndarray]) -> list[np.ndarray]:
+        values = run(arrays)
+        return [values[i] for i in picked]
+    return pick
 
 
 def _engine_run(engine: engines.LiteRtEngine) -> Callable[[list[np.ndarray]], list[np.ndarray]]:
@@ -703,10 +687,24 @@ def _engine_run(engine: engines.LiteRtEngine) -> Callable[[list[np.ndarray]], li
     return run
 
 
-def _time_engines(choice: engines.Choice, tf_scores: Callable[[list[np.ndarray]], np.ndarray],
-                  engine: engines.LiteRtEngine, row: np.ndarray, sizes: list[int]) -> float:
-    """Rows/s of both at each batch size (into ``choice``); the geometric mean of litert's speedups."""
-    return _time_runs(choice, tf_scores, engine.run, [row], sizes)
+def _keeps_litert(servable: Servable, choice: engines.Choice, asked: str, engine: engines.LiteRtEngine,
+                  ours: Callable[[list[np.ndarray]], object], *rows: np.ndarray, where: str = "") -> bool:
+    """After the check passed: ``litert`` if asked for, else (``auto``) if it is the faster, both
+    timed on ``rows`` (one row per input) at batch 1 and the batcher's largest size, once per
+    graph and process (a reload or a twin copy reuses it). Says which in ``choice``."""
+    speedup = engines.SPEEDUPS.get(engine.key) if asked == "auto" else None
+    if speedup is None:
+        manifest = servable.manifest
+        sizes = sorted({1, manifest.batch_size or manifest.batching.max_batch_size})
+        speedup = engines.SPEEDUPS[engine.key] = _time_runs(choice, ours, engine.run, list(rows), sizes)
+    engine.release_thread()  # the loader's interpreter: the batcher's workers make their own
+    if asked == "auto" and speedup < 1.0:
+        choice.reason = f"TensorFlow is faster ({1 / speedup:.2f}x litert)"
+        return False
+    choice.engine = "litert"
+    choice.reason = (("asked" if asked == "litert" else f"{speedup:.2f}x TensorFlow") +
+                     f"{where}, max |diff| {choice.max_abs_diff:.1e}")
+    return True
 
 
 def _time_runs(choice: engines.Choice, ours: Callable[[list[np.ndarray]], object],
@@ -734,7 +732,7 @@ def _keep_tensorflow(servable: Servable, choice: engines.Choice, asked: str, why
 def _pixels_to_input(session: tf.compat.v1.Session, pre: PreprocessingTensors) -> Callable[[list[np.ndarray]], np.ndarray]:
     """Decoded pixels to the model's input (the scaling ops); the pixels themselves when the model
     takes them unscaled (``scale: raw``, cifar10): TF refuses a tensor both fed and fetched."""
-    if pre.model_input is pre.pixels or pre.model_input.name == pre.pixels.name:
+    if pre.model_input.name == pre.pixels.name:
         return lambda feeds: np.asarray(feeds[0], dtype=np.float32)
     return _session_callable(session, [pre.pixels], pre.model_input)
 
