@@ -107,6 +107,10 @@ def serve_parser(prog: str = "graphserve serve") -> argparse.ArgumentParser:
     parser.add_argument("--engine", choices=ENGINES,
                         help="what runs each model's model part: auto (LiteRT/XNNPACK when it agrees with "
                              "TensorFlow and is faster; TensorFlow on a GPU), tensorflow, litert (default auto)")
+    parser.add_argument("--memory-budget-mb", type=int,
+                        help="the loaded models together hold at most this much memory: versions load on "
+                             "their first request and the least recently used idle ones unload to make "
+                             "room (default 0: off, every version loads at start-up)")
     parser.add_argument("--poll-interval-s", type=float,
                         help="re-read graphs/ every N seconds and reload what changed (default 5; 0: off)")
     parser.add_argument("--lenient-startup", dest="strict_startup", action="store_const", const=False,

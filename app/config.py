@@ -42,6 +42,8 @@ class Settings:
     max_images_per_request: int = 64  # more uploads in one request: 413 too_many_images
     engine: str = "auto"  # what runs a model's model part: auto (the faster, checked), tensorflow, litert
     max_tensor_bytes: int = 64 * 1024 * 1024  # a request's tensor that would take more: 413 tensor_too_large, never built
+    memory_budget_mb: int = 0  # the loaded versions together hold at most this (RSS, as measured at load); 0: off, load everything
+    concurrent_loads: int = 1  # versions loading at once for requests (with a budget); more only contend for the cores
     intra_op_threads: int = 0  # 0: TensorFlow's default (number of cores)
     inter_op_threads: int = 0  # 0: TensorFlow's default; threads running independent ops at once
     gpu_memory_fraction: float = 0.0  # 0: allow growth, never grab the whole card
@@ -88,6 +90,10 @@ class Settings:
             raise ConfigError(f"setting 'shutdown_grace_s' must be 0 or more, got {self.shutdown_grace_s!r}")
         if self.log_requests.upper() != "OFF":
             _level("log_requests", self.log_requests)
+        if self.memory_budget_mb < 0:
+            raise ConfigError(f"setting 'memory_budget_mb' must be 0 (off) or more, got {self.memory_budget_mb!r}")
+        if self.concurrent_loads < 1:
+            raise ConfigError(f"setting 'concurrent_loads' must be 1 or more, got {self.concurrent_loads!r}")
         if self.engine not in ENGINES:
             raise ConfigError(f"setting 'engine' must be one of {', '.join(ENGINES)}, got {self.engine!r}")
 

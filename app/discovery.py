@@ -25,7 +25,9 @@ during the scan, so the reconciler can tell when a served version's files change
       # or  "policy": "specific", "versions": [1, 3]   # each must be on disk, as a label's must
       "labels": {"stable": 1, "canary": 2},        # names a request may use (version_label=...)
       "device": "/GPU:0",                          # placement of every version (default: TF's choice)
-      "gpu_memory_mb": 2048                        # GPU memory budget per version (see docs/models.md)
+      "gpu_memory_mb": 2048,                       # GPU memory budget per version (see docs/models.md)
+      "resident": true                             # with a memory budget: always loaded, never
+                                                   # unloaded to make room (or a list: [1, 3])
     }
 
 ``scan(graphs_dir)`` reads everything into ``ModelSource`` objects; ``discover(graphs_dir)``
@@ -96,6 +98,10 @@ class VersionPolicy:
     labels: dict[str, int] = field(default_factory=dict)
     device: str | None = None  # "/CPU:0", "/GPU:1"; None: TensorFlow places ops
     gpu_memory_mb: int | None = None
+    resident: bool | tuple[int, ...] = False  # True: every served version; a tuple: those versions
+
+    def is_resident(self, version: int) -> bool:
+        return self.resident is True or (isinstance(self.resident, tuple) and version in self.resident)
 
     def select(self, available: list[int]) -> list[int]:
         """The versions to serve out of those on disk, ascending."""
@@ -220,7 +226,7 @@ def parse_policy(data: Any, path: Path | str = POLICY_FILE, *, available: list[i
     the registry warns when a label points at a version it does not serve.)"""
     if not isinstance(data, dict):
         raise PolicyError(path, None, "must be a JSON object")
-    known = {"policy", "num_versions", "versions", "labels", "device", "gpu_memory_mb"}
+    known = {"policy", "num_versions", "versions", "labels", "device", "gpu_memory_mb", "resident"}
     unknown = sorted(set(data) - known)
     if unknown:
         raise PolicyError(path, unknown[0], f"unknown field (known: {', '.join(sorted(known))})")
@@ -256,8 +262,16 @@ def parse_policy(data: Any, path: Path | str = POLICY_FILE, *, available: list[i
     gpu_memory_mb = None
     if data.get("gpu_memory_mb") is not None:
         gpu_memory_mb = _integer(path, "gpu_memory_mb", data["gpu_memory_mb"], minimum=1)
+    resident: bool | tuple[int, ...] = False
+    raw_resident = data.get("resident", False)
+    if isinstance(raw_resident, bool):
+        resident = raw_resident
+    elif isinstance(raw_resident, list):
+        resident = tuple(sorted({_integer(path, f"resident[{i}]", v, minimum=0) for i, v in enumerate(raw_resident)}))
+    else:
+        raise PolicyError(path, "resident", f"must be true, false or a list of version numbers; got {raw_resident!r}")
     result = VersionPolicy(policy=policy, num_versions=num_versions, versions=versions, labels=labels,
-                           device=device, gpu_memory_mb=gpu_memory_mb)
+                           device=device, gpu_memory_mb=gpu_memory_mb, resident=resident)
     if available is not None:
         shown = ", ".join(map(str, sorted(available))) or "none"
         for version in versions:  # policy "specific" only

@@ -65,7 +65,7 @@ from .servable import Decoded, Item, Row, Servable, UndecodableImage
 from .tensors import NotAnImageModel, Signature, check_feeds, pick_signature
 from .text import clip
 
-STAGES = ("queue", "run", "postprocess", "total")
+STAGES = ("load", "queue", "run", "postprocess", "total")  # load: only when it waited for a load on demand
 
 # (model, version, images, seconds per stage): called once per model answered (metrics)
 ModelObserver = Callable[[str, int, int, dict[str, float]], None]
@@ -114,7 +114,7 @@ class ModelResult:
     name: str
     version: int
     results: list[ImageResult]  # in upload order
-    seconds: dict[str, float]  # queue, run, postprocess, total
+    seconds: dict[str, float]  # queue, run, postprocess, total; load when it waited for one
     batch_sizes: list[int]
     scores: np.ndarray  # [images, classes] float32, every class in class-id order (what TF Serving's predict returns)
     profile_ms: dict[str, float] | None = None  # only when asked: decode_resize, normalize_model, single_run
@@ -152,17 +152,21 @@ class InferenceCore:
 
     def select(
         self, models: str | Sequence[str] | None = None, *, version: int | None = None,
-        version_label: str | None = None,
+        version_label: str | None = None, deadline: float | None = None,
     ) -> Selected:
         """Borrow the versions asked for; use as a context manager (they are held until its end).
 
         ``models``: one name, a list of names, or ``None`` (every model with an available
         version). Our REST API's ``model=a,b|all`` grammar is its own (``app.views``).
         ``version``/``version_label`` pick a version of every model named; without them each
-        model's highest available version answers.
+        model's highest available version answers. A version not in memory (memory budget) is
+        loaded first, waiting at most until ``deadline`` (default: ``request_timeout_s`` from
+        now); that wait is each model's ``load`` stage.
         """
-        handles = self.registry.acquire(models, version=version, version_label=version_label)
-        return Selected(handles, self._on_model, self)
+        loads: dict[str, float] = {}
+        handles = self.registry.acquire(models, version=version, version_label=version_label, deadline=deadline,
+                                        loads=loads)
+        return Selected(handles, self._on_model, self, loads)
 
     def classify(
         self,
@@ -183,11 +187,13 @@ class InferenceCore:
 class Selected:
     """Borrowed handles of the models a request asked for; released on ``__exit__``/``release``."""
 
-    def __init__(self, handles: list[ModelHandle], on_model: ModelObserver | None, core: InferenceCore) -> None:
+    def __init__(self, handles: list[ModelHandle], on_model: ModelObserver | None, core: InferenceCore,
+                 loads: dict[str, float] | None = None) -> None:
         self.handles = handles
         self._on_model = on_model
         self._core = core
         self._released = False
+        self.loads = loads or {}  # seconds each model waited for its load on demand (none: it was loaded)
 
     @property
     def models(self) -> list[tuple[str, int]]:
@@ -273,6 +279,7 @@ class Selected:
             future.cancel()
             raise DeadlineExceeded(f"model '{handle.name}' did not answer within the request timeout") from None
         seconds = {"queue": completed.queue_seconds, "run": completed.run_seconds,
+                   **({"load": self.loads[handle.name]} if handle.name in self.loads else {}),
                    "total": time.perf_counter() - started}
         if self._on_model is not None:
             self._on_model(handle.name, handle.version, rows, seconds)
@@ -314,6 +321,8 @@ class Selected:
         results = []
         for handle, futures in pending:
             result = _collect(handle, futures, images, top_k, deadline)
+            if handle.name in self.loads:
+                result.seconds["load"] = self.loads[handle.name]
             result.seconds["total"] = time.perf_counter() - started
             if self._on_model is not None:
                 self._on_model(handle.name, handle.version, len(images), result.seconds)

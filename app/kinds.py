@@ -33,6 +33,7 @@ from .registry import (
     BadVersion,
     ModelLookupError,
     ModelNotFound,
+    ModelOverBudget,
     ModelUnavailable,
     NoModels,
     VersionNotFound,
@@ -73,6 +74,7 @@ DOMAIN: dict[type[Exception], Described] = {
     ModelNotFound: Described(Kind.NOT_FOUND, "model_not_found"),
     VersionNotFound: Described(Kind.NOT_FOUND, "version_not_found"),
     ModelUnavailable: Described(Kind.UNAVAILABLE, "model_unavailable", retry=True),
+    ModelOverBudget: Described(Kind.UNAVAILABLE, "model_over_budget"),  # never loads: retrying will not help
     NoModels: Described(Kind.UNAVAILABLE, "no_models"),
     UndecodableImage: Described(Kind.INVALID, "invalid_image"),
     images.EmptyImage: Described(Kind.INVALID, "empty_image"),

@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 from prometheus_client import CollectorRegistry, Counter, Histogram, disable_created_metrics, generate_latest
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from prometheus_client.process_collector import ProcessCollector
 
@@ -26,7 +26,7 @@ from . import memory
 
 CONTENT_TYPE = CONTENT_TYPE_LATEST
 disable_created_metrics()  # the *_created series double the exposition and nobody graphs them
-STAGES = ("queue", "run", "postprocess", "total")
+STAGES = ("load", "queue", "run", "postprocess", "total")  # load: a request that waited for a load on demand
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128)
 WINDOW = 2048  # recent requests per model kept for /stats percentiles
@@ -83,13 +83,24 @@ class Metrics:
             "Connections cut off for not sending their request in time (silent: nothing sent; headers; body).",
             ["reason"], registry=self.registry,
         )
+        self.cold_loads = Histogram(
+            "graphserve_model_load_seconds", "Seconds to load and warm up a version, by why it loaded "
+            "(startup, reload, request, prefill, admin).", ["reason"],
+            buckets=(0.1, 0.25, 0.5, 1.0, 1.5, 2.0, 3.0, 5.0, 10.0, 30.0, 60.0), registry=self.registry,
+        )
+        self.residency: Any = None  # the Residency (memory budget), attached by watch(); read on scrape
         self.registry.register(_MemoryCollector(self))
         self._windows: dict[tuple[str, int], deque[float]] = {}  # per (model, version): never mixed
         self._window_lock = threading.Lock()
 
-    def watch(self, models: Any) -> None:
-        """Read per-model gauges from ``models`` (a ``ModelRegistry``) on every scrape."""
+    def watch(self, models: Any, residency: Any = None) -> None:
+        """Read per-model gauges from ``models`` (a ``ModelRegistry``) and the memory budget
+        from ``residency`` (an ``app.residency.Residency``) on every scrape."""
         self.models = models
+        self.residency = residency
+
+    def observe_load(self, reason: str, seconds: float) -> None:
+        self.cold_loads.labels(reason).observe(seconds)
 
     # -- recording (hot path: a few dict lookups and atomic adds) -------------------------
 
@@ -211,6 +222,7 @@ class Metrics:
                 ]}
             ),
             "models": models,
+            **({"memory_budget": self.residency.stats()} if self.residency is not None else {}),
         }
 
 
@@ -254,6 +266,9 @@ class _MemoryCollector:
             queue.add_metric(key, handle.queue_depth())
             engine.add_metric([*key, servable.engine.engine], 1)
         yield from (rss_cost, constants, nodes, gpu_cost, queue, engine)
+        residency = self._metrics.residency
+        if residency is not None:
+            yield from _budget_metrics(residency)
 
         gpus = memory.gpu_memory()
         available = GaugeMetricFamily("graphserve_gpu_available", "1 when TensorFlow sees a GPU, else 0.")
@@ -267,3 +282,31 @@ class _MemoryCollector:
                 peak_gpu.add_metric([reading.device], reading.peak_bytes)
             yield in_use
             yield peak_gpu
+
+
+def _budget_metrics(residency: Any) -> Iterable[Any]:
+    """The memory budget (``app.residency``): limit, reserved bytes, loads and unloads by reason."""
+    stats = residency.stats()
+    if stats["memory_budget_bytes"] is not None:
+        budget = GaugeMetricFamily("graphserve_memory_budget_bytes", "The memory budget (memory_budget_mb).")
+        budget.add_metric([], stats["memory_budget_bytes"])
+        yield budget
+    reserved = GaugeMetricFamily("graphserve_memory_reserved_bytes", "Bytes the loaded versions hold in the budget.")
+    reserved.add_metric([], stats["reserved_bytes"])
+    yield reserved
+    per_version = GaugeMetricFamily("graphserve_model_reserved_bytes", "Bytes each loaded version holds in the budget.",
+                                    labels=["model", "version"])
+    for what, nbytes in stats["reservations"].items():
+        model, _, version = what.rpartition("/")
+        per_version.add_metric([model, version], nbytes)
+    yield per_version
+    for kind in ("loads", "unloads"):
+        counter = CounterMetricFamily(f"graphserve_model_{kind}", f"Versions {kind[:-1]}ed, by reason.", labels=["reason"])
+        for reason, count in stats[kind].items():
+            counter.add_metric([reason], count)
+        yield counter
+    lookups = CounterMetricFamily("graphserve_model_lookups", "Requests whose versions were loaded (hit) or had "
+                                  "to wait for a load on demand (miss).", labels=["result"])
+    lookups.add_metric(["hit"], stats["hits"])
+    lookups.add_metric(["miss"], stats["misses"])
+    yield lookups

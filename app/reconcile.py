@@ -46,6 +46,7 @@ from .registry import (
     AVAILABLE,
     FAILED,
     LOADING,
+    UNLOADED,
     UNLOADING,
     BatchObserver,
     ModelEntry,
@@ -54,6 +55,7 @@ from .registry import (
     NoModels,
     VersionStatus,
 )
+from .residency import Residency
 from .runners import build_handle
 from .servable import ModelLoadError, Placement, Servable, SessionOptions, load_servable
 
@@ -100,6 +102,9 @@ class Reconciler:
             inter_op_threads=settings.inter_op_threads,
             gpu_memory_fraction=settings.gpu_memory_fraction or None,
         )
+        self._sources: dict[str, ModelSource] = {}  # the last scan's, for loads on demand
+        self._starting = False
+        self.residency = Residency(registry, settings, self._build, self._sources.get)
         registry.on_close(self._stop)
 
     @property
@@ -130,11 +135,14 @@ class Reconciler:
         failure stops start-up (and unloads what was loaded)."""
         configure_gpus()  # before any Session: memory growth, never grab the whole card
         strict = self._settings.strict_startup
+        self._starting = True
         try:
             self._reconcile(strict=strict)
         except BaseException:
             self.registry.close(timeout=0)
             raise
+        finally:
+            self._starting = False
         if not self._models:
             log.warning("no models found under %s", self._settings.graphs_dir)
 
@@ -212,6 +220,8 @@ class Reconciler:
                 broken[name] = str(error)
                 self._refuse(report, name, None, str(error))
             found = {source.name: source for source in sources}
+            self._sources.clear()
+            self._sources.update(found)
             for name in sorted(set(found) | set(self._models)):
                 if self._closing.is_set():
                     break
@@ -298,6 +308,10 @@ class Reconciler:
                 continue
             if v not in source.aspired():
                 continue  # switched away from anyway
+            if not self.residency.wants_loaded(source, v):
+                self.residency.unload_changed(status.handle)  # its next request loads the new content
+                report.changed.append({"model": name, "version": v, "action": "unloaded"})
+                continue
             log.warning("model %s version %d: its files changed on disk; loading them again", name, v)
             try:
                 handle = self._load(source, v)
@@ -313,6 +327,11 @@ class Reconciler:
             report.loaded.append({"model": name, "version": v})
 
     def _load(self, source: ModelSource, version: int) -> ModelHandle:
+        """A version the policy wants loaded now, within the memory budget (``app.residency``)."""
+        return self.residency.load_now(source, version, reason="startup" if self._starting else "reload")
+
+    def _build(self, source: ModelSource, version: int) -> ModelHandle:
+        """Load, warm up and wrap one version in its runner (every load ends here)."""
         servable = load_servable(source.spec(version), self._options, _placement(source),
                                  read_timeout_s=self._settings.file_read_timeout_s, engine=self._settings.engine)
         return self._make_handle(servable)
@@ -336,7 +355,8 @@ class Reconciler:
         draining = {v for v, st in entry.versions.items() if st.state == UNLOADING and st.handle and not st.handle.closed}
         while True:  # each round either loads or refuses at least one version, or ends
             aspired = policy.select([v for v in on_disk if v not in failed]) if policy is not None else []
-            todo = [v for v in aspired if v not in loaded and v not in current and v not in draining]
+            todo = [v for v in aspired if v not in loaded and v not in current and v not in draining
+                    and source is not None and self.residency.wants_loaded(source, v)]
             if not todo:
                 break
             for version in todo:
@@ -389,6 +409,7 @@ class Reconciler:
             versions.update({v: _serving_status(now, fresh, v, h) for v, h in serving.items()})
             versions.update({h.version: VersionStatus(h.version, UNLOADING, handle=h)
                              for h in retired if h.version not in serving})
+            versions.update(self._not_loaded(source, now, aspired, versions, retired))
             return ModelEntry(name=name, versions=dict(sorted(versions.items())), labels=labels)
 
         if not self._publish(name, switch):  # closed while loading: nobody will serve these
@@ -396,7 +417,7 @@ class Reconciler:
                 handle.close()
             return
         for label, version in labels.items():
-            if version not in serving:
+            if version not in serving and not (self.residency.limited and version in aspired):
                 self._warn(name, f"label '{label}' points at version {version}, which is not served "
                                  f"(served: {', '.join(map(str, sorted(serving))) or 'none'})")
         # unload what was switched away from, once its last request is answered
@@ -405,6 +426,27 @@ class Reconciler:
             if handle.version not in serving:  # else: replaced by its own new content
                 report.unloaded.append({"model": name, "version": handle.version})
             self._unload_when_idle(handle)
+
+    def _not_loaded(self, source: ModelSource | None, now: ModelEntry, aspired: list[int],
+                    listed: dict[int, VersionStatus], retired: list[ModelHandle]) -> dict[int, VersionStatus]:
+        """Aspired versions this round did not load (with a budget; or unloaded through the
+        repository API): a load on demand that finished or runs meanwhile is kept, the rest
+        listed ``unloaded`` (or ``failed``: larger than the whole budget)."""
+        if source is None:
+            return {}
+        statuses = {}
+        for v in aspired:
+            if v in listed or v not in source.versions:
+                continue
+            status = now.versions.get(v)
+            marks = source.marks.get(v, ())
+            if status is not None and status.state in (AVAILABLE, LOADING) and status.handle not in retired:
+                statuses[v] = status  # loaded (or loading) on demand while this round ran
+            elif status is not None and (status.state == UNLOADED or status.over_budget) and status.fingerprint == marks:
+                statuses[v] = status  # as it was (the repository API's unload and load change it)
+            else:
+                statuses[v] = self.residency.cold_status(source, v, marks)
+        return statuses
 
     def _unload_when_idle(self, handle: ModelHandle) -> None:
         def unload() -> None:

@@ -18,11 +18,15 @@ borrower has returned (*drain*). ``close(timeout)`` drains everything the same w
 graceful shutdown calls it.
 
 Version states, as ``GET /models`` shows them: ``loading``, ``available``, ``unloading``,
-``failed`` (with ``reason``).
+``failed`` (with ``reason``), and ``unloaded``: known and wanted but not in memory (with a
+memory budget, or unloaded through the repository API). A version that is ``on_demand``
+(``unloaded`` or being loaded for a request) is loaded by the first request that needs it:
+``acquire`` asks ``on_cold`` (``app.residency``) and waits, up to the request's deadline.
 
 Exceptions (all ``LookupError``): ``ModelNotFound`` (unknown name), ``VersionNotFound`` (no
 such version or label served), ``ModelUnavailable`` (the model has no available version),
-``NoModels`` (nothing is being served), ``BadModelSelection`` (``model=,``: names nothing).
+``NoModels`` (nothing is being served), ``BadModelSelection`` (``model=,``: names nothing);
+``ModelOverBudget`` (a ``ModelUnavailable``: the version alone is larger than the memory budget).
 """
 
 from __future__ import annotations
@@ -39,14 +43,14 @@ from typing import Any
 
 import numpy as np
 
-from .batching import Batcher, BatcherClosed, Completed, Runner
+from .batching import Batcher, BatcherClosed, Completed, DeadlineExceeded, Runner
 from .config import Settings
 from .servable import Item, Row, Servable
 from .text import clip
 
 log = logging.getLogger(__name__)
 
-LOADING, AVAILABLE, UNLOADING, FAILED = "loading", "available", "unloading", "failed"
+LOADING, AVAILABLE, UNLOADING, FAILED, UNLOADED = "loading", "available", "unloading", "failed", "unloaded"
 
 
 class ModelLookupError(LookupError):
@@ -70,8 +74,25 @@ class ModelUnavailable(ModelLookupError):
     pass
 
 
+class ModelOverBudget(ModelUnavailable):
+    """The version alone needs more memory than the whole budget: it is never loaded."""
+
+
 class NoModels(LookupError):
     pass
+
+
+class ColdVersion(Exception):
+    """Internal to ``acquire``: the version asked for loads on demand (not an error for doors)."""
+
+    def __init__(self, name: str, version: int) -> None:
+        super().__init__(f"{name}/{version} is not loaded")
+        self.name, self.version = name, version
+
+
+# on_cold(model, version, deadline): load it (or wait for the load under way); raises a
+# ModelLookupError subclass (or DeadlineExceeded) when it cannot be loaded in time
+ColdLoader = Callable[[str, int, float], None]
 
 
 class BadModelSelection(ValueError):
@@ -126,6 +147,10 @@ class ModelHandle:
         self._retired = False
         self._idle = threading.Condition(threading.Lock())
         self._closed = threading.Event()
+        self.last_used = time.monotonic()  # least recently used goes first when room is needed
+        self.resident = False  # never unloaded to make room (``versions.json`` "resident")
+        self.on_closed: list[Callable[[], None]] = []  # e.g. its memory reservation, given back
+        self.reservation: Any = None  # its bytes in the memory budget (``app.budget.Reservation``)
 
     @property
     def name(self) -> str:
@@ -173,6 +198,7 @@ class ModelHandle:
             if self._retired:
                 return False
             self._refs += 1
+            self.last_used = time.monotonic()
             return True
 
     def release(self) -> None:
@@ -218,6 +244,8 @@ class ModelHandle:
                 self.servable.close()
             finally:
                 self._closed.set()
+                for done in self.on_closed:
+                    done()
 
     def __repr__(self) -> str:
         return f"<ModelHandle {self.name}/{self.version} {self.state} refs={self._refs}>"
@@ -230,6 +258,8 @@ class VersionStatus:
     reason: str | None = None
     handle: ModelHandle | None = None
     fingerprint: tuple[Any, ...] = ()
+    on_demand: bool = False  # unloaded or loading, and a request may load it (``acquire``)
+    over_budget: bool = False  # failed: larger than the whole memory budget
 
 
 @dataclass(frozen=True)
@@ -253,6 +283,10 @@ class ModelEntry:
         available = self.available()
         return available[max(available)] if available else None
 
+    def loadable(self) -> list[int]:
+        """Versions a request may load (``on_demand``), ascending."""
+        return sorted(v for v, s in self.versions.items() if s.on_demand)
+
 
 class ModelRegistry:
     """Which versions are served, as one immutable snapshot, and the borrowing of them.
@@ -267,6 +301,8 @@ class ModelRegistry:
         self._models: dict[str, ModelEntry] = {}  # replaced, never mutated: lock-free reads
         self.closing = threading.Event()
         self._on_close: list[Callable[[float | None], None]] = []
+        self.on_cold: ColdLoader | None = None  # set by ``app.residency``: loads on demand
+        self.hits = 0  # requests whose versions were loaded already (a metric: an unlocked count)
 
     @property
     def snapshot(self) -> dict[str, ModelEntry]:
@@ -323,10 +359,10 @@ class ModelRegistry:
     @contextlib.contextmanager
     def borrow(
         self, models: str | Sequence[str] | None = None, *, version: int | None = None,
-        version_label: str | None = None,
+        version_label: str | None = None, deadline: float | None = None,
     ) -> Iterator[list[ModelHandle]]:
         """The handles a request asked for, held (kept alive) until the block ends."""
-        handles = self.acquire(models, version=version, version_label=version_label)
+        handles = self.acquire(models, version=version, version_label=version_label, deadline=deadline)
         try:
             yield handles
         finally:
@@ -335,22 +371,44 @@ class ModelRegistry:
 
     def acquire(
         self, models: str | Sequence[str] | None = None, *, version: int | None = None,
-        version_label: str | None = None,
+        version_label: str | None = None, deadline: float | None = None, loads: dict[str, float] | None = None,
     ) -> list[ModelHandle]:
-        """Like ``borrow`` without the block: the caller must ``release()`` each handle."""
+        """Like ``borrow`` without the block: the caller must ``release()`` each handle.
+
+        A version that loads on demand is loaded first (``on_cold``), waiting at most until
+        ``deadline`` (``time.monotonic()``; default: ``request_timeout_s`` from now); the
+        seconds each model waited for its load are added to ``loads``."""
+        if deadline is None:
+            deadline = time.monotonic() + self._settings.request_timeout_s
+        loads = {} if loads is None else loads
         while True:
-            handles = self.resolve(models, version=version, version_label=version_label)
+            try:
+                handles = self.resolve(models, version=version, version_label=version_label)
+            except ColdVersion as cold:
+                self._load_cold(cold, deadline, loads)
+                continue
             held: list[ModelHandle] = []
             for handle in handles:
                 if not handle.acquire():
                     break  # retired between the lookup and now: a newer snapshot replaces it
                 held.append(handle)
             else:
+                if not loads:
+                    self.hits += 1
                 return handles
             for handle in held:
                 handle.release()
             if self.closing.is_set():
                 raise NoModels("the service is shutting down")
+
+    def _load_cold(self, cold: ColdVersion, deadline: float, loads: dict[str, float]) -> None:
+        if self.on_cold is None:
+            raise ModelUnavailable(f"model '{cold.name}' version {cold.version} is not loaded", model=cold.name)
+        if time.monotonic() >= deadline:
+            raise DeadlineExceeded(f"model '{cold.name}' was not loaded within the request's deadline")
+        waited = time.perf_counter()
+        self.on_cold(cold.name, cold.version, deadline)
+        loads[cold.name] = loads.get(cold.name, 0.0) + time.perf_counter() - waited
 
     def resolve(
         self, models: str | Sequence[str] | None = None, *, version: int | None = None,
@@ -364,7 +422,7 @@ class ModelRegistry:
         if not snapshot:
             raise NoModels("no models are being served")
         one_of(version, version_label)
-        if models is None:  # every image model: "all" of our API (a tensor-only model takes no images)
+        if models is None:  # every image model loaded now: "all" of our API (a tensor-only model takes no images)
             names = [name for name, entry in sorted(snapshot.items())
                      if (default := entry.default()) is not None and default.servable.takes_images]
             if not names:
@@ -377,10 +435,10 @@ class ModelRegistry:
         entry = models.get(name)
         if entry is None or all(status.state == UNLOADING for status in entry.versions.values()):
             # unknown, or removed and only draining: not served any more
-            known = ", ".join(sorted(n for n, e in models.items() if e.available())) or "none"
+            known = ", ".join(sorted(n for n, e in models.items() if e.available() or e.loadable())) or "none"
             raise ModelNotFound(f"unknown model '{clip(name)}' (served: {clip(known, 200)})", model=name)
         available = entry.available()
-        served = ", ".join(map(str, available)) or "none"
+        served = ", ".join(map(str, sorted({*available, *entry.loadable()}))) or "none"
         if label is not None:
             if label not in entry.labels:
                 labels = ", ".join(sorted(entry.labels)) or "none"
@@ -390,20 +448,27 @@ class ModelRegistry:
                 )
             version = entry.labels[label]
         if version is not None:
-            if version not in available:
-                status = entry.versions.get(version)
-                state = f" (it is {status.state})" if status is not None else ""
-                via = f"label '{label}' points at " if label is not None else ""
-                raise VersionNotFound(
-                    f"model '{name}': {via}version {clip(str(version))} is not served{state}; versions served: {served}",
-                    model=name,
-                )
-            return available[version]
-        handle = entry.default()
-        if handle is None:
+            if version in available:
+                return available[version]
+            status = entry.versions.get(version)
+            if status is not None:
+                _not_loaded(name, status)
+            state = f" (it is {status.state})" if status is not None else ""
+            via = f"label '{label}' points at " if label is not None else ""
+            raise VersionNotFound(
+                f"model '{name}': {via}version {clip(str(version))} is not served{state}; versions served: {served}",
+                model=name,
+            )
+        newest = max({*available, *entry.loadable()}, default=None)
+        if newest is None:
+            for status in entry.versions.values():
+                if status.over_budget or status.state == UNLOADED:
+                    _not_loaded(name, status)
             states = ", ".join(f"{v}: {s.state}" for v, s in entry.versions.items()) or "no versions"
             raise ModelUnavailable(f"model '{name}' has no available version ({states})", model=name)
-        return handle
+        if newest in available:
+            return available[newest]
+        raise ColdVersion(name, newest)
 
     def get(self, name: str, version: int | None = None) -> ModelHandle:
         """A model's handle (its default version unless ``version``), not held: for tests and tools."""
@@ -432,6 +497,19 @@ class ModelRegistry:
         return states
 
     def ready(self) -> bool:
-        """Some version answers. (Start-up loads everything before serving; a version that a
-        reload is loading or has refused does not make a serving process unready.)"""
-        return not self.closing.is_set() and any(entry.available() for entry in self._models.values())
+        """Some version answers or loads on its first request. (Start-up loads what it must
+        before serving; a version that a reload is loading or has refused does not make a
+        serving process unready.)"""
+        return not self.closing.is_set() and any(e.available() or e.loadable() for e in self._models.values())
+
+
+def _not_loaded(name: str, status: VersionStatus) -> None:
+    """For a version that is not in memory, raise what a request for it gets (``ColdVersion``:
+    load it); return for the other states (the caller says it is not served)."""
+    if status.on_demand:
+        raise ColdVersion(name, status.version)
+    if status.over_budget:
+        raise ModelOverBudget(f"model '{name}' version {status.version}: {status.reason}", model=name)
+    if status.state == UNLOADED:
+        raise ModelUnavailable(f"model '{name}' version {status.version} is unloaded"
+                               f"{f' ({status.reason})' if status.reason else ''}", model=name)

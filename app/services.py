@@ -46,10 +46,12 @@ class Services:
         metrics = Metrics()
         registry = ModelRegistry(settings)
         reconciler = Reconciler(registry, settings, on_batch=metrics.observe_batch)
+        reconciler.residency.on_load = metrics.observe_load
         reconciler.load_all()
         memory.settle_heap()  # full collections would walk TensorFlow's objects: ~300 ms each
+        reconciler.residency.prefill()  # with a memory budget: what fits, after the service is ready
         reconciler.start_polling(settings.poll_interval_s)
-        metrics.watch(registry)
+        metrics.watch(registry, reconciler.residency)
         core = InferenceCore(registry, settings=settings, on_model=metrics.observe_model)
         return cls(settings=settings, registry=registry, reconciler=reconciler, core=core, metrics=metrics)
 

@@ -68,14 +68,16 @@ def _select(core: InferenceCore, settings: Settings) -> tuple[Selected, tuple[ob
     chosen = _selection(settings)
     names, version, version_label = chosen
     try:
-        return core.select(names, version=version, version_label=version_label), chosen
+        return core.select(names, version=version, version_label=version_label,
+                           deadline=observe.http_deadline(settings.request_timeout_s)), chosen
     except LookupError as exc:
         if (isinstance(exc, ModelNotFound) and "model" in request.args) or not _form_may_choose():
             raise
     request.form  # noqa: B018 - parse the body: its fields may choose other models
     chosen = _selection(settings)
     names, version, version_label = chosen
-    return core.select(names, version=version, version_label=version_label), chosen
+    return core.select(names, version=version, version_label=version_label,
+                       deadline=observe.http_deadline(settings.request_timeout_s)), chosen
 
 
 def _top_k(settings: Settings) -> int:
@@ -169,7 +171,8 @@ def _encode_model(model: ModelResult) -> dict[str, Any]:
             }
             for image in model.results
         ],
-        "time_ms": {stage: round(model.seconds[stage] * 1000, 3) for stage in ("queue", "run", "postprocess")},
+        "time_ms": {stage: round(model.seconds[stage] * 1000, 3)
+                    for stage in ("load", "queue", "run", "postprocess") if stage in model.seconds},
         "batch_sizes": model.batch_sizes,
     }
     if model.profile_ms is not None:

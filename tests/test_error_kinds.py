@@ -34,7 +34,8 @@ EXPECTED: dict[Kind, tuple[int, int, str, int, str]] = {
     Kind.INTERNAL: (500, 500, "INTERNAL", 500, "INTERNAL"),
 }
 DOMAIN_MODULES = (batching, images, registry, servable)
-NOT_A_REQUEST_ERROR = {servable.ModelLoadError, servable.ServableError, batching.BatchingError}
+# not answered to a request: load errors become a version's state; ColdVersion makes acquire load it
+NOT_A_REQUEST_ERROR = {servable.ModelLoadError, servable.ServableError, batching.BatchingError, registry.ColdVersion}
 
 
 @pytest.fixture(scope="module")

