@@ -186,10 +186,11 @@ def main(argv: list[str] | None = None) -> int:
                         "ms_full": float(np.median([r[4] for r in rows])),
                         "disagreements": [r[0] for r in rows if not r[1]],
                     }
-                    if rows[0][5] is not None:
+                    splits: list[dict[str, dict[str, float]]] = [r[5] for r in rows if r[5] is not None]
+                    if splits:
                         result["stages_ms"] = {
-                            mode: {stage: round(float(np.median([r[5][mode][stage] for r in rows])), 2)
-                                   for stage in rows[0][5][mode]}
+                            mode: {stage: round(float(np.median([one[mode][stage] for one in splits])), 2)
+                                   for stage in splits[0][mode]}
                             for mode in ("scaled", "full")
                         }
                     results.append(result)

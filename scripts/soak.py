@@ -41,6 +41,7 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlparse
 
 import numpy as np
@@ -440,7 +441,7 @@ def soak(url: str, args: argparse.Namespace, photos: list[bytes], mix: list[Host
         time.sleep(0.2)
     final_rss = get_json(url, "/stats")[1]["process"]["rss_bytes"]
     seconds = round(time.monotonic() - started, 1)
-    summary = {"requests": len(driver.latencies), "errors": len(driver.errors), **driver.counts, "seconds": seconds,
+    summary: dict[str, Any] = {"requests": len(driver.latencies), "errors": len(driver.errors), **driver.counts, "seconds": seconds,
                "engines": engines}
     summary["rss_start_mb"] = round(start_rss / 2**20, 1)
     summary["rss_end_mb"] = round(final_rss / 2**20, 1)
