@@ -19,7 +19,8 @@ the answer its kind expects: a 4xx with the JSON error body ``{"error": {"code",
 "message"}}``, except the many-frames GIF, which must be classified (200) by its first
 frame. Any other answer, any 5xx and any connection error count as failures.
 
-Prints, every ``--every`` requests: count, the server's RSS (from its /stats), client-side
+Prints which engine runs each model's model part (``/stats``: ``auto`` picks), then, every
+``--every`` requests: count, the server's RSS (from its /stats), client-side
 p50/p99 latency of that interval's good requests, and failures; at the end, RSS growth from
 request ``--baseline`` (default 2,000, after warm-up) to the end. Exit code 1 if any request
 failed.
@@ -40,6 +41,7 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlparse
 
 import numpy as np
@@ -402,7 +404,10 @@ def soak(url: str, args: argparse.Namespace, photos: list[bytes], mix: list[Host
     driver = Driver(url, path, photos, args.requests, time.monotonic() + args.max_seconds,
                     hostile=args.hostile, hostile_mix=mix, expected=expected)
     threads = [threading.Thread(target=driver.run_client, daemon=True) for _ in range(args.concurrency)]
-    start_rss = get_json(url, "/stats")[1]["process"]["rss_bytes"]
+    stats = get_json(url, "/stats")[1]
+    start_rss = stats["process"]["rss_bytes"]
+    engines = {name: model.get("engine", {}).get("engine") for name, model in stats.get("models", {}).items()}
+    print("engines: " + ", ".join(f"{name} {engine}" for name, engine in engines.items()), flush=True)
     started = time.monotonic()
     for thread in threads:
         thread.start()
@@ -436,7 +441,8 @@ def soak(url: str, args: argparse.Namespace, photos: list[bytes], mix: list[Host
         time.sleep(0.2)
     final_rss = get_json(url, "/stats")[1]["process"]["rss_bytes"]
     seconds = round(time.monotonic() - started, 1)
-    summary = {"requests": len(driver.latencies), "errors": len(driver.errors), **driver.counts, "seconds": seconds}
+    summary: dict[str, Any] = {"requests": len(driver.latencies), "errors": len(driver.errors), **driver.counts, "seconds": seconds,
+               "engines": engines}
     summary["rss_start_mb"] = round(start_rss / 2**20, 1)
     summary["rss_end_mb"] = round(final_rss / 2**20, 1)
     if baseline_rss is not None:
