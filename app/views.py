@@ -207,7 +207,8 @@ def models() -> ResponseReturnValue:
             )
         model["state"] = states[entry.name]
         model["versions"] = [
-            {"version": v, "state": status.state, **({"reason": status.reason} if status.reason else {})}
+            {"version": v, "state": status.state, **({"reason": status.reason} if status.reason else {}),
+             **({"on_demand": True} if status.on_demand else {})}  # a request loads it (memory budget)
             for v, status in entry.versions.items()
         ]
         model["labels"] = entry.labels

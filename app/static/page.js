@@ -105,14 +105,16 @@
     models.forEach((model, i) => {
       outputs.set(model.name, model.output);
       const id = `model-${i}`;
-      const usable = model.versions.some((v) => v.state === "available");
+      const answers = (v) => v.state === "available" || v.on_demand; // on_demand: the request loads it
+      const usable = model.versions.some(answers);
       const box = el("input", { type: "checkbox", id, name: "model", value: model.name, checked: usable, disabled: !usable });
       const select = el("select", { id: `${id}-version`, class: "version", "data-model": model.name,
         "aria-label": `version of ${model.name}`, disabled: !usable });
       select.append(el("option", { value: "", text: model.version === null ? "default" : `default (v${model.version})` }));
       for (const v of model.versions) {
-        select.append(el("option", { value: `version=${v.version}`, disabled: v.state !== "available",
-          text: v.state === "available" ? `v${v.version}` : `v${v.version} (${v.state})` }));
+        select.append(el("option", { value: `version=${v.version}`, disabled: !answers(v),
+          text: v.state === "available" ? `v${v.version}`
+            : v.on_demand ? `v${v.version} (not in memory: loads on request)` : `v${v.version} (${v.state})` }));
       }
       for (const [label, version] of Object.entries(model.labels || {})) {
         select.append(el("option", { value: `version_label=${label}`, text: `${label} (v${version})` }));
@@ -121,7 +123,8 @@
       list.append(el("li", { "data-model": model.name },
         box,
         el("label", { for: id }, el("span", { class: "model-name", text: model.name }),
-          el("span", { class: "muted small", text: usable ? detail : ` ${model.state}` })),
+          el("span", { class: "muted small", text: model.state === "available" ? detail
+            : usable ? " not in memory: loads on request" : ` ${model.state}` })),
         select));
     });
   }
@@ -304,6 +307,12 @@
     $("gpu").textContent = gpu.available
       ? gpu.devices.map((d) => `${d.device}: ${bytes(d.bytes_in_use)} (peak ${bytes(d.peak_bytes)})`).join("; ")
       : `none${gpu.reason ? ` (${gpu.reason})` : ""}`;
+
+    const budget = stats.memory_budget;
+    const inMemory = Object.keys(stats.models).join(", ") || "none";
+    $("loaded").textContent = budget && budget.memory_budget_bytes
+      ? `${inMemory} (${bytes(budget.reserved_bytes)} of a ${bytes(budget.memory_budget_bytes)} budget)`
+      : inMemory;
 
     const body = $("stats-body");
     body.replaceChildren();
