@@ -17,15 +17,15 @@ import tensorflow as tf
 
 from app import create_app, engines, machine, precision
 from app.manifest import ManifestError, parse
-from app.servable import ModelLoadError, ServableSpec, load_servable
+from app.servable import Decoded, ModelLoadError, ServableSpec, load_servable
 from app.services import services_of
 from tests.digits import png_bytes, write_model
-from tests.test_engines import photos
 
 ON_GPU = bool(tf.config.list_logical_devices("GPU"))
 BF16_REFUSED = precision.refusal("bf16", on_gpu=ON_GPU)
 needs_bf16 = pytest.mark.skipif(BF16_REFUSED is not None, reason=f"no bf16 here: {BF16_REFUSED}")
 needs_cpu = pytest.mark.skipif(ON_GPU, reason="a reduced precision is refused on a GPU")
+needs_litert = pytest.mark.skipif(engines.litert_version() is None, reason="int8 runs on the ai-edge-litert wheel")
 
 
 @pytest.fixture(autouse=True)
@@ -42,6 +42,11 @@ def digits16(root: Path, weights, name: str = "digits16", **manifest) -> Path:
 
 def load(folder: Path, engine: str = "auto"):
     return load_servable(ServableSpec(folder.parent.name, 1, folder), engine=engine)
+
+
+def photos(digits, count: int) -> list[Decoded]:
+    """Real digits as the RGB pixels an upload check would hand on."""
+    return [Decoded(np.repeat(image[:, :, None], 3, axis=2)) for image in digits.test_images[:count]]
 
 
 def agreement(servable, reference, digits) -> float:
@@ -74,6 +79,7 @@ def test_bf16_runs_on_onednn_and_reports_its_accuracy(tmp_path: Path, digit_weig
 
 
 @needs_cpu
+@needs_litert
 def test_int8_runs_on_litert_and_its_conversion_is_cached_apart(tmp_path: Path, digit_weights, digits) -> None:
     folder = digits16(tmp_path, digit_weights, precision="int8")
     pinned = load(folder, "tensorflow")  # the manifest's precision wins over a service's --engine
@@ -100,6 +106,7 @@ def test_int8_runs_on_litert_and_its_conversion_is_cached_apart(tmp_path: Path, 
 
 
 @needs_cpu
+@needs_litert
 def test_the_service_shows_the_report_and_refuses_bf16_without_the_instructions(
         tmp_path: Path, digit_weights, digits, monkeypatch: pytest.MonkeyPatch, caplog) -> None:
     graphs = tmp_path / "graphs"
