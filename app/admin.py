@@ -3,7 +3,8 @@
 ``admin_disabled``, saying how to turn them on (a plain "not found" sent users hunting for a typo).
 
 Each call needs ``Authorization: Bearer <token>``: 401 without it, 403 with a wrong one
-(compared in constant time)::
+(compared in constant time). ``check_token`` is that check for every door that takes the token
+(the KServe v2 repository API's load and unload, over REST and gRPC)::
 
     curl -X POST -H "Authorization: Bearer $GRAPHSERVE_ADMIN_TOKEN" http://127.0.0.1:8080/admin/reload
 
@@ -56,11 +57,7 @@ def init_app(app: Flask, settings: Settings) -> None:
         app.register_blueprint(bp)
         return
 
-    polling = (f"new versions in the graphs folder are loaded without it: it is polled every "
-               f"{settings.poll_interval_s:g} s" if settings.poll_interval_s > 0
-               else "polling the graphs folder is off too: --poll-interval-s N turns it on")
-    message = ("the admin endpoints are off: start the server with GRAPHSERVE_ADMIN_TOKEN=<token> in its "
-               f"environment, then send 'Authorization: Bearer <token>' ({polling})")
+    message = disabled_message(settings)
 
     def disabled(rest: str = "") -> ResponseReturnValue:
         raise AdminDisabled(message)
@@ -70,17 +67,34 @@ def init_app(app: Flask, settings: Settings) -> None:
                          strict_slashes=False)
 
 
-@bp.before_request
-def _check_token() -> None:
-    header = request.headers.get("Authorization", "")
-    scheme, _, token = header.partition(" ")
+def disabled_message(settings: Settings) -> str:
+    """What an admin call answers while no token is set: how to turn the endpoints on."""
+    polling = (f"new versions in the graphs folder are loaded without it: it is polled every "
+               f"{settings.poll_interval_s:g} s" if settings.poll_interval_s > 0
+               else "polling the graphs folder is off too: --poll-interval-s N turns it on")
+    return ("the admin endpoints are off: start the server with GRAPHSERVE_ADMIN_TOKEN=<token> in its "
+            f"environment, then send 'Authorization: Bearer <token>' ({polling})")
+
+
+def check_token(authorization: str, settings: Settings) -> None:
+    """The admin check of every door: ``AdminDisabled`` while no token is set, ``Unauthorized``
+    without ``Bearer <token>``, ``Forbidden`` with a wrong one (compared in constant time).
+    ``authorization`` is the HTTP header (or the gRPC ``authorization`` metadata) as sent."""
+    expected = settings.admin_token
+    if not expected:
+        raise AdminDisabled(disabled_message(settings))
+    scheme, _, token = authorization.partition(" ")
     if scheme.lower() != "bearer" or not token.strip():
         raise Unauthorized(
             "admin endpoints need 'Authorization: Bearer <token>'", headers={"WWW-Authenticate": "Bearer"}
         )
-    expected = current().settings.admin_token
     if not hmac.compare_digest(token.strip().encode(), expected.encode()):
         raise Forbidden("wrong admin token")
+
+
+@bp.before_request
+def _check_token() -> None:
+    check_token(request.headers.get("Authorization", ""), current().settings)
 
 
 @bp.post("/reload")

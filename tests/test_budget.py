@@ -1,9 +1,10 @@
 """More models than memory: the budget, loads on first request, least-recently-used unloads.
 
-Real digit graphs and real Sessions. Each model's size is fixed by writing what a load
-"measured" beside it (``SizeBook.remember``, as a previous run would have), so which model
-fits is exact: a load then reserves max(measured now, remembered), and the reservations,
-not RSS readings, are what these tests count.
+Real digit graphs and real Sessions. A digit model's RSS growth is a few MB and noisy, so
+what a load measures is fixed (``sized``: every load "measured" 40 MiB; the sizes before the
+first load are written beside the models as a previous run would have, ``SizeBook.remember``):
+which models fit is then exact, and the reservations, not RSS readings, are what these tests
+count. The restart test measures for real.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import pytest
 import requests
 
 from app import create_app
+from app.batching import DeadlineExceeded
 from app.budget import MiB, SizeBook, estimate_bytes
 from app.registry import AVAILABLE, FAILED, UNLOADED
 from app.services import services_of
@@ -63,7 +65,12 @@ def wait_prefill(app, timeout: float = 30.0) -> None:
 
 
 @pytest.fixture()
-def six(tmp_path, digit_weights) -> Path:
+def sized(monkeypatch) -> None:
+    monkeypatch.setattr("app.residency.measured_bytes", lambda handle: SIZE)
+
+
+@pytest.fixture()
+def six(tmp_path, digit_weights, sized) -> Path:
     return models_dir(tmp_path / "graphs", digit_weights, [f"m{i}" for i in range(6)])
 
 
@@ -169,7 +176,7 @@ def test_a_version_a_request_holds_is_never_unloaded(six, digits) -> None:
         services_of(app).registry.close()
 
 
-def test_resident_versions_load_first_and_stay(tmp_path, digit_weights, digits) -> None:
+def test_resident_versions_load_first_and_stay(tmp_path, digit_weights, digits, sized) -> None:
     root = models_dir(tmp_path / "graphs", digit_weights, ["a", "b", "c", "z"], resident=("z",))
     app = make(root)
     try:
@@ -185,7 +192,7 @@ def test_resident_versions_load_first_and_stay(tmp_path, digit_weights, digits) 
 
 
 def test_a_version_larger_than_the_whole_budget_is_refused_at_scan_and_answers_at_once(
-        tmp_path, digit_weights, digits) -> None:
+        tmp_path, digit_weights, digits, sized) -> None:
     root = models_dir(tmp_path / "graphs", digit_weights, ["small"])
     big = write_model(root, "big", digit_weights, size=8)
     SizeBook().remember(big / "model.pb", 300 * MiB)
@@ -267,5 +274,26 @@ def test_a_changed_cold_or_loaded_version_is_served_with_its_new_content(six, di
             answer = classify(client, digits, name).get_json()["models"][name]["results"][0]["top_k"]
             assert all(abs(s["score"] - 0.1) < 1e-6 for s in answer), answer  # the new, flat model
         assert old[0]["score"] > 0.5
+    finally:
+        services_of(app).registry.close()
+
+
+def test_the_repository_load_waits_its_timeout_then_says_the_load_goes_on(six, digits, monkeypatch) -> None:
+    app = make(six)
+    residency = services_of(app).reconciler.residency
+    try:
+        wait_prefill(app)
+        residency.unload_model("m0")
+        assert states(app)["m0"] == UNLOADED
+        assert classify(app.test_client(), digits, "m0").status_code == 503  # unloaded: not loaded on demand
+        build, gate = residency._load, threading.Event()
+        monkeypatch.setattr(residency, "_load", lambda source, version: gate.wait(5) and build(source, version))
+        with pytest.raises(DeadlineExceeded, match="goes on loading"):
+            residency.load_model("m0", timeout=0.3)
+        gate.set()
+        end = time.monotonic() + 10
+        while states(app)["m0"] != AVAILABLE and time.monotonic() < end:
+            time.sleep(0.02)
+        assert classify(app.test_client(), digits, "m0").status_code == 200
     finally:
         services_of(app).registry.close()

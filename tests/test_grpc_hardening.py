@@ -101,7 +101,7 @@ def test_unknown_method_stays_unimplemented(channel):
 
 def test_unimplemented_method_is_counted_without_traceback(app, channel, photo, caplog):
     caplog.set_level(logging.INFO)
-    refused(app, channel, photo, KSERVE + "RepositoryIndex", b"", grpc.StatusCode.UNIMPLEMENTED)
+    refused(app, channel, photo, KSERVE + "ModelStatistics", b"", grpc.StatusCode.UNIMPLEMENTED)
     assert not [r for r in caplog.records if r.exc_info or r.levelno >= logging.ERROR]
 
 

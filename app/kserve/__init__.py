@@ -31,24 +31,47 @@ with ``scripts/triton_conformance.py``).
 Versions: ``/versions/<v>`` (REST) or ``model_version`` (gRPC) is a version number; a name that
 is not a number is taken as a version label (``versions.json``), a graphserve extension.
 
+The model repository extension (Triton's ``extension_model_repository.md``): the index
+(``repository_index``) lists every version of every model with Triton's state and a reason, and
+is open to anyone, as ``GET /models`` is; ``load_model`` / ``unload_model`` go to the residency
+(``app.residency``) behind the admin token (``authorize``: ``app.admin.check_token``).
+Our states read as Triton's (``REPOSITORY_STATES``)::
+
+    available -> READY      loading -> LOADING      unloading -> UNLOADING
+    unloaded  -> UNAVAILABLE  reason: "not loaded: loads on its first request (memory budget)"
+                              or "unloaded through the repository API; ..."
+    failed    -> UNAVAILABLE  reason: what the load failed on
+
 Errors: ``V2Error`` (a malformed request) is a 4xx INVALID_ARGUMENT; the domain exceptions of
 the core have a kind (``app.kinds``), and ``ERRORS`` maps kinds to an HTTP status and a gRPC
-status code, the one table both front doors read.
+status code, the one table both front doors read; ``ADMIN_ERRORS`` does the same for the admin
+token's refusals.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
+from ..admin import AdminDisabled, Forbidden, Unauthorized, check_token
 from ..images import check_image_count
 from ..inference import ModelResult, Selected
 from ..kinds import Kind, describe
-from ..registry import ModelHandle, ModelNotFound, VersionNotFound
+from ..registry import (
+    AVAILABLE,
+    FAILED,
+    LOADING,
+    UNLOADED,
+    UNLOADING,
+    ColdVersion,
+    ModelHandle,
+    ModelNotFound,
+    VersionNotFound,
+)
 from ..services import Services
 from ..tensors import Port, Signature, check_size, numpy_dtype
 from ..text import clip, shown
@@ -58,7 +81,7 @@ from ..wire import MAX_VERSION_DIGITS
 SERVER_NAME = "graphserve"
 SERVER_VERSION = package_version()  # the package's, as Triton reports its own
 # Triton's extension names (docs/protocol/README.md), only those implemented.
-EXTENSIONS = ["binary_tensor_data", "classification", "model_configuration"]
+EXTENSIONS = ["binary_tensor_data", "classification", "model_configuration", "model_repository"]
 PLATFORM = "tensorflow_graphdef"
 BACKEND = "tensorflow"
 INPUT = "image"
@@ -97,10 +120,22 @@ ERRORS: dict[Kind, tuple[int, str]] = {
 }
 
 
+# The admin token's refusals (``app.admin.check_token``): (HTTP status, gRPC status code name).
+# No token set: the endpoints are off, a 404 as every /admin path answers, UNIMPLEMENTED over gRPC.
+ADMIN_ERRORS: dict[type[BaseException], tuple[int, str]] = {
+    Unauthorized: (401, "UNAUTHENTICATED"),
+    Forbidden: (403, "PERMISSION_DENIED"),
+    AdminDisabled: (404, "UNIMPLEMENTED"),
+}
+
+
 def error_answer(exc: BaseException) -> tuple[int, str] | None:
-    """(HTTP status, gRPC code name) for a protocol or domain error; None for a bug."""
+    """(HTTP status, gRPC code name) for a protocol, admin or domain error; None for a bug."""
     if isinstance(exc, V2Error):
         return exc.status, "INVALID_ARGUMENT"
+    refused = ADMIN_ERRORS.get(type(exc))
+    if refused is not None:
+        return refused
     described = describe(exc)
     return None if described is None else ERRORS[described.kind]
 
@@ -212,6 +247,85 @@ def server_metadata() -> dict[str, Any]:
     return {"name": SERVER_NAME, "version": SERVER_VERSION, "extensions": list(EXTENSIONS)}
 
 
+# -- the model repository extension ------------------------------------------------------------
+
+REPOSITORY_STATES = {AVAILABLE: "READY", LOADING: "LOADING", UNLOADING: "UNLOADING",
+                     UNLOADED: "UNAVAILABLE", FAILED: "UNAVAILABLE"}
+READY = "READY"
+# The parameters each call takes. ``unload_dependents`` (what tritonclient's unload_model always
+# sends) changes nothing: no model here has dependents (Triton's ensembles).
+REPOSITORY_PARAMETERS: dict[str, frozenset[str]] = {"load": frozenset(), "unload": frozenset({"unload_dependents"})}
+MAX_PARAMETERS = 16  # a load or unload request's parameters, counted before any is read
+
+
+def authorize(services: Services, authorization: str) -> None:
+    """The admin token, as ``POST /admin/reload`` checks it (``app.admin.check_token``)."""
+    check_token(authorization, services.settings)
+
+
+def repository_index(services: Services, *, ready: bool = False) -> list[dict[str, str]]:
+    """Every version of every model (``ready``: only the READY ones), by name then version, with
+    Triton's state (``REPOSITORY_STATES``) and our reason. A model whose folder is wrong and
+    has no version is one entry without a version, its error the reason (as Triton lists a
+    model it could not load)."""
+    index: list[dict[str, str]] = []
+    for entry in services.registry.entries():
+        if not entry.versions:
+            if not ready:
+                index.append({"name": entry.name, "state": "UNAVAILABLE", "reason": entry.error or ""})
+            continue
+        for version, status in sorted(entry.versions.items()):
+            state = REPOSITORY_STATES.get(status.state, "UNKNOWN")
+            if not ready or state == READY:
+                index.append({"name": entry.name, "version": str(version), "state": state,
+                              "reason": status.reason or ""})
+    return index
+
+
+def check_repository_parameters(action: str, parameters: Mapping[str, Any],
+                                value: Callable[[Any], Any] = lambda v: v) -> None:
+    """Refuse what graphserve does not do: Triton's load-time ``config`` and ``file:...``
+    overrides (graphserve loads what its graphs folder holds) and any parameter it does not
+    know; ``unload_dependents`` must be a boolean. ``value`` reads one wire value."""
+    if len(parameters) > MAX_PARAMETERS:  # before walking them: a gRPC map may hold millions
+        raise V2Error(f"the {action} request has {len(parameters)} parameters; at most {MAX_PARAMETERS}")
+    allowed = REPOSITORY_PARAMETERS[action]
+    for name, raw in parameters.items():
+        if name not in allowed:
+            if action == "load" and (name == "config" or name.startswith("file:")):
+                raise V2Error(f"the load parameter '{clip(name)}' is not supported: graphserve loads the versions "
+                              "in its graphs folder (put a new version there and POST /admin/reload)")
+            takes = ", ".join(f"'{p}'" for p in sorted(allowed)) or "none"
+            raise V2Error(f"unknown parameter '{clip(name)}' for {action} (it takes: {takes})")
+        if name == "unload_dependents" and not isinstance(value(raw), bool):
+            raise V2Error(f"Unable to parse 'unload_dependents': it must be a boolean, got {shown(value(raw))}")
+
+
+def unload_model(services: Services, name: str) -> None:
+    """Unload every loaded version of ``name`` (each drains first); it answers 503 until loaded."""
+    _known(services, name, lambda: services.reconciler.residency.unload_model(name))
+
+
+def load_model(services: Services, name: str, deadline: float) -> None:
+    """Load the unloaded versions of ``name``, waiting until ``deadline`` (the door's:
+    ``reload_wait_s`` after the call arrived, or a gRPC call's own deadline when shorter).
+    Past it the load goes on and the call is a DEADLINE_EXCEEDED that says so. Loading a
+    model that is loaded already changes nothing (``/admin/reload`` re-reads changed files)."""
+    wait = max(0.0, deadline - time.monotonic())
+    _known(services, name, lambda: services.reconciler.residency.load_model(name, wait))
+
+
+def _known(services: Services, name: str, call: Callable[[], None]) -> None:
+    """``call`` for the model ``name``; an unknown one is a NOT_FOUND that lists the repository."""
+    try:
+        check_model_name(name)
+        call()
+    except ModelNotFound:
+        known = ", ".join(e.name for e in services.registry.entries() if e.versions) or "none"
+        raise ModelNotFound(f"unknown model '{clip(name)}' (the repository holds: {clip(known, 200)})",
+                            model=name) from None
+
+
 # -- the model as v2 and Triton describe it ----------------------------------------------------
 
 @dataclass(frozen=True)
@@ -280,10 +394,12 @@ def _select(services: Services, name: str, version: str | None) -> Selected:
 
 
 def model_ready(services: Services, name: str, version: str | None) -> bool:
-    """Whether the model (version) takes requests now; unknown ones are simply not ready."""
+    """Whether the model (version) takes requests now; unknown ones are simply not ready. Never
+    loads one: a readiness probe must not load (under a memory budget: unload another) model."""
     try:
-        model_metadata(services, name, version)
-    except (LookupError, ValueError):
+        number, label = parse_version(version)
+        services.registry.resolve(check_model_name(name), version=number, version_label=label)
+    except (LookupError, ValueError, ColdVersion):
         return False
     return True
 

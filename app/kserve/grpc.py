@@ -11,7 +11,12 @@ the bytes: what ``tritonclient.grpc`` sends) or each in the typed ``contents`` f
 datatype (``CONTENTS``; FP16 and BF16 have none), and answers every output in
 ``raw_output_contents``, as Triton does. An output may ask for ``classification`` (int64
 parameter) on the image path. The call's gRPC deadline, when shorter, replaces
-``request_timeout_s``. Other RPCs of the service answer UNIMPLEMENTED (naming the method).
+``request_timeout_s``. The repository extension: ``RepositoryIndex`` (open, as ``GET /models``),
+``RepositoryModelLoad`` and ``RepositoryModelUnload``, which need the admin token in the call's
+metadata, ``authorization: Bearer <token>`` (UNAUTHENTICATED without it, PERMISSION_DENIED with
+a wrong one, UNIMPLEMENTED while no token is set: the admin endpoints are off); graphserve has
+one repository, so ``repository_name`` must be empty. Other RPCs of the service answer
+UNIMPLEMENTED (naming the method).
 Errors map through ``app.kserve.ERRORS``. Every call counts in the metrics with
 ``protocol="kserve_v2_grpc"`` and logs one ``graphserve.request`` line.
 
@@ -98,6 +103,47 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
             response.outputs.add(name=out.name, datatype=out.datatype, shape=out.shape)
             response.raw_output_contents.append(out.raw())
         return response
+
+    def RepositoryIndex(self, request: Any, context: grpc.ServicerContext) -> Any:
+        _one_repository(request.repository_name)
+        index = kserve.repository_index(self.services, ready=request.ready)
+        entry = service_pb2.RepositoryIndexResponse.ModelIndex
+        return service_pb2.RepositoryIndexResponse(models=[entry(**model) for model in index])
+
+    def RepositoryModelLoad(self, request: Any, context: grpc.ServicerContext) -> Any:
+        kserve.authorize(self.services, _authorization(context))  # before anything else is read
+        _one_repository(request.repository_name)
+        kserve.check_repository_parameters("load", request.parameters, _parameter)
+        deadline = observe.grpc_deadline(context, self.services.settings.reload_wait_s)
+        kserve.load_model(self.services, request.model_name, deadline)
+        return service_pb2.RepositoryModelLoadResponse()
+
+    def RepositoryModelUnload(self, request: Any, context: grpc.ServicerContext) -> Any:
+        kserve.authorize(self.services, _authorization(context))
+        _one_repository(request.repository_name)
+        kserve.check_repository_parameters("unload", request.parameters, _parameter)
+        kserve.unload_model(self.services, request.model_name)
+        return service_pb2.RepositoryModelUnloadResponse()
+
+
+def _authorization(context: grpc.ServicerContext) -> str:
+    """The call's ``authorization`` metadata (gRPC keys are lower case), as the HTTP header."""
+    for key, value in context.invocation_metadata() or ():
+        if key == "authorization" and isinstance(value, str):
+            return value
+    return ""
+
+
+def _one_repository(name: str) -> None:
+    if name:
+        raise V2Error(f"'repository_name' specification is not supported (got '{clip(name)}'): graphserve serves "
+                      "one graphs folder; leave it empty")
+
+
+def _parameter(parameter: Any) -> Any:
+    """A ``ModelRepositoryParameter``'s value (bool, int64, string or bytes), None when unset."""
+    choice = parameter.WhichOneof("parameter_choice")
+    return None if choice is None else getattr(parameter, choice)
 
 
 # v2 datatype -> the InferTensorContents field that carries it (FP16 and BF16: raw only)

@@ -6,6 +6,13 @@
     GET  /v2/models/<m>[/versions/<v>]/config    Triton's model configuration (perf_analyzer reads it)
     GET  /v2/models/<m>[/versions/<v>]/ready     200 {"name", "ready": true} when it takes requests, else 400
     POST /v2/models/<m>[/versions/<v>]/infer     inference
+    POST /v2/repository/index                    [{"name", "version", "state", "reason"}, ...]; body {"ready": true}: READY only
+    POST /v2/repository/models/<m>/load|unload   {} (admin token: Authorization: Bearer <token>)
+
+The repository extension's index is open, as ``GET /models`` is; load and unload need the
+admin token exactly as ``POST /admin/reload`` does: 401 without it, 403 with a wrong one, 404
+while no token is set (the endpoints are off). Their bodies may be empty, or JSON with
+``parameters`` (``app.kserve.check_repository_parameters``; anything else is a 400).
 
 An infer body is JSON, optionally followed by the *binary tensor data extension*: the JSON's
 length in the ``Inference-Header-Content-Length`` header, each binary input's byte count in its
@@ -38,6 +45,7 @@ from flask.typing import ResponseReturnValue
 from werkzeug.exceptions import HTTPException
 
 from .. import kserve, observe, wire
+from ..errors import ApiError
 from ..services import current
 from ..text import clip, shown
 from . import OutputRequest, V2Error
@@ -65,7 +73,8 @@ def _handle(exc: Exception) -> ResponseReturnValue:
     if answer[0] == 500:
         log.error("%s", exc)
     observe.current().error_code = answer[1].lower()  # graphserve_errors_total{code="not_found"}, ... (app.observe), as TF Serving's
-    return _error(answer[0], str(exc))
+    headers = exc.headers if isinstance(exc, ApiError) else {}  # the admin token's 401: WWW-Authenticate
+    return jsonify(error=str(exc)), answer[0], headers
 
 
 @bp.get("")
@@ -150,6 +159,57 @@ def infer(model: str, version: str | None = None) -> ResponseReturnValue:
     response = Response(b"".join([text, *chunks]), content_type="application/octet-stream")
     response.headers[HEADER_LENGTH] = str(len(text))
     return response
+
+
+@bp.post("/repository/index")
+def repository_index() -> ResponseReturnValue:
+    """Triton's index: every version with its state and reason (open: it shows what /models shows)."""
+    ready = _repository_request("index", {"ready"}).get("ready", False)
+    if not isinstance(ready, bool):
+        raise V2Error(f"Invalid value for 'ready': expected a boolean, got {shown(ready)}")
+    return jsonify(kserve.repository_index(current(), ready=ready))
+
+
+@bp.post("/repository/models/<model>/load")
+def repository_load(model: str) -> ResponseReturnValue:
+    services = current()
+    kserve.authorize(services, request.headers.get("Authorization", ""))  # before the body or the name
+    _repository_parameters("load")
+    kserve.load_model(services, model, observe.http_deadline(services.settings.reload_wait_s))
+    return jsonify({})
+
+
+@bp.post("/repository/models/<model>/unload")
+def repository_unload(model: str) -> ResponseReturnValue:
+    services = current()
+    kserve.authorize(services, request.headers.get("Authorization", ""))
+    _repository_parameters("unload")
+    kserve.unload_model(services, model)
+    return jsonify({})
+
+
+def _repository_parameters(action: str) -> None:
+    parameters = _parameters(_repository_request(action, {"parameters"}), f"the {action} request")
+    kserve.check_repository_parameters(action, parameters)
+
+
+def _repository_request(action: str, fields: set[str]) -> dict[str, Any]:
+    """A repository call's body: empty (what tritonclient sends to the index), or a JSON
+    object of ``fields`` only (a misspelt field is a 400, not silently ignored)."""
+    text = _body().rest()
+    if not text.strip():
+        return {}
+    try:
+        body = wire.load_json(text)
+    except wire.BadJson as exc:
+        raise V2Error(f"the {action} request is not valid JSON: {exc}") from None
+    if not isinstance(body, dict):
+        raise V2Error(f"the {action} request must be a JSON object, got {shown(body)}")
+    unknown = sorted(set(body) - fields)
+    if unknown:
+        raise V2Error(f"the {action} request has an unknown field '{clip(unknown[0])}' "
+                      f"(it takes: {', '.join(repr(f) for f in sorted(fields))})")
+    return body
 
 
 def _body() -> wire.Body:

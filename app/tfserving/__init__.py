@@ -51,7 +51,17 @@ from tensorflow_serving.apis import (
 from ..images import check_image_count
 from ..inference import InferenceCore, Selected
 from ..kinds import Kind, describe
-from ..registry import AVAILABLE, FAILED, LOADING, UNLOADING, ModelHandle, ModelNotFound, ModelRegistry, VersionNotFound
+from ..registry import (
+    AVAILABLE,
+    FAILED,
+    LOADING,
+    UNLOADED,
+    UNLOADING,
+    ModelHandle,
+    ModelNotFound,
+    ModelRegistry,
+    VersionNotFound,
+)
 from ..tensors import Port, Signature, check_size, pick_signature
 from ..text import clip, shown
 from ..wire import one_of
@@ -385,7 +395,13 @@ def example_images(request_input: input_pb2.Input, max_images: int) -> list[tupl
 
 # -- status and metadata, as TF Serving's protos (REST answers them as JSON) ---------------
 
+# Our version states -> TF Serving's (get_model_status.proto's ManagerState). ``unloaded`` (a
+# version known and wanted but not in memory: it loads on its first request with a memory
+# budget, or on the repository API's load) is START, "the manager is tracking this servable,
+# but has not initiated any action pertaining to it", not END: END is the end of a servable's
+# journey (TF Serving never loads it again), and ours may load at any request.
 _STATES = {
+    UNLOADED: get_model_status_pb2.ModelVersionStatus.START,
     LOADING: get_model_status_pb2.ModelVersionStatus.LOADING,
     AVAILABLE: get_model_status_pb2.ModelVersionStatus.AVAILABLE,
     UNLOADING: get_model_status_pb2.ModelVersionStatus.UNLOADING,
