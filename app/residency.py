@@ -61,6 +61,7 @@ Key = tuple[str, int]
 REQUEST, PREFILL = 0, 1  # load priorities: a waiting request first
 PREFILL_REASON = "prefill"
 SHRINK_AT_MOST = 0.9  # a version's remembered size falls by at most this factor per load
+RESERVE_MARGIN = 1.25  # a measured size is reserved with this margin until the load measures again
 ON_DEMAND_REASON = "not loaded: loads on its first request (memory budget)"
 ADMIN_REASON = "unloaded through the repository API; POST /v2/repository/models/{name}/load loads it"
 # A version loads through this: (source, version) -> a warm handle (``Reconciler.build``).
@@ -137,8 +138,8 @@ class Residency:
         if not self.budget.fits_alone(known.nbytes):
             raise ModelLoadError(source.name, source.versions[version], self._too_big(known))
         try:
-            reservation = self._reserve(what, known.nbytes, time.monotonic() + self.settings.request_timeout_s,
-                                        evict=True)
+            reservation = self._reserve(what, self._to_reserve(known),
+                                        time.monotonic() + self.settings.request_timeout_s, evict=True)
         except ModelUnavailable as exc:
             raise ModelLoadError(source.name, source.versions[version], str(exc)) from None
         return self._measured_load(source, version, reservation, known, reason)
@@ -155,6 +156,20 @@ class Residency:
 
     def size(self, source: ModelSource, version: int) -> KnownSize:
         return self.book.size(Path(source.versions[version]) / GRAPH_FILE)
+
+    def _to_reserve(self, known: KnownSize) -> int:
+        """What a load reserves until it has measured: a measured size with ``RESERVE_MARGIN``
+        (RSS growth varies ±30 % between loads of one model on a busy machine; never past the
+        budget itself), else the graph's estimate (high already)."""
+        if not known.measured:
+            return known.nbytes
+        wanted = int(known.nbytes * RESERVE_MARGIN)
+        if self.budget.limit is None:
+            return wanted
+        return max(known.nbytes, min(wanted, self.budget.limit - self._resident_bytes()))
+
+    def _resident_bytes(self) -> int:
+        return sum(_reserved(h) for h in self.registry.handles() if h.resident)
 
     # -- loading on demand ------------------------------------------------------------------
 
@@ -222,11 +237,11 @@ class Residency:
                                     reason=self._too_big(known)), only_if=status)
             raise ModelOverBudget(f"model '{name}' version {version}: {self._too_big(known)}", model=name)
         if reason == PREFILL_REASON:
-            reservation = self.budget.reserve(f"{name}/{version}", known.nbytes)
+            reservation = self.budget.reserve(f"{name}/{version}", self._to_reserve(known))
             if reservation is None:
                 return  # does not fit now: its first request loads it
         else:
-            reservation = self._reserve(f"{name}/{version}", known.nbytes,
+            reservation = self._reserve(f"{name}/{version}", self._to_reserve(known),
                                         time.monotonic() + self.settings.request_timeout_s, evict=True)
         loading = replace(status, state=LOADING, reason=None)
         if not self._set(name, loading, only_if=status):
@@ -289,7 +304,7 @@ class Residency:
 
     def _reserve(self, what: str, nbytes: int, end: float, *, evict: bool) -> Reservation:
         limit = self.budget.limit
-        resident = sum(_reserved(h) for h in self.registry.handles() if h.resident)
+        resident = self._resident_bytes()
         if limit is not None and nbytes > limit - resident:  # nothing that may be unloaded would make room
             raise ModelUnavailable(
                 f"{what} needs {nbytes / MiB:.0f} MiB; the memory budget is {limit / MiB:.0f} MiB and resident "
@@ -364,6 +379,8 @@ class Residency:
             except OSError:
                 pass
         handle.wait_idle()
+        started = time.perf_counter()
+        rss = memory.rss_bytes()
         try:
             handle.close()
         except Exception:  # noqa: BLE001 - gone from the snapshot either way
@@ -371,8 +388,13 @@ class Residency:
         finally:
             with self._lock:
                 self._evicting.discard(handle)
+        closed = time.perf_counter()
         memory.settle_heap()  # its cycles collected (frozen objects never are), the rest frozen again
+        settled = time.perf_counter()
         memory.release_free_memory()  # and the freed heap back to the OS
+        log.info("unloaded model %s version %d: closed in %.3f s, heap settled in %.3f s, trimmed in %.3f s; "
+                 "RSS %+.1f MiB", handle.name, handle.version, closed - started, settled - closed,
+                 time.perf_counter() - settled, (memory.rss_bytes() - rss) / MiB)
 
     # -- the repository API ------------------------------------------------------------------
 

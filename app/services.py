@@ -50,6 +50,7 @@ class Services:
         reconciler.residency.on_load = metrics.observe_load
         if reconciler.residency.limited:  # models are measured for the budget: the runtimes' own start-up first
             warm_up_runtime(settings.engine)
+            memory.freeze_runtime()  # and versions that come and go stay collectable
         reconciler.load_all()
         memory.settle_heap()  # full collections would walk TensorFlow's objects: ~300 ms each
         reconciler.residency.prefill()  # with a memory budget: what fits, after the service is ready

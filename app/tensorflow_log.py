@@ -55,9 +55,11 @@ NOTICES: tuple[tuple[str, str], ...] = (
     ("cuda_diagnostics.cc", ""),  # the driver-version report that follows a failed cuInit
     ("mlir_graph_optimization_pass.cc", "MLIR V1 optimization pass is not enabled"),
 )
-# Lines outside absl's format that absl or TensorFlow print on their own at import.
+# Lines outside absl's format that absl, TensorFlow or LiteRT print on their own (at import; at
+# the first XNNPACK interpreter of the process, whatever the log level).
 RAW_NOTICES: tuple[str, ...] = (
     "WARNING: All log messages before absl::InitializeLog() is called are written to STDERR",
+    "INFO: Created TensorFlow Lite XNNPACK delegate for CPU.",
 )
 ABSL_LINE = re.compile(r"^(?P<severity>[IWEF])\d{4} \d\d:\d\d:\d+\.\d+\s+\d+ (?P<source>[^:\s]+):\d+\] (?P<message>.*)")
 LEVELS = {"I": "INFO", "W": "WARNING", "E": "ERROR", "F": "CRITICAL"}
