@@ -23,6 +23,7 @@ import threading
 from dataclasses import dataclass
 from pathlib import Path
 
+from . import model_files
 from .engines import CACHE_DIR_NAME, FALLBACK_DIR, ConversionCache
 
 log = logging.getLogger(__name__)
@@ -128,8 +129,9 @@ class SizeBook:
     under other names (a model per customer) share what the first of them measured.
     Unreadable or stale entries fall back to the estimate."""
 
-    def __init__(self, fallback: Path | None = None) -> None:
+    def __init__(self, fallback: Path | None = None, *, read_timeout_s: float = model_files.DEFAULT_TIMEOUT_S) -> None:
         self.fallback = fallback or FALLBACK_DIR
+        self.read_timeout_s = read_timeout_s
         self._known: dict[str, int] = {}  # graph SHA-256 -> bytes measured, this process
         self._digests: dict[tuple[str, str], str] = {}  # (path, size-mtime) -> SHA-256
 
@@ -164,13 +166,12 @@ class SizeBook:
                 log.debug("cannot remember the size of %s in %s: %s", graph, place, exc)
 
     def _digest(self, graph: Path, info: os.stat_result) -> str:
+        """The graph's SHA-256, read as the loader reads it: a regular file, within the read
+        timeout (a FIFO or a hung mount raises ``OSError``, never blocks the caller)."""
         cached = self._digests.get((str(graph), _content_key(info)))
         if cached is None:
-            digest = hashlib.sha256()
-            with open(graph, "rb") as file:
-                for chunk in iter(lambda: file.read(1 << 20), b""):
-                    digest.update(chunk)
-            cached = self._digests[(str(graph), _content_key(info))] = digest.hexdigest()
+            data = model_files.read_regular(graph, timeout_s=self.read_timeout_s)
+            cached = self._digests[(str(graph), _content_key(info))] = hashlib.sha256(data).hexdigest()
         return cached
 
     def _read(self, graph: Path, key: str) -> int | None:

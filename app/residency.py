@@ -88,7 +88,7 @@ class Residency:
         self.settings = settings
         budget_mb = settings.memory_budget_mb
         self.budget = MemoryBudget(budget_mb * MiB if budget_mb > 0 else None)
-        self.book = SizeBook()
+        self.book = SizeBook(read_timeout_s=settings.file_read_timeout_s)
         self._load = load
         self._sources = sources
         self._lock = threading.Lock()
@@ -101,11 +101,9 @@ class Residency:
         self.misses = 0  # requests that had to wait for a load (hits: ``ModelRegistry.hits``)
         self.loads: list[LoadRecord] = []  # the last few hundred, newest last
         self.on_load: Callable[[str, float], None] | None = None  # (reason, seconds): the load histogram
-        self._workers = [threading.Thread(target=self._work, name=f"graphserve-cold-load-{i}", daemon=True)
-                         for i in range(settings.concurrent_loads)]
-        for worker in self._workers:
-            worker.start()
+        self._workers: list[threading.Thread] = []  # started by the first load on demand
         registry.on_cold = self.ensure
+        registry.on_close(self._stop)
 
     @property
     def limited(self) -> bool:
@@ -132,7 +130,15 @@ class Residency:
 
     def load_now(self, source: ModelSource, version: int, *, reason: str = "startup") -> ModelHandle:
         """Reserve (unloading idle versions if needed, waiting at most ``request_timeout_s``),
-        load and measure one version; ``ModelLoadError`` when it cannot fit or load."""
+        load and measure one version; ``ModelLoadError`` when it cannot fit or load. Without a
+        budget nothing is reserved or remembered (and the graph is not read twice)."""
+        if not self.limited:
+            started = time.perf_counter()
+            handle = self._load(source, version)
+            self.events["loads", reason] += 1
+            if self.on_load is not None:
+                self.on_load(reason, time.perf_counter() - started)
+            return handle
         known = self.size(source, version)
         what = f"{source.name}/{version}"
         if not self.budget.fits_alone(known.nbytes):
@@ -195,11 +201,25 @@ class Residency:
 
     def _submit(self, key: Key, priority: int, reason: str) -> Future[None]:
         with self._lock:
+            if not self._workers:
+                self._workers = [threading.Thread(target=self._work, name=f"graphserve-cold-load-{i}", daemon=True)
+                                 for i in range(self.settings.concurrent_loads)]
+                for worker in self._workers:
+                    worker.start()
             job = self._jobs.get(key)
             if job is None or job.done():
                 job = self._jobs[key] = Future()
                 self._queue.put((priority, next(self._order), key, job, reason))
             return job
+
+    def _stop(self, end: float | None) -> None:
+        """The registry has closed: the workers end (after the load each may be running)."""
+        with self._lock:
+            workers = list(self._workers)
+        for _ in workers:
+            self._queue.put((-1, next(self._order), ("", 0), Future(), "stop"))
+        for worker in workers:
+            worker.join(None if end is None else max(0.0, end - time.monotonic()))
 
     def _work(self) -> None:
         # loading is background work: request threads (nice 0) come first on a busy machine
@@ -210,6 +230,8 @@ class Residency:
                 pass
         while True:
             _, _, key, job, reason = self._queue.get()
+            if reason == "stop":
+                return
             if self.registry.closing.is_set():
                 job.set_exception(NoModels("the service is shutting down"))
                 continue
