@@ -183,6 +183,7 @@ def test_page_in_a_browser(page_app, browser, digits, tmp_path):
             return bool(cells) and cells[0].text == str(total)
 
         _wait(driver, digits8_count, f"digits8's request count ({total}) in the live panel")
+        _wait(driver, lambda d: "digits8" in d.find_element(By.ID, "loaded").text, "the models in memory")
         assert driver.find_elements(By.CSS_SELECTOR, "#chart svg path")
 
         # a text file named x.jpg: the server's own message, shown as text
