@@ -44,55 +44,70 @@ def estimate_bytes(graph_bytes: int) -> int:
 
 
 class Reservation:
-    """Bytes held in a ``MemoryBudget`` by one load of one version, until ``release``."""
+    """Bytes held in a ``MemoryBudget`` by one load of one version, until ``release``: host
+    memory (``nbytes``) and, on a GPU, device memory (``device``)."""
 
-    def __init__(self, budget: MemoryBudget, what: str, nbytes: int) -> None:
-        self.budget, self.what, self.nbytes = budget, what, nbytes
+    def __init__(self, budget: MemoryBudget, what: str, nbytes: int, device: int = 0) -> None:
+        self.budget, self.what, self.nbytes, self.device = budget, what, nbytes, device
         self.released = False
 
-    def resize(self, nbytes: int) -> None:
+    def resize(self, nbytes: int, device: int | None = None) -> None:
         """Hold what the load measured instead of the estimate (may pass the limit: the
         caller then unloads others to get back under it)."""
-        self.budget._resize(self, nbytes)
+        self.budget._resize(self, nbytes, self.device if device is None else device)
 
     def release(self) -> None:
         self.budget._release(self)
 
     def __repr__(self) -> str:
-        return f"<Reservation {self.what} {self.nbytes / MiB:.1f} MiB{' released' if self.released else ''}>"
+        return (f"<Reservation {self.what} {self.nbytes / MiB:.1f} MiB"
+                f"{f' + GPU {self.device / MiB:.1f} MiB' if self.device else ''}{' released' if self.released else ''}>")
 
 
 class MemoryBudget:
-    """At most ``limit_bytes`` reserved at once (``None``: no limit, reservations only counted)."""
+    """At most ``limit_bytes`` of host memory reserved at once, and (``device_limit_bytes``,
+    on a GPU) as much of the GPU allocator's; ``None``: no limit, reservations only counted."""
 
-    def __init__(self, limit_bytes: int | None) -> None:
+    def __init__(self, limit_bytes: int | None, device_limit_bytes: int | None = None) -> None:
         self.limit = limit_bytes
+        self.device_limit = device_limit_bytes
         self._held: list[Reservation] = []
         self._changed = threading.Condition(threading.Lock())
         self.peak = 0  # the most ever reserved at once: tests and the soak check it stays <= limit
+        self.device_peak = 0
 
     @property
     def in_use(self) -> int:
         return sum(r.nbytes for r in self._held)
 
+    @property
+    def device_in_use(self) -> int:
+        return sum(r.device for r in self._held)
+
     def reservations(self) -> list[Reservation]:
         with self._changed:
             return list(self._held)
 
-    def fits_alone(self, nbytes: int) -> bool:
-        return self.limit is None or nbytes <= self.limit
+    def fits_alone(self, nbytes: int, device: int = 0) -> bool:
+        return (self.limit is None or nbytes <= self.limit) and (self.device_limit is None or device <= self.device_limit)
 
     def free(self) -> int | None:
         return None if self.limit is None else self.limit - self.in_use
 
-    def reserve(self, what: str, nbytes: int) -> Reservation | None:
-        """All of ``nbytes`` now, or ``None`` when they do not fit (nothing is held then)."""
+    def device_free(self) -> int | None:
+        return None if self.device_limit is None else self.device_limit - self.device_in_use
+
+    def reserve(self, what: str, nbytes: int, device: int = 0) -> Reservation | None:
+        """All of ``nbytes`` (and ``device``) now, or ``None`` when they do not fit (nothing is
+        held then)."""
         with self._changed:
             if self.limit is not None and self.in_use + nbytes > self.limit:
                 return None
-            reservation = Reservation(self, what, nbytes)
+            if self.device_limit is not None and self.device_in_use + device > self.device_limit:
+                return None
+            reservation = Reservation(self, what, nbytes, device)
             self._held.append(reservation)
-            self.peak = max(self.peak, self.in_use)
+            self._note_peaks()
             return reservation
 
     def wait_for_change(self, timeout: float) -> None:
@@ -100,11 +115,15 @@ class MemoryBudget:
         with self._changed:
             self._changed.wait(timeout)
 
-    def _resize(self, reservation: Reservation, nbytes: int) -> None:
+    def _note_peaks(self) -> None:
+        self.peak = max(self.peak, self.in_use)
+        self.device_peak = max(self.device_peak, self.device_in_use)
+
+    def _resize(self, reservation: Reservation, nbytes: int, device: int) -> None:
         with self._changed:
             if not reservation.released:
-                reservation.nbytes = nbytes
-                self.peak = max(self.peak, self.in_use)
+                reservation.nbytes, reservation.device = nbytes, device
+                self._note_peaks()
             self._changed.notify_all()
 
     def _release(self, reservation: Reservation) -> None:
@@ -119,6 +138,7 @@ class MemoryBudget:
 class KnownSize:
     nbytes: int
     measured: bool  # False: estimated from the graph, never loaded yet (with this content)
+    device: int = 0  # GPU allocator bytes it took (0: none measured, or no GPU)
 
 
 class SizeBook:
@@ -132,7 +152,7 @@ class SizeBook:
     def __init__(self, fallback: Path | None = None, *, read_timeout_s: float = model_files.DEFAULT_TIMEOUT_S) -> None:
         self.fallback = fallback or FALLBACK_DIR
         self.read_timeout_s = read_timeout_s
-        self._known: dict[str, int] = {}  # graph SHA-256 -> bytes measured, this process
+        self._known: dict[str, tuple[int, int]] = {}  # graph SHA-256 -> (host, GPU) bytes measured, this process
         self._digests: dict[tuple[str, str], str] = {}  # (path, size-mtime) -> SHA-256
 
     def size(self, graph: Path) -> KnownSize:
@@ -146,18 +166,18 @@ class SizeBook:
             remembered = self._read(graph, _content_key(info))
         if remembered is not None:
             self._known[digest] = remembered
-            return KnownSize(remembered, measured=True)
+            return KnownSize(remembered[0], measured=True, device=remembered[1])
         return KnownSize(estimate_bytes(info.st_size), measured=False)
 
-    def remember(self, graph: Path, nbytes: int) -> None:
+    def remember(self, graph: Path, nbytes: int, device: int = 0) -> None:
         try:
             info = os.stat(graph)
             digest = self._digest(graph, info)
         except OSError:
             return
         key = _content_key(info)
-        self._known[digest] = nbytes
-        data = json.dumps({"graph": key, "rss_bytes": nbytes}).encode()
+        self._known[digest] = (nbytes, device)
+        data = json.dumps({"graph": key, "rss_bytes": nbytes, "gpu_bytes": device}).encode()
         for place in self._places(graph):
             try:
                 ConversionCache.write(place, data)
@@ -174,7 +194,7 @@ class SizeBook:
             cached = self._digests[(str(graph), _content_key(info))] = hashlib.sha256(data).hexdigest()
         return cached
 
-    def _read(self, graph: Path, key: str) -> int | None:
+    def _read(self, graph: Path, key: str) -> tuple[int, int] | None:
         for place in self._places(graph):
             try:
                 data = json.loads(place.read_text())
@@ -182,7 +202,8 @@ class SizeBook:
                 continue
             if isinstance(data, dict) and data.get("graph") == key and isinstance(data.get("rss_bytes"), int) \
                     and data["rss_bytes"] > 0:
-                return int(data["rss_bytes"])
+                device = data.get("gpu_bytes", 0)
+                return int(data["rss_bytes"]), int(device) if isinstance(device, int) and device >= 0 else 0
         return None
 
     def _places(self, graph: Path) -> list[Path]:

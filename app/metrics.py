@@ -294,6 +294,13 @@ def _budget_metrics(residency: Any) -> Iterable[Any]:
     reserved = GaugeMetricFamily("graphserve_memory_reserved_bytes", "Bytes the loaded versions hold in the budget.")
     reserved.add_metric([], stats["reserved_bytes"])
     yield reserved
+    if "gpu_budget_bytes" in stats:  # on a GPU the budget bounds TensorFlow's allocator too
+        gpu_budget = GaugeMetricFamily("graphserve_gpu_memory_budget_bytes", "The memory budget, on the GPU.")
+        gpu_budget.add_metric([], stats["gpu_budget_bytes"])
+        gpu_reserved = GaugeMetricFamily("graphserve_gpu_memory_reserved_bytes",
+                                         "GPU allocator bytes the loaded versions hold in the budget.")
+        gpu_reserved.add_metric([], stats["gpu_reserved_bytes"])
+        yield from (gpu_budget, gpu_reserved)
     per_version = GaugeMetricFamily("graphserve_model_reserved_bytes", "Bytes each loaded version holds in the budget.",
                                     labels=["model", "version"])
     for what, nbytes in stats["reservations"].items():

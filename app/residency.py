@@ -58,6 +58,7 @@ from .servable import ModelLoadError
 log = logging.getLogger(__name__)
 
 Key = tuple[str, int]
+Need = tuple[int, int]  # (host bytes, GPU allocator bytes)
 REQUEST, PREFILL = 0, 1  # load priorities: a waiting request first
 PREFILL_REASON = "prefill"
 SHRINK_AT_MOST = 0.9  # a version's remembered size falls by at most this factor per load
@@ -87,7 +88,9 @@ class Residency:
         self.registry = registry
         self.settings = settings
         budget_mb = settings.memory_budget_mb
-        self.budget = MemoryBudget(budget_mb * MiB if budget_mb > 0 else None)
+        limit = budget_mb * MiB if budget_mb > 0 else None
+        # on a GPU the same budget bounds the allocator's bytes too (TensorFlow's own figures)
+        self.budget = MemoryBudget(limit, limit if limit is not None and gpu_present() else None)
         self.book = SizeBook(read_timeout_s=settings.file_read_timeout_s)
         self._load = load
         self._sources = sources
@@ -123,7 +126,7 @@ class Residency:
             return VersionStatus(version, UNLOADED, reason=ADMIN_REASON.format(name=source.name),
                                  fingerprint=fingerprint)
         known = self.size(source, version)
-        if not self.budget.fits_alone(known.nbytes):
+        if not self.budget.fits_alone(known.nbytes, known.device):
             return VersionStatus(version, FAILED, reason=self._too_big(known), fingerprint=fingerprint,
                                  over_budget=True)
         return VersionStatus(version, UNLOADED, reason=ON_DEMAND_REASON, fingerprint=fingerprint, on_demand=True)
@@ -141,7 +144,7 @@ class Residency:
             return handle
         known = self.size(source, version)
         what = f"{source.name}/{version}"
-        if not self.budget.fits_alone(known.nbytes):
+        if not self.budget.fits_alone(known.nbytes, known.device):
             raise ModelLoadError(source.name, source.versions[version], self._too_big(known))
         try:
             reservation = self._reserve(what, self._to_reserve(known),
@@ -161,21 +164,29 @@ class Residency:
                 self._evict(handle, "reload")
 
     def size(self, source: ModelSource, version: int) -> KnownSize:
-        return self.book.size(Path(source.versions[version]) / GRAPH_FILE)
+        """Its last measured size, else the estimate; on a GPU a version placed there (not on
+        ``/CPU:...``) is estimated to take as much of the GPU as of the host until measured."""
+        known = self.book.size(Path(source.versions[version]) / GRAPH_FILE)
+        on_gpu = not (source.policy.device or "").upper().startswith("/CPU")
+        if self.budget.device_limit is not None and not known.measured and on_gpu:
+            return replace(known, device=known.nbytes)
+        return known
 
-    def _to_reserve(self, known: KnownSize) -> int:
+    def _to_reserve(self, known: KnownSize) -> Need:
         """What a load reserves until it has measured: a measured size with ``RESERVE_MARGIN``
-        (RSS growth varies ±30 % between loads of one model on a busy machine; never past the
-        budget itself), else the graph's estimate (high already)."""
+        (RSS growth varies ±30 % between loads of one model on a busy machine; never past what
+        the resident versions leave), else the graph's estimate (high already)."""
         if not known.measured:
-            return known.nbytes
-        wanted = int(known.nbytes * RESERVE_MARGIN)
-        if self.budget.limit is None:
-            return wanted
-        return max(known.nbytes, min(wanted, self.budget.limit - self._resident_bytes()))
+            return known.nbytes, known.device
+        host, device = self._resident_bytes()
+        limits = (self.budget.limit, self.budget.device_limit)
+        return tuple(  # type: ignore[return-value]
+            int(size * RESERVE_MARGIN) if limit is None else max(size, min(int(size * RESERVE_MARGIN), limit - held))
+            for size, limit, held in zip((known.nbytes, known.device), limits, (host, device)))
 
-    def _resident_bytes(self) -> int:
-        return sum(_reserved(h) for h in self.registry.handles() if h.resident)
+    def _resident_bytes(self) -> Need:
+        residents = [h for h in self.registry.handles() if h.resident]
+        return sum(_reserved(h)[0] for h in residents), sum(_reserved(h)[1] for h in residents)
 
     # -- loading on demand ------------------------------------------------------------------
 
@@ -254,12 +265,12 @@ class Residency:
         if status is None or not status.on_demand or source is None or version not in source.versions:
             return  # loaded, removed or refused meanwhile: the request looks again
         known = self.size(source, version)
-        if not self.budget.fits_alone(known.nbytes):
+        if not self.budget.fits_alone(known.nbytes, known.device):
             self._set(name, replace(status, state=FAILED, on_demand=False, over_budget=True,
                                     reason=self._too_big(known)), only_if=status)
             raise ModelOverBudget(f"model '{name}' version {version}: {self._too_big(known)}", model=name)
         if reason == PREFILL_REASON:
-            reservation = self.budget.reserve(f"{name}/{version}", self._to_reserve(known))
+            reservation = self.budget.reserve(f"{name}/{version}", *self._to_reserve(known))
             if reservation is None:
                 return  # does not fit now: its first request loads it
         else:
@@ -283,8 +294,8 @@ class Residency:
                          only_if=loading):
             handle.close()  # removed or changed on disk while it loaded: nobody will serve it
             return
-        if self.budget.free() is not None and (self.budget.free() or 0) < 0:
-            self._make_room(0, time.monotonic())  # measured larger than reserved: back under the budget
+        if (self.budget.free() or 0) < 0 or (self.budget.device_free() or 0) < 0:
+            self._make_room((0, 0), time.monotonic())  # measured larger than reserved: back under the budget
 
     def _measured_load(self, source: ModelSource, version: int, reservation: Reservation, known: KnownSize,
                        reason: str) -> ModelHandle:
@@ -294,18 +305,19 @@ class Residency:
         except BaseException:
             reservation.release()
             raise
-        measured = max(measured_bytes(handle), 1)
+        measured, device = max(measured_bytes(handle), 1), max(measured_device_bytes(handle), 0)
         if known.measured:
             # at most 10 % below what it took before: memory other versions freed meanwhile
             # (their sessions closing) makes a load read small, and the budget would overbook;
             # a reading that was too high comes down over a few loads
             measured = max(measured, int(known.nbytes * SHRINK_AT_MOST))
-        reservation.resize(measured)
+            device = max(device, int(known.device * SHRINK_AT_MOST))
+        reservation.resize(measured, device)
         handle.reservation = reservation
         handle.on_closed.append(reservation.release)
         handle.resident = self.limited and source.policy.is_resident(version)
         if self.limited:
-            self.book.remember(Path(source.versions[version]) / GRAPH_FILE, measured)
+            self.book.remember(Path(source.versions[version]) / GRAPH_FILE, measured, device)
         seconds = time.perf_counter() - started
         self.events["loads", reason] += 1
         if self.on_load is not None:
@@ -316,54 +328,56 @@ class Residency:
             log.info("loaded model %s version %d (%s) in %.2f s: %.1f MiB; budget %.1f of %.1f MiB in use",
                      source.name, version, reason, seconds, measured / MiB, self.budget.in_use / MiB,
                      (self.budget.limit or 0) / MiB)
-        if not self.budget.fits_alone(measured):
+        if not self.budget.fits_alone(measured, device):
             handle.close()
-            reason_text = self._too_big(KnownSize(measured, measured=True))
+            reason_text = self._too_big(KnownSize(measured, measured=True, device=device))
             raise ModelLoadError(source.name, source.versions[version], reason_text)
         return handle
 
     # -- making room ----------------------------------------------------------------------
 
-    def _reserve(self, what: str, nbytes: int, end: float, *, evict: bool) -> Reservation:
-        limit = self.budget.limit
-        resident = self._resident_bytes()
-        if limit is not None and nbytes > limit - resident:  # nothing that may be unloaded would make room
-            raise ModelUnavailable(
-                f"{what} needs {nbytes / MiB:.0f} MiB; the memory budget is {limit / MiB:.0f} MiB and resident "
-                f"versions hold {resident / MiB:.0f} MiB of it (raise memory_budget_mb or mark fewer resident)",
-                model=what.split("/")[0])
+    def _reserve(self, what: str, need: Need, end: float, *, evict: bool) -> Reservation:
+        nbytes, device = need
+        resident, resident_device = self._resident_bytes()
+        for size, limit, held, kind in ((nbytes, self.budget.limit, resident, "memory"),
+                                        (device, self.budget.device_limit, resident_device, "GPU memory")):
+            if limit is not None and size > limit - held:  # nothing that may be unloaded would make room
+                raise ModelUnavailable(
+                    f"{what} needs {size / MiB:.0f} MiB of {kind}; the budget is {limit / MiB:.0f} MiB and resident "
+                    f"versions hold {held / MiB:.0f} MiB of it (raise memory_budget_mb or mark fewer resident)",
+                    model=what.split("/")[0])
         while True:
-            reservation = self.budget.reserve(what, nbytes)
+            reservation = self.budget.reserve(what, nbytes, device)
             if reservation is not None:
                 return reservation
             if self.registry.closing.is_set():
                 raise NoModels("the service is shutting down")
             if evict:
-                self._make_room(nbytes, end)
+                self._make_room(need, end)
             left = end - time.monotonic()
             if left <= 0:
-                held = ", ".join(f"{r.what} {r.nbytes / MiB:.0f} MiB" for r in self.budget.reservations())
+                held_now = ", ".join(f"{r.what} {r.nbytes / MiB:.0f} MiB" for r in self.budget.reservations())
                 raise ModelUnavailable(
                     f"no room in the memory budget ({(self.budget.limit or 0) / MiB:.0f} MiB) for {what} "
                     f"({nbytes / MiB:.0f} MiB) within {self.settings.request_timeout_s:g} s: the loaded versions "
-                    f"are resident or answering requests ({held})", model=what.split("/")[0])
+                    f"are resident or answering requests ({held_now})", model=what.split("/")[0])
             self.budget.wait_for_change(min(0.05, left))
 
-    def _make_room(self, nbytes: int, end: float) -> None:
-        """Unload idle versions, least recently used first, until ``nbytes`` more would fit
-        once those already unloading have closed."""
+    def _make_room(self, need: Need, end: float) -> None:
+        """Unload idle versions, least recently used first, until ``need`` (host, GPU bytes)
+        more would fit once those already unloading have closed."""
         with self._lock:
-            free = self.budget.free()
-            if free is None:
-                return
-            releasing = sum(_reserved(h) for h in self._evicting)
-            need = nbytes - free - releasing
-            if need <= 0:
-                return
+            free = (self.budget.free(), self.budget.device_free())
+            releasing = [_reserved(h) for h in self._evicting]
+            short = [size - room - sum(r[i] for r in releasing) if room is not None else 0
+                     for i, (size, room) in enumerate(zip(need, free))]
             for handle in self._idle_by_age():
-                if need <= 0:
+                if max(short) <= 0:
                     break
-                need -= _reserved(handle)
+                held = _reserved(handle)
+                if not any(s > 0 and h > 0 for s, h in zip(short, held)):
+                    continue  # frees nothing that is short
+                short = [s - h for s, h in zip(short, held)]
                 self._evict(handle, "evicted")
 
     def _idle_by_age(self) -> list[ModelHandle]:
@@ -472,6 +486,10 @@ class Residency:
             "reserved_bytes": self.budget.in_use,
             "peak_reserved_bytes": self.budget.peak,
             "reservations": {r.what: r.nbytes for r in self.budget.reservations()},
+            **({"gpu_budget_bytes": self.budget.device_limit, "gpu_reserved_bytes": self.budget.device_in_use,
+                "gpu_peak_reserved_bytes": self.budget.device_peak,
+                "gpu_reservations": {r.what: r.device for r in self.budget.reservations()}}
+               if self.budget.device_limit is not None else {}),
             "loads": {reason: n for (kind, reason), n in sorted(self.events.items()) if kind == "loads"},
             "unloads": {reason: n for (kind, reason), n in sorted(self.events.items()) if kind == "unloads"},
             "hits": self.registry.hits,
@@ -493,7 +511,10 @@ class Residency:
 
     def _too_big(self, known: KnownSize) -> str:
         how = "measured at its last load" if known.measured else "estimated from its graph"
-        return (f"needs {known.nbytes / MiB:.0f} MiB ({how}), more than the whole memory budget "
+        size, kind = known.nbytes, ""
+        if self.budget.device_limit is not None and known.device > self.budget.device_limit:
+            size, kind = known.device, " of GPU memory"
+        return (f"needs {size / MiB:.0f} MiB{kind} ({how}), more than the whole memory budget "
                 f"({(self.budget.limit or 0) / MiB:.0f} MiB, memory_budget_mb): it is not loaded")
 
 
@@ -503,6 +524,19 @@ def measured_bytes(handle: ModelHandle) -> int:
     return stats.rss_cost if stats is not None else 0
 
 
-def _reserved(handle: ModelHandle) -> int:
+def measured_device_bytes(handle: ModelHandle) -> int:
+    """What loading the version cost the GPU allocator (0 without a GPU)."""
+    stats = getattr(handle.servable, "stats", None)
+    return (stats.gpu_cost or 0) if stats is not None else 0
+
+
+def gpu_present() -> bool:
+    return memory.gpu_memory() is not None
+
+
+def _reserved(handle: ModelHandle) -> Need:
+    """(host, GPU) bytes the handle holds in the budget."""
     reservation = handle.reservation
-    return reservation.nbytes if isinstance(reservation, Reservation) and not reservation.released else 0
+    if isinstance(reservation, Reservation) and not reservation.released:
+        return reservation.nbytes, reservation.device
+    return 0, 0

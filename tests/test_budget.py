@@ -297,3 +297,29 @@ def test_the_repository_load_waits_its_timeout_then_says_the_load_goes_on(six, d
         assert classify(app.test_client(), digits, "m0").status_code == 200
     finally:
         services_of(app).registry.close()
+
+
+def test_on_a_gpu_the_budget_bounds_the_allocator_too(tmp_path, digit_weights, digits, monkeypatch) -> None:
+    """No GPU here: the allocator's figures are what a GPU load would report (TensorFlow's
+    ``get_memory_info`` growth); what is tested is that the budget holds on both at once."""
+    monkeypatch.setattr("app.residency.gpu_present", lambda: True)
+    monkeypatch.setattr("app.residency.measured_bytes", lambda handle: 10 * MiB)
+    monkeypatch.setattr("app.residency.measured_device_bytes", lambda handle: 60 * MiB)
+    root, book = tmp_path / "graphs", SizeBook()
+    for i, name in enumerate(["g0", "g1", "g2"]):
+        directory = write_model(root, name, digit_weights, size=8 if i % 2 == 0 else 16)
+        book.remember(directory / "model.pb", 10 * MiB, 60 * MiB)  # host room for ten, GPU room for one
+    app = make(root)
+    try:
+        wait_prefill(app)
+        assert states(app) == {"g0": AVAILABLE, "g1": UNLOADED, "g2": UNLOADED}
+        client = app.test_client()
+        for name in ("g1", "g2", "g0"):
+            assert classify(client, digits, name).status_code == 200
+            assert [n for n, state in states(app).items() if state == AVAILABLE] == [name]
+        stats = client.get("/stats").get_json()["memory_budget"]
+        assert stats["gpu_budget_bytes"] == 100 * MiB and stats["gpu_peak_reserved_bytes"] <= 100 * MiB
+        assert stats["reserved_bytes"] == 10 * MiB and stats["unloads"]["evicted"] == 3
+        assert "graphserve_gpu_memory_reserved_bytes 6.291456e+07" in client.get("/metrics").get_data(as_text=True)
+    finally:
+        services_of(app).registry.close()
