@@ -42,7 +42,7 @@ class Settings:
     max_images_per_request: int = 64  # more uploads in one request: 413 too_many_images
     engine: str = "auto"  # what runs a model's model part: auto (the faster, checked), tensorflow, litert
     max_tensor_bytes: int = 64 * 1024 * 1024  # a request's tensor that would take more: 413 tensor_too_large, never built
-    memory_budget_mb: int = 0  # the loaded versions together hold at most this (RSS as measured at load; on a GPU also its allocator's bytes); 0: off, load everything
+    memory_budget_mb: int = 0  # loaded versions together hold at most this (RSS at load; on a GPU its allocator too); 0: off, load all
     concurrent_loads: int = 1  # versions loading at once for requests (with a budget); more only contend for the cores
     intra_op_threads: int = 0  # 0: TensorFlow's default (number of cores)
     inter_op_threads: int = 0  # 0: TensorFlow's default; threads running independent ops at once
