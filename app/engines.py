@@ -126,6 +126,10 @@ class ConversionCache:
 
 _RECENT: dict[str, bytes] = {}  # the last conversions of this process, by cache key
 SPEEDUPS: dict[str, float] = {}  # litert / TensorFlow rows/s measured for a cache key, in this process
+# (max |diff|, top-1 agreement) of a cache key's check against the Session, in this process: a
+# version loaded again (a reload, a copy, every load after an unload under a memory budget)
+# was checked on the same bytes with the same inputs, so it is not run again
+CHECKED: dict[str, tuple[float, float]] = {}
 _RECENT_COUNT = 8
 
 

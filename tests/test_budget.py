@@ -323,3 +323,64 @@ def test_on_a_gpu_the_budget_bounds_the_allocator_too(tmp_path, digit_weights, d
         assert "graphserve_gpu_memory_reserved_bytes 6.291456e+07" in client.get("/metrics").get_data(as_text=True)
     finally:
         services_of(app).registry.close()
+
+
+def test_reloads_beside_cold_loads_lose_no_answer_and_leak_no_reservation(six, digits) -> None:
+    """Reload rounds while cold requests load and unload versions: every answer is 200, and once
+    quiet, what the budget holds is exactly what the loaded versions hold (nothing leaked)."""
+    app = make(six, THREADS=8)
+    services = services_of(app)
+    residency = services.reconciler.residency
+    try:
+        wait_prefill(app)
+        stop = threading.Event()
+
+        def reloads() -> None:
+            while not stop.is_set():
+                services.reconciler.reload()
+
+        reloader = threading.Thread(target=reloads)
+        reloader.start()
+        try:
+            with running(app) as url:
+                photo, png = png_bytes(digits.test_images[0]), {"Content-Type": "image/png"}
+                rng = random.Random(3)
+                plan = [f"m{rng.randrange(6)}" for _ in range(48)]
+
+                def ask(name: str) -> int:
+                    return requests.post(f"{url}/image_classification?model={name}", data=photo, headers=png,
+                                         timeout=60).status_code
+
+                with ThreadPoolExecutor(6) as pool:
+                    codes = list(pool.map(ask, plan))
+        finally:
+            stop.set()
+            reloader.join()
+        assert codes == [200] * len(plan)
+        end = time.monotonic() + 10
+        while residency._evicting and time.monotonic() < end:  # unloads still closing
+            time.sleep(0.02)
+        held = sum(h.reservation.nbytes for h in services.registry.handles() if h.reservation is not None)
+        assert residency.budget.in_use == held <= 100 * MiB
+        assert residency.budget.peak <= 100 * MiB
+    finally:
+        services_of(app).registry.close()
+
+
+def test_a_request_waiting_for_a_load_is_answered_when_the_service_shuts_down(six, digits, monkeypatch) -> None:
+    app = make(six)
+    residency = services_of(app).reconciler.residency
+    wait_prefill(app)
+    build, gate = residency._load, threading.Event()
+    monkeypatch.setattr(residency, "_load", lambda source, version: gate.wait(10) and build(source, version))
+    answers: list[int] = []
+    waiting = threading.Thread(target=lambda: answers.append(classify(app.test_client(), digits, "m5").status_code))
+    waiting.start()
+    time.sleep(0.3)  # the request is waiting for m5's load
+    closer = threading.Thread(target=services_of(app).registry.close, kwargs={"timeout": 5})
+    closer.start()
+    time.sleep(0.2)
+    gate.set()  # the load finishes after the registry closed: nobody serves it
+    waiting.join(15)
+    closer.join(15)
+    assert not waiting.is_alive() and answers and answers[0] == 503
