@@ -133,6 +133,11 @@ CHECKED: dict[str, tuple[float, float]] = {}
 _RECENT_COUNT = 8
 
 
+def is_recent(key: str) -> bool:
+    """Whether this process holds the conversion of ``key`` (no file read, no conversion)."""
+    return key in _RECENT
+
+
 def _remember(key: str, model: bytes) -> None:
     _RECENT.pop(key, None)
     _RECENT[key] = model

@@ -61,7 +61,7 @@ Key = tuple[str, int]
 Need = tuple[int, int]  # (host bytes, GPU allocator bytes)
 REQUEST, PREFILL = 0, 1  # load priorities: a waiting request first
 PREFILL_REASON = "prefill"
-SHRINK_AT_MOST = 0.9  # a version's remembered size falls by at most this factor per load
+SHRINK_AT_MOST = 0.8  # a version's remembered size falls by at most this factor per load
 RESERVE_MARGIN = 1.25  # a measured size is reserved with this margin until the load measures again
 ON_DEMAND_REASON = "not loaded: loads on its first request (memory budget)"
 ADMIN_REASON = "unloaded through the repository API; POST /v2/repository/models/{name}/load loads it"
@@ -307,7 +307,7 @@ class Residency:
             raise
         measured, device = max(measured_bytes(handle), 1), max(measured_device_bytes(handle), 0)
         if known.measured:
-            # at most 10 % below what it took before: memory other versions freed meanwhile
+            # at most 20 % below what it took before: memory other versions freed meanwhile
             # (their sessions closing) makes a load read small, and the budget would overbook;
             # a reading that was too high comes down over a few loads
             measured = max(measured, int(known.nbytes * SHRINK_AT_MOST))

@@ -595,12 +595,18 @@ def load_servable(
     stats.rss_after_load = memory.rss_bytes()
     try:
         if isinstance(manifest, Manifest):
-            _warm_up(servable)
-            optimize_lib.compile_batch_sizes(servable.predict, manifest)  # XLA: each allowed size, now
-            if manifest.precision == "bf16":
-                use_bf16(servable, config)
-            else:
+            if _known_on_litert(servable, manifest.engine or engine, device):
+                # this process checked and timed this very conversion: onto the engine first, and
+                # the warm-up runs through it (the Session's full-model callable is never made)
                 choose_engine(servable, manifest.engine or engine, device, options.intra_op_threads)
+                _warm_up(servable)
+            else:
+                _warm_up(servable)
+                optimize_lib.compile_batch_sizes(servable.predict, manifest)  # XLA: each allowed size, now
+                if manifest.precision == "bf16":
+                    use_bf16(servable, config)
+                else:
+                    choose_engine(servable, manifest.engine or engine, device, options.intra_op_threads)
             try:
                 servable.prepare_callables()
             except ServableError as exc:
@@ -657,10 +663,7 @@ def choose_engine(servable: Servable, asked: str, device: str | None, threads: i
     if choice is None:
         return
     choice.precision = manifest.precision
-    spec_in = manifest.input
-    shape = ((spec_in.height * spec_in.width * spec_in.channels,) if manifest.preprocessing.flatten
-             else (spec_in.height, spec_in.width, spec_in.channels))
-    part = engines.ModelPart(servable.spec.graph_path, (manifest.input.tensor,), (shape,), (manifest.output.tensor,))
+    part = _model_part(servable)
     pre, scores = servable._image
     # made only if this process has not checked (and timed) this very conversion already
     tf_scores = _LazyCallable(servable.session, [pre.model_input], scores)
@@ -686,6 +689,33 @@ def choose_engine(servable: Servable, asked: str, device: str | None, threads: i
         servable.use_engine(engine, post, to_input)
         if reduced:
             choice.reason += ", " + _accuracy(choice, len(samples))
+
+
+def _model_part(servable: Servable) -> engines.ModelPart:
+    """An image model's part from its input tensor to its output, as the engines convert it."""
+    manifest = servable.manifest
+    assert isinstance(manifest, Manifest)
+    spec_in = manifest.input
+    shape = ((spec_in.height * spec_in.width * spec_in.channels,) if manifest.preprocessing.flatten
+             else (spec_in.height, spec_in.width, spec_in.channels))
+    return engines.ModelPart(servable.spec.graph_path, (manifest.input.tensor,), (shape,), (manifest.output.tensor,))
+
+
+def _known_on_litert(servable: Servable, asked: str, device: str | None) -> bool:
+    """Whether this process converted, checked and timed this graph's fp32 model part already
+    and it went to litert (a reload, a copy, a load after an unload): ``choose_engine`` then
+    decides from what it kept, before any warm-up on the Session."""
+    manifest = servable.manifest
+    assert isinstance(manifest, Manifest)
+    if asked not in ("auto", "litert") or manifest.precision != "fp32" or manifest.optimize.xla or _on_gpu(device):
+        return False
+    version = engines.litert_version()
+    if version is None:
+        return False
+    key = engines.ConversionCache().key(_model_part(servable), "litert", version)
+    checked = engines.CHECKED.get(key)
+    return (engines.is_recent(key) and checked is not None and checked[0] <= ENGINE_TOLERANCE and checked[1] == 1.0
+            and (asked == "litert" or engines.SPEEDUPS.get(key, 0.0) >= 1.0))
 
 
 def _start_choice(servable: Servable, asked: str, device: str | None) -> engines.Choice | None:
