@@ -687,7 +687,7 @@ def choose_engine(servable: Servable, asked: str, device: str | None, threads: i
                                 f"{choice.max_abs_diff:.2e}, top-1 agreement {choice.top1_agreement:.0%})")
     if _keeps_litert(servable, choice, asked, engine, tf_scores, samples[:1]):
         servable.use_engine(engine, post, to_input)
-        engine.prepare(manifest.batching.workers, manifest.batch_size or manifest.batching.max_batch_size)
+        engine.prepare(manifest.batching.workers, manifest.batch_size or 1)
         if reduced:
             choice.reason += ", " + _accuracy(choice, len(samples))
 
