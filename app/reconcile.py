@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import functools
 import logging
-import os
 import threading
 import time
 from collections.abc import Callable
@@ -55,7 +54,7 @@ from .registry import (
     NoModels,
     VersionStatus,
 )
-from .residency import Residency
+from .residency import Residency, lower_thread_priority
 from .runners import build_handle
 from .servable import ModelLoadError, Placement, Servable, SessionOptions, load_servable
 
@@ -193,14 +192,8 @@ class Reconciler:
             return self._loader
 
     def _lower_priority(self) -> None:
-        """Run reloads at a lower CPU priority than request threads (Linux: per-thread nice)."""
-        nice = self._settings.loader_nice
-        if nice <= 0 or not hasattr(os, "setpriority"):
-            return
-        try:
-            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), nice)
-        except OSError as exc:
-            log.debug("cannot lower the loader thread's priority: %s", exc)
+        """Run reloads at a lower CPU priority than request threads."""
+        lower_thread_priority(self._settings.loader_nice)
 
     def _reconcile(self, *, strict: bool) -> ReloadReport:
         """Make what is served match what is on disk. ``strict`` raises the first error."""

@@ -30,7 +30,7 @@ from collections import Counter
 from collections.abc import Callable
 from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -69,15 +69,15 @@ ADMIN_REASON = "unloaded through the repository API; POST /v2/repository/models/
 Loader = Callable[[ModelSource, int], ModelHandle]
 
 
-@dataclass(frozen=True)
-class LoadRecord:
-    """One load that happened (for the cold-load histogram and the bench)."""
-
-    model: str
-    version: int
-    reason: str
-    seconds: float
-    nbytes: int
+def lower_thread_priority(nice: int) -> None:
+    """Run this thread's work (a load, an unload) after request threads' on a busy machine
+    (Linux: per-thread nice; ``loader_nice``). Threads it starts inherit it."""
+    if nice <= 0 or not hasattr(os, "setpriority"):
+        return
+    try:
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), nice)
+    except OSError as exc:
+        log.debug("cannot lower the thread's priority: %s", exc)
 
 
 class Residency:
@@ -102,7 +102,6 @@ class Residency:
         self._pinned: set[str] = set()  # models unloaded through the repository API
         self.events: Counter[tuple[str, str]] = Counter()  # (loads|unloads, reason) -> count
         self.misses = 0  # requests that had to wait for a load (hits: ``ModelRegistry.hits``)
-        self.loads: list[LoadRecord] = []  # the last few hundred, newest last
         self.on_load: Callable[[str, float], None] | None = None  # (reason, seconds): the load histogram
         self._workers: list[threading.Thread] = []  # started by the first load on demand
         registry.on_cold = self.ensure
@@ -179,10 +178,8 @@ class Residency:
         if not known.measured:
             return known.nbytes, known.device
         host, device = self._resident_bytes()
-        limits = (self.budget.limit, self.budget.device_limit)
-        return tuple(  # type: ignore[return-value]
-            int(size * RESERVE_MARGIN) if limit is None else max(size, min(int(size * RESERVE_MARGIN), limit - held))
-            for size, limit, held in zip((known.nbytes, known.device), limits, (host, device)))
+        return (_with_margin(known.nbytes, self.budget.limit, host),
+                _with_margin(known.device, self.budget.device_limit, device))
 
     def _resident_bytes(self) -> Need:
         residents = [h for h in self.registry.handles() if h.resident]
@@ -233,12 +230,7 @@ class Residency:
             worker.join(None if end is None else max(0.0, end - time.monotonic()))
 
     def _work(self) -> None:
-        # loading is background work: request threads (nice 0) come first on a busy machine
-        if hasattr(os, "setpriority") and self.settings.loader_nice > 0:
-            try:
-                os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), self.settings.loader_nice)
-            except OSError:
-                pass
+        lower_thread_priority(self.settings.loader_nice)
         while True:
             _, _, key, job, reason = self._queue.get()
             if reason == "stop":
@@ -322,8 +314,6 @@ class Residency:
         self.events["loads", reason] += 1
         if self.on_load is not None:
             self.on_load(reason, seconds)
-        with self._lock:
-            self.loads = [*self.loads[-499:], LoadRecord(source.name, version, reason, seconds, measured)]
         if self.limited:
             log.info("loaded model %s version %d (%s) in %.2f s: %.1f MiB; budget %.1f of %.1f MiB in use",
                      source.name, version, reason, seconds, measured / MiB, self.budget.in_use / MiB,
@@ -409,11 +399,7 @@ class Residency:
                          name=f"unload-{handle.name}-{handle.version}").start()
 
     def _close_when_idle(self, handle: ModelHandle) -> None:
-        if hasattr(os, "setpriority"):
-            try:
-                os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), self.settings.loader_nice)
-            except OSError:
-                pass
+        lower_thread_priority(self.settings.loader_nice)
         handle.wait_idle()
         started = time.perf_counter()
         rss = memory.rss_bytes()
@@ -516,6 +502,12 @@ class Residency:
             size, kind = known.device, " of GPU memory"
         return (f"needs {size / MiB:.0f} MiB{kind} ({how}), more than the whole memory budget "
                 f"({(self.budget.limit or 0) / MiB:.0f} MiB, memory_budget_mb): it is not loaded")
+
+
+def _with_margin(size: int, limit: int | None, resident: int) -> int:
+    """``size`` with ``RESERVE_MARGIN``, but not past what the resident versions leave of ``limit``."""
+    wanted = int(size * RESERVE_MARGIN)
+    return wanted if limit is None else max(size, min(wanted, limit - resident))
 
 
 def measured_bytes(handle: ModelHandle) -> int:
