@@ -60,6 +60,7 @@ class ModelPart:
     inputs: tuple[str, ...]  # tensor names ("input:0")
     input_shapes: tuple[tuple[int, ...], ...]  # without the batch dimension
     outputs: tuple[str, ...]
+    graph_sha256: str = ""  # of the graph file, when its reader hashed it already ("": read and hash it here)
 
 
 @dataclass
@@ -101,10 +102,7 @@ class ConversionCache:
 
     def key(self, part: ModelPart, engine: str, version: str, precision: str = "fp32",
             calibration: Sequence[np.ndarray] = ()) -> str:
-        digest = hashlib.sha256()
-        with open(part.graph_path, "rb") as graph:
-            for chunk in iter(lambda: graph.read(1 << 20), b""):
-                digest.update(chunk)
+        digest = hashlib.sha256((part.graph_sha256 or _file_sha256(part.graph_path)).encode())
         digest.update(repr((engine, version, part.inputs, part.input_shapes, part.outputs, precision)).encode())
         for array in calibration:
             digest.update(np.ascontiguousarray(array).tobytes())
@@ -133,6 +131,14 @@ SPEEDUPS: dict[str, float] = {}  # litert / TensorFlow rows/s measured for a cac
 # was checked on the same bytes with the same inputs, so it is not run again
 CHECKED: dict[str, tuple[float, float]] = {}
 _RECENT_COUNT = 8
+
+
+def _file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as graph:
+        for chunk in iter(lambda: graph.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
 def is_recent(key: str) -> bool:

@@ -168,6 +168,7 @@ class LoadStats:
     """What loading this model cost, measured once at load time."""
 
     graph_bytes: int = 0  # size of model.pb
+    graph_sha256: str = ""  # of model.pb as read: keys what is derived from it (the fold, conversions)
     constant_bytes: int = 0  # weights frozen into the GraphDef
     load_seconds: float = 0.0
     warmup_seconds: float = 0.0
@@ -584,6 +585,7 @@ def load_servable(
         constant_bytes=sum(n.attr["value"].ByteSize() for n in graph_def.node if n.op == "Const"),
         rss_before=rss_before,
         gpu_bytes_before=gpu_before,
+        graph_sha256=digest,
     )
     config = optimize_lib.session_config(options.config_proto(), manifest.optimize)
     session = tf.compat.v1.Session(graph=graph, config=config)
@@ -699,7 +701,8 @@ def _model_part(servable: Servable) -> engines.ModelPart:
     spec_in = manifest.input
     shape = ((spec_in.height * spec_in.width * spec_in.channels,) if manifest.preprocessing.flatten
              else (spec_in.height, spec_in.width, spec_in.channels))
-    return engines.ModelPart(servable.spec.graph_path, (manifest.input.tensor,), (shape,), (manifest.output.tensor,))
+    return engines.ModelPart(servable.spec.graph_path, (manifest.input.tensor,), (shape,), (manifest.output.tensor,),
+                             servable.stats.graph_sha256)
 
 
 def _known_on_litert(servable: Servable, asked: str, device: str | None) -> bool:
@@ -800,7 +803,7 @@ def choose_tensor_engine(servable: Servable, asked: str, device: str | None, thr
     keys = list(signature.outputs)
     shapes = tuple(tuple(int(d or 0) for d in (p.accepts or ())[1:]) for p in ports)  # all known: checked above
     part = engines.ModelPart(servable.spec.graph_path, tuple(p.tensor for p in ports), shapes,
-                             tuple(signature.outputs[k].tensor for k in keys))
+                             tuple(signature.outputs[k].tensor for k in keys), servable.stats.graph_sha256)
     tf_run = servable._signature_run(name, tuple(keys))
     rng = np.random.default_rng(0)
     feeds = [(rng.integers(0, 8, (ENGINE_SAMPLES, *shape)) if p.numpy.kind in "iu"
