@@ -103,7 +103,7 @@ class Reconciler:
         )
         self._sources: dict[str, ModelSource] = {}  # the last scan's, for loads on demand
         self._starting = False
-        self.residency = Residency(registry, settings, self._build, self._sources.get)
+        self.residency = Residency(registry, settings, self._build, lambda name: self._sources.get(name))
         registry.on_close(self._stop)
 
     @property
@@ -213,8 +213,7 @@ class Reconciler:
                 broken[name] = str(error)
                 self._refuse(report, name, None, str(error))
             found = {source.name: source for source in sources}
-            self._sources.clear()
-            self._sources.update(found)
+            self._sources = found  # replaced, never mutated: a load on demand reads it meanwhile
             for name in sorted(set(found) | set(self._models)):
                 if self._closing.is_set():
                     break
